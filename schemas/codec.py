@@ -1,0 +1,195 @@
+"""Encode and decode AgentEvent / AgentEventBatch Kafka record values.
+
+Two framings, told apart by their first byte:
+
+* Avro single-object encoding (default, needs no registry): ``C3 01`` + the 8-byte little-endian CRC-64-AVRO
+  fingerprint of the writer schema + the Avro binary body. The decoder knows the fingerprints of every released
+  version (``schemas/history``) and resolves older writers to the current reader schema.
+* Confluent Schema Registry wire format (when a registry is configured): ``00`` + 4-byte big-endian schema id +
+  body. The writer schema is fetched by id, so data from newer writers resolves too.
+
+Anything else raises :class:`DecodeError` with a short machine-readable ``reason``; consumers send the record to
+the dead-letter topic with that reason and carry on.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import fastavro
+
+from schemas import contract
+from schemas.contract import SchemaVersion
+
+SINGLE_OBJECT_MAGIC = b"\xc3\x01"
+CONFLUENT_MAGIC = 0
+DEFAULT_MAX_RECORD_BYTES = 8 * 1024 * 1024
+
+
+class DecodeError(ValueError):
+    """A record value that is not a decodable AgentEvent or AgentEventBatch.
+
+    ``reason`` is one of: ``empty``, ``oversize``, ``bad_magic``, ``truncated_header``, ``unknown_fingerprint``,
+    ``unknown_schema_id``, ``unsupported_schema``, ``invalid_avro``.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(slots=True)
+class Decoded:
+    """What one record value held: a batch (with its producer id and sequence) or a single event."""
+
+    events: list[dict[str, Any]]
+    is_batch: bool
+    producer_id: str | None = None
+    batch_seq: int | None = None
+    schema_version: int | None = None
+    framing: str = "single-object"
+
+
+class SchemaIdResolver(Protocol):
+    """The registry side of the Confluent framing (see :mod:`schemas.registry`)."""
+
+    def schema_id_for(self, record_name: str, schema_json: dict[str, Any]) -> int: ...
+
+    def schema_for_id(self, schema_id: int) -> dict[str, Any]: ...
+
+
+@dataclass
+class _Reader:
+    writer: Any
+    reader: Any | None  # None when the writer is the current schema: no resolution needed
+    is_batch: bool
+    version: int | None
+
+
+@dataclass
+class AvroCodec:
+    """Thread-safe after construction (encoding state lives on the stack; caches only grow)."""
+
+    registry: SchemaIdResolver | None = None
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    _by_fingerprint: dict[bytes, _Reader] = field(init=False, default_factory=dict)
+    _by_schema_id: dict[int, _Reader] = field(init=False, default_factory=dict)
+    _cur: SchemaVersion = field(init=False)
+    _event_prefix: bytes = field(init=False)
+    _batch_prefix: bytes = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._cur = contract.current()
+        for version in (*contract.history(), self._cur):
+            is_cur = version is self._cur
+            self._by_fingerprint[version.event_fingerprint] = _Reader(
+                version.event_parsed, None if is_cur else self._cur.event_parsed, False, version.version
+            )
+            self._by_fingerprint[version.batch_fingerprint] = _Reader(
+                version.batch_parsed, None if is_cur else self._cur.batch_parsed, True, version.version
+            )
+        if self.registry is None:
+            self._event_prefix = SINGLE_OBJECT_MAGIC + self._cur.event_fingerprint
+            self._batch_prefix = SINGLE_OBJECT_MAGIC + self._cur.batch_fingerprint
+        else:
+            event_id = self.registry.schema_id_for(contract.EVENT_NAME, self._cur.event_json)
+            batch_id = self.registry.schema_id_for(contract.BATCH_NAME, self._cur.batch_json)
+            self._event_prefix = struct.pack(">bI", CONFLUENT_MAGIC, event_id)
+            self._batch_prefix = struct.pack(">bI", CONFLUENT_MAGIC, batch_id)
+            self._by_schema_id[event_id] = _Reader(self._cur.event_parsed, None, False, self._cur.version)
+            self._by_schema_id[batch_id] = _Reader(self._cur.batch_parsed, None, True, self._cur.version)
+
+    @property
+    def framing(self) -> str:
+        return "single-object" if self.registry is None else "confluent"
+
+    # -- encoding ---------------------------------------------------------------------------------------------
+
+    def encode_event(self, event: dict[str, Any]) -> bytes:
+        """One AgentEvent as a record value. Missing optional fields take their schema defaults."""
+        buf = io.BytesIO()
+        buf.write(self._event_prefix)
+        fastavro.schemaless_writer(buf, self._cur.event_parsed, event)
+        return buf.getvalue()
+
+    def encode_batch(self, producer_id: str, batch_seq: int, created_at: int, events: list[dict[str, Any]]) -> bytes:
+        """Many AgentEvents in one record value; the events must share the record key (see producers)."""
+        buf = io.BytesIO()
+        buf.write(self._batch_prefix)
+        fastavro.schemaless_writer(
+            buf,
+            self._cur.batch_parsed,
+            {"producer_id": producer_id, "batch_seq": batch_seq, "created_at": created_at, "events": events},
+        )
+        return buf.getvalue()
+
+    # -- decoding ---------------------------------------------------------------------------------------------
+
+    def decode(self, value: bytes | None) -> Decoded:
+        """Decode a record value of either framing; raises :class:`DecodeError`, never anything else."""
+        if not value:
+            raise DecodeError("empty", "record value is empty or null")
+        if len(value) > self.max_record_bytes:
+            raise DecodeError("oversize", f"{len(value)} bytes > limit {self.max_record_bytes}")
+        if value[:2] == SINGLE_OBJECT_MAGIC:
+            if len(value) < 10:
+                raise DecodeError("truncated_header", f"single-object header needs 10 bytes, got {len(value)}")
+            fp = bytes(value[2:10])
+            reader = self._by_fingerprint.get(fp)
+            if reader is None:
+                raise DecodeError("unknown_fingerprint", f"no known writer schema has fingerprint {fp.hex()}")
+            return self._read(reader, value, 10, "single-object")
+        if value[0] == CONFLUENT_MAGIC:
+            if len(value) < 5:
+                raise DecodeError("truncated_header", f"Confluent header needs 5 bytes, got {len(value)}")
+            (schema_id,) = struct.unpack_from(">I", value, 1)
+            reader = self._by_schema_id.get(schema_id) or self._reader_for_id(schema_id)
+            return self._read(reader, value, 5, "confluent")
+        raise DecodeError("bad_magic", f"first bytes {bytes(value[:2]).hex()} are neither C301 nor 00")
+
+    def _reader_for_id(self, schema_id: int) -> _Reader:
+        if self.registry is None:
+            raise DecodeError("unknown_schema_id", f"schema id {schema_id}: no schema registry configured")
+        try:
+            writer_json = self.registry.schema_for_id(schema_id)
+        except Exception as exc:  # the registry client raises its own error types
+            raise DecodeError("unknown_schema_id", f"schema id {schema_id}: {exc}") from exc
+        name = writer_json.get("name", "") if isinstance(writer_json, dict) else ""
+        full = name if "." in name else f"{writer_json.get('namespace', '')}.{name}"
+        if full == contract.BATCH_NAME:
+            reader = _Reader(_parse(writer_json), self._cur.batch_parsed, True, None)
+        elif full == contract.EVENT_NAME:
+            reader = _Reader(_parse(writer_json), self._cur.event_parsed, False, None)
+        else:
+            raise DecodeError("unsupported_schema", f"schema id {schema_id} is {full!r}, not an AgentEvent")
+        self._by_schema_id[schema_id] = reader
+        return reader
+
+    @staticmethod
+    def _read(reader: _Reader, value: bytes, offset: int, framing: str) -> Decoded:
+        buf = io.BytesIO(value)
+        buf.seek(offset)
+        try:
+            datum = fastavro.schemaless_reader(buf, reader.writer, reader.reader)
+        except Exception as exc:  # fastavro raises EOFError, ValueError, UnicodeDecodeError, IndexError, ...
+            raise DecodeError("invalid_avro", f"{type(exc).__name__}: {exc}") from exc
+        if buf.tell() != len(value):
+            raise DecodeError("invalid_avro", f"{len(value) - buf.tell()} trailing bytes after the Avro body")
+        if reader.is_batch:
+            return Decoded(datum["events"], True, datum["producer_id"], datum["batch_seq"], reader.version, framing)
+        return Decoded([datum], False, None, None, reader.version, framing)
+
+
+def _parse(schema_json: dict[str, Any]) -> Any:
+    return fastavro.parse_schema(contract.strip_logical_types(schema_json))
+
+
+def payload_of(event: dict[str, Any]) -> dict[str, Any]:
+    """The open ``payload`` field as a dict ({} when absent)."""
+    text = event.get("payload")
+    return json.loads(text) if text else {}
