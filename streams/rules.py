@@ -60,8 +60,9 @@ class ToolCounts:
 class WindowMetrics:
     """What the detectors read from one tenant's closed window (plain data; build with :meth:`from_record`).
 
-    ``llm_calls`` / ``llm_errors_5xx`` are whatever unit the aggregator counts (calls or HTTP attempts) as long
-    as both use the same. Token fields sum the calls that reported usage; ``llm_calls_without_usage`` counts the
+    The LLM 5xx rate is per provider HTTP attempt: ``llm_5xx`` failed attempts with a 5xx status over
+    ``llm_attempts`` (calls plus retries), since a 5xx that a retry hid is still the vendor failing.
+    Token fields sum the calls that reported usage; ``llm_calls_without_usage`` counts the
     calls whose provider sent no usage at all (null, as opposed to 0). ``tokens_by_model`` / ``tokens_by_skill``
     hold prompt + completion tokens. Confirmation outcomes are counted when they resolve.
     """
@@ -74,6 +75,8 @@ class WindowMetrics:
     tools: dict[str, ToolCounts] = field(default_factory=dict)
     llm_calls: int = 0
     llm_errors_5xx: int = 0
+    llm_attempts: int = 0
+    llm_5xx: int = 0
     llm_calls_without_usage: int = 0
     turns: int = 0
     max_iterations_hits: int = 0
@@ -130,7 +133,8 @@ class WindowMetrics:
 
 
 _COUNTER_FIELDS = (
-    "tool_calls", "tool_failures", "llm_calls", "llm_errors_5xx", "llm_calls_without_usage", "turns",
+    "tool_calls", "tool_failures", "llm_calls", "llm_errors_5xx", "llm_attempts", "llm_5xx", "llm_calls_without_usage",
+    "turns",
     "max_iterations_hits", "prompt_tokens", "cache_read_tokens", "completion_tokens", "confirm_requests",
     "confirm_allows", "confirm_rejects", "confirm_timeouts",
 )
@@ -156,7 +160,7 @@ class RateMetric:
 
 METRICS: dict[str, RateMetric] = {
     "tool_failure_rate": RateMetric("tool_failures", "tool_calls", "tool calls", per_tool=True),
-    "llm_5xx_rate": RateMetric("llm_errors_5xx", "llm_calls", "LLM calls"),
+    "llm_5xx_rate": RateMetric("llm_5xx", "llm_attempts", "LLM attempts"),
     "max_iterations_rate": RateMetric("max_iterations_hits", "turns", "turns"),
     "cache_hit_rate": RateMetric("cache_read_tokens", "prompt_tokens", "prompt tokens"),
     "confirm_timeout_rate": RateMetric("confirm_timeouts", "confirm_resolved", "resolved confirmations"),

@@ -166,8 +166,8 @@ def test_cache_rule_fires_when_low_and_resolves_when_high():
 
 
 @pytest.mark.parametrize(("alertname", "bad", "at_threshold", "below_guard"), [
-    ("LLM5xxRateHigh", dict(llm_calls=100, llm_errors_5xx=3), dict(llm_calls=100, llm_errors_5xx=2),
-     dict(llm_calls=99, llm_errors_5xx=50)),
+    ("LLM5xxRateHigh", dict(llm_attempts=100, llm_5xx=3), dict(llm_attempts=100, llm_5xx=2),
+     dict(llm_attempts=99, llm_5xx=50)),
     ("MaxIterationsRateHigh", dict(turns=20, max_iterations_hits=2), dict(turns=20, max_iterations_hits=1),
      dict(turns=19, max_iterations_hits=19)),
     ("ConfirmTimeoutRateHigh", dict(confirm_allows=15, confirm_rejects=2, confirm_timeouts=3),
@@ -181,7 +181,7 @@ def test_each_seed_rule(alertname, bad, at_threshold, below_guard):
 
 
 def test_only_the_breached_rule_fires():
-    w = win(0, tool_calls=100, tool_failures=1, llm_calls=200, llm_errors_5xx=20, turns=50,
+    w = win(0, tool_calls=100, tool_failures=1, llm_attempts=200, llm_5xx=20, turns=50,
             prompt_tokens=500_000, cache_read_tokens=400_000, confirm_allows=30)
     assert [(name, s) for _, name, s, _ in run(engine(), [w])] == [("LLM5xxRateHigh", FIRING)]
 
@@ -216,7 +216,7 @@ def _sequence() -> list[WindowMetrics]:
     rows = []
     for i, rate in enumerate([0, 15, 15, 9, 12, 5, 0, 30, 30, 30, 8, 2]):
         rows.append(win(i, "acme", tool_calls=100, tool_failures=rate, tools={"search": (50, rate)},
-                        llm_calls=100, llm_errors_5xx=rate // 5, prompt_tokens=100_000,
+                        llm_attempts=100, llm_5xx=rate // 5, prompt_tokens=100_000,
                         cache_read_tokens=100_000 - rate * 5000))
         rows.append(win(i, "beta", tool_calls=30, tool_failures=3 * (i % 3)))
     return rows
@@ -356,8 +356,8 @@ def test_yaml_override_of_thresholds(tmp_path):
     assert statuses(eng, [failures(0, 100, 15), failures(1, 100, 15)]) == []  # 15 % no longer breaches
     assert statuses(eng, [failures(2, 100, 25), failures(3, 100, 25)]) == [(3, FIRING)]
     eng = RuleEngine(ruleset)
-    assert eng.evaluate(win(0, llm_calls=10, llm_errors_5xx=6)) == []  # for_windows 2 (and 5xx > 2 % pending)
-    alerts = {a.alertname: a for a in eng.evaluate(win(1, llm_calls=10, llm_errors_5xx=6))}
+    assert eng.evaluate(win(0, llm_attempts=10, llm_5xx=6)) == []  # for_windows 2 (and 5xx > 2 % pending)
+    alerts = {a.alertname: a for a in eng.evaluate(win(1, llm_attempts=10, llm_5xx=6))}
     assert alerts["LLMErrorsAny"].labels["team"] == "agents"
     assert alerts["LLMErrorsAny"].annotations["summary"] == "60% of LLM calls failed for tenant acme"
 
