@@ -1,0 +1,147 @@
+"""Sustained publish throughput: events/s acknowledged by a real Kafka broker, encoding included.
+
+Measured in the same run:
+
+* ``EventPublisher``: ``publish()`` of ready event dicts (stamped beforehand) from the calling thread, then
+  ``flush()``; the clock runs from the first ``publish`` until every event is acknowledged. Validation,
+  Avro batch encoding (``AgentEventBatch`` per session shard), lz4 and the idempotent producer are included.
+* baseline: raw confluent-kafka producing the same events as pre-encoded single ``AgentEvent`` records (encoding
+  done before the clock starts), same producer settings, until ``flush()`` returns.
+
+Goal (issue 2, §8): >= 50,000 events/s per producer process. No assertions: figures and the ratio are printed::
+
+    KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 python bench/bench_publish.py --events 300000
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import os
+import platform
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import confluent_kafka  # noqa: E402
+import fastavro  # noqa: E402
+from confluent_kafka import Producer  # noqa: E402
+
+from producers.publisher import EventPublisher  # noqa: E402
+from producers.sharding import shard_key  # noqa: E402
+from producers.stamp import Stamper  # noqa: E402
+from schemas.codec import AvroCodec  # noqa: E402
+
+TOOLS = ["read_file", "write_file", "run_shell_command", "grep", "web_fetch"]
+
+
+def make_events(n: int, sessions: int) -> list[dict[str, Any]]:
+    """Tool and LLM events as the bridge produces them (typed fields + a small JSON payload text)."""
+    stamper = Stamper(tenant="acme", service="bench")
+    out = []
+    for i in range(n):
+        sid = f"session-{i % sessions}"
+        if i % 3 == 0:
+            out.append(stamper.stamp("llm_call_completed", {
+                "status": "ok", "model": "gpt-4o-mini", "duration_ms": 800 + i % 400, "prompt_tokens": 2800,
+                "completion_tokens": 48, "cache_read_tokens": 1400, "cache_creation_tokens": 0,
+                "reasoning_tokens": 7, "finish_reason": "tool_calls",
+                "payload": '{"attempt":1,"first_token_ms":210,"finish_reason_reported":true}'}, session_id=sid))
+        else:
+            out.append(stamper.stamp("tool_complete", {
+                "tool_name": TOOLS[i % len(TOOLS)], "call_id": f"call_{i}", "status": "ok" if i % 17 else "error",
+                "duration_ms": i % 250, "payload": '{"error":null}'}, session_id=sid, turn_id=f"turn-{i // 40}"))
+    return out
+
+
+def run_publisher(bootstrap: str, topic: str, events: list[dict[str, Any]], batch: int) -> tuple[float, dict]:
+    with EventPublisher(bootstrap, topic, batch_max_events=batch, buffer_max_events=len(events) + 1) as pub:
+        t0 = time.perf_counter()
+        publish = pub.publish
+        for e in events:
+            publish(e)
+        enqueued_s = time.perf_counter() - t0
+        ok = pub.flush(300)
+        elapsed = time.perf_counter() - t0
+        stats = pub.stats
+    stats["flushed"] = ok
+    stats["enqueue_s"] = enqueued_s
+    return elapsed, stats
+
+
+def run_raw(bootstrap: str, topic: str, values: list[tuple[bytes, bytes]]) -> tuple[float, int]:
+    delivered = 0
+
+    def on_delivery(err: Any, msg: Any) -> None:
+        nonlocal delivered
+        if err is None:
+            delivered += 1
+
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
+                         "compression.type": "lz4", "linger.ms": 5, "partitioner": "murmur2_random",
+                         "queue.buffering.max.messages": 1_000_000})
+    t0 = time.perf_counter()
+    for key, value in values:
+        while True:
+            try:
+                producer.produce(topic, value, key, on_delivery=on_delivery)
+                break
+            except BufferError:
+                producer.poll(0.01)
+        producer.poll(0)
+    producer.flush(300)
+    return time.perf_counter() - t0, delivered
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
+    parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--sessions", type=int, default=200)
+    parser.add_argument("--batch", type=int, default=500, help="batch_max_events of the publisher (default 500)")
+    parser.add_argument("--partitions", type=int, default=6)
+    args = parser.parse_args()
+
+    from confluent_kafka.admin import AdminClient
+
+    from agentwatch.topics import TopicSpec, ensure_topics
+
+    print(f"python {platform.python_version()}  confluent-kafka {confluent_kafka.__version__}  "
+          f"librdkafka {confluent_kafka.libversion()[0]}  fastavro {fastavro.__version__}  "
+          f"prometheus_client {importlib.metadata.version('prometheus_client')}  cpus {os.cpu_count()}")
+    suffix = uuid.uuid4().hex[:8]
+    topics = {"publisher": f"bench-publish-{suffix}", "raw": f"bench-raw-{suffix}"}
+    ensure_topics(args.bootstrap, [TopicSpec(t, args.partitions, 3_600_000) for t in topics.values()])
+    n = args.events
+    events = make_events(n, args.sessions)
+    codec = AvroCodec()
+    t0 = time.perf_counter()
+    values = [(shard_key(e["session_id"], 64), codec.encode_event(e)) for e in events]
+    encode_s = time.perf_counter() - t0
+    try:
+        raw_s, raw_delivered = run_raw(args.bootstrap, topics["raw"], values)
+        pub_s, stats = run_publisher(args.bootstrap, topics["publisher"], events, args.batch)
+    finally:
+        AdminClient({"bootstrap.servers": args.bootstrap}).delete_topics(list(topics.values()))
+    pub_rate = stats["delivered"] / pub_s
+    raw_rate = raw_delivered / raw_s
+    print(f"\n{n} events, {args.sessions} sessions, {args.partitions} partitions")
+    print(f"{'what':58s} {'events/s':>10s} {'seconds':>8s}")
+    print(f"{'raw confluent-kafka, pre-encoded single-event records':58s} {raw_rate:10,.0f} {raw_s:8.2f}")
+    print(f"{'EventPublisher (validate + batch-encode + produce + ack)':58s} {pub_rate:10,.0f} {pub_s:8.2f}"
+          f"   {pub_rate / raw_rate:.2f}x raw")
+    print(f"\n(encoding single events alone, outside the raw timing: {n / encode_s:,.0f} events/s)")
+    print(f"publisher: delivered={stats['delivered']} flushed={stats['flushed']} records={stats['batches']} "
+          f"(~{stats['delivered'] / max(1, stats['batches']):.0f} events/record) dropped={stats['dropped']} "
+          f"publish() loop {stats['enqueue_s']:.2f} s")
+    print(f"goal: >= 50,000 events/s; raw delivered={raw_delivered}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

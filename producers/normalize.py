@@ -1,0 +1,382 @@
+"""Make any dict a publisher is handed into a valid AgentEvent, or say why it cannot be one.
+
+``publish()`` promises never to raise and a bad event must never poison the batch it travels in, so every event
+passes through :meth:`EventNormalizer.normalize` on the sender thread before encoding. The rules (decided here,
+tested in tests/test_publisher.py):
+
+* Unknown top-level keys are not dropped: they move into ``payload`` (the open part of the contract).
+* A typed field of the wrong type is coerced when the meaning is clear (``"12"`` -> 12, 12.0 -> 12, an Enum ->
+  its value, bytes -> UTF-8 text, a number -> its text for a string field). When it is not (``"abc"`` for
+  ``prompt_tokens``) an optional field becomes null and the original goes to ``payload["_invalid_fields"]``;
+  an unknown ``type`` becomes ``unknown`` with the original in ``payload["_original_type"]``. Coerced events
+  are counted, and the names land in ``payload["_coerced_fields"]``.
+* A required envelope field (event_id, event_time, producer_time, tenant, session_id, seq) that is missing or
+  cannot be coerced makes the event invalid: it is dropped with reason ``invalid``. Guessing a session or a time
+  would put the event in the wrong place, which is worse than a counted drop.
+* ``payload`` may be a dict (serialised here), a JSON object text (validated), or anything else (wrapped as
+  ``{"_value": ...}``). Values JSON cannot hold (bytes, sets, datetimes, arbitrary objects, NaN, cycles) are
+  converted (text, list, ISO time, ``str()``, null, a marker) instead of failing.
+* Sizes are bounded so one event always fits in a record: typed strings are cut at ``max_field_chars``; a
+  payload whose JSON is longer than ``max_payload_chars`` has its long strings cut at ``max_payload_string_chars``
+  (Agentao's head/tail marker), and if it is still too long it is replaced by a marker holding its head.
+"""
+
+from __future__ import annotations
+
+import json
+import json.scanner
+import math
+from collections.abc import Mapping
+from datetime import date, datetime
+from datetime import time as dtime
+from enum import Enum
+from typing import Any
+
+from producers.scrub import TRUNCATION_MARKER, Scrubber, truncate_head_tail
+from schemas import contract
+
+OK = "ok"
+COERCED = "coerced"
+INVALID = "invalid"
+
+_STR, _LONG, _INT, _ENUM, _OTHER = "string", "long", "int", "enum", "other"
+_PAYLOAD = "payload"
+_I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
+_I32_MIN, _I32_MAX = -(1 << 31), (1 << 31) - 1
+_KINDS = {_STR: _STR, _LONG: _LONG, _INT: _INT, _ENUM: _ENUM}
+_INT_RANGE = {_LONG: (-(1 << 63), (1 << 63) - 1), _INT: (-(1 << 31), (1 << 31) - 1)}
+_SCAN = json.scanner.make_scanner(json.JSONDecoder())
+_DUMPS = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+class _Spec:
+    __slots__ = ("name", "kind", "nullable", "required")
+
+    def __init__(self, name: str, kind: str, nullable: bool, required: bool) -> None:
+        self.name, self.kind, self.nullable, self.required = name, kind, nullable, required
+
+
+def _field_specs() -> dict[str, _Spec]:
+    specs = {}
+    for f in contract.current().event_json["fields"]:
+        t = f["type"]
+        members = t if isinstance(t, list) else [t]
+        base = next((m for m in members if m != "null"), "null")
+        if isinstance(base, dict):
+            base = "enum" if base.get("type") == "enum" else base.get("type", _OTHER)
+        kind = _KINDS.get(base, _OTHER)  # the module's own str objects: the hot path compares with ``is``
+        specs[f["name"]] = _Spec(f["name"], kind, "null" in members, "default" not in f)
+    return specs
+
+
+class EventNormalizer:
+    """Validates, coerces, scrubs and bounds events; stateless after construction, so any thread may call it."""
+
+    def __init__(self, *, scrubber: Scrubber | None = None, max_field_chars: int = 8_192,
+                 max_payload_chars: int = 262_144, max_payload_string_chars: int = 65_536) -> None:
+        self.scrubber = scrubber
+        self.max_field_chars = max_field_chars
+        self.max_payload_chars = max_payload_chars
+        self.max_payload_string_chars = max_payload_string_chars
+        self._specs = _field_specs()
+        self._required = tuple(s.name for s in self._specs.values() if s.required)
+        self._symbols = frozenset(contract.event_types())
+        # pass-1 classes: the Python type a field's value has when nothing needs fixing
+        self._fast: dict[str, Any] = {
+            s.name: {_STR: str, _LONG: int, _INT: int, _ENUM: _ENUM}.get(s.kind) for s in self._specs.values()}
+        self._fast["payload"] = _PAYLOAD
+        self._nullable = frozenset(s.name for s in self._specs.values() if s.nullable)
+        self._int32 = tuple(s.name for s in self._specs.values() if s.kind is _INT)
+
+    def normalize(self, event: Any, counters: dict[str, int] | None = None) -> tuple[dict[str, Any] | None, str]:
+        """``(clean event, OK | COERCED)`` or ``(None, INVALID)``; never raises.
+
+        The result is a shallow copy, fixed in place; the caller's dict and nested values (the payload dict,
+        lists) are never mutated, since a producer may still read its event after handing it over (a simulator
+        counting it, a test comparing it). ``counters`` (when given) is incremented for ``redactions`` and
+        ``truncated`` fields.
+        """
+        try:
+            return self._normalize(event, counters)
+        except Exception:  # a bug or a hostile object: count it as invalid rather than kill the sender
+            return None, INVALID
+
+    def _normalize(self, event: Any, counters: dict[str, int] | None) -> tuple[dict[str, Any] | None, str]:
+        if not isinstance(event, Mapping):
+            return None, INVALID
+        event = dict(event)  # never touch the caller's dict: it may still be reading it on another thread
+        # Pass 1, the hot loop: recognise fields that are already right (nearly all of them, nearly always).
+        fast = self._fast
+        nullable = self._nullable
+        symbols = self._symbols
+        cap = self.max_field_chars
+        slow: list[Any] | None = None
+        for key, value in event.items():
+            t = fast.get(key)
+            if t is str:
+                if (type(value) is str and len(value) <= cap) or (value is None and key in nullable):
+                    continue
+            elif t is int:
+                if (type(value) is int and _I64_MIN <= value <= _I64_MAX) or (value is None and key in nullable):
+                    continue
+            elif t is _ENUM:
+                if type(value) is str and value in symbols:
+                    continue
+            elif t is _PAYLOAD:
+                continue
+            if slow is None:
+                slow = [key]
+            else:
+                slow.append(key)
+        for key in self._int32:
+            value = event.get(key)
+            if type(value) is int and not _I32_MIN <= value <= _I32_MAX:
+                slow = [*(slow or ()), key]
+        # Pass 2: fix what pass 1 did not recognise, in place.
+        extras: dict[str, Any] | None = None
+        notes: dict[str, Any] | None = None  # _coerced_fields / _invalid_fields / _original_type
+        truncated = 0
+        if slow is not None:
+            for key in slow:
+                spec = self._specs.get(key)
+                if spec is None:
+                    if extras is None:
+                        extras = {}
+                    extras[key if isinstance(key, str) else _text(key)] = event.pop(key)
+                    continue
+                notes, n = self._fix(event, spec, event[key], notes)
+                truncated += n
+        for name in self._required:
+            if name not in event:
+                return None, INVALID
+        scrubber = self.scrubber
+        if scrubber is not None:
+            msg = event.get("error_message")
+            if msg:
+                hits: dict[str, int] = {}
+                event["error_message"] = scrubber.redact(msg, hits)
+                if hits and counters is not None:
+                    counters["redactions"] = counters.get("redactions", 0) + sum(hits.values())
+        event["payload"] = self._payload(event["type"], event.get("payload"), extras, notes, counters)
+        if counters is not None and truncated:
+            counters["truncated"] = counters.get("truncated", 0) + truncated
+        return event, (COERCED if notes else OK)
+
+    def _fix(self, event: dict[str, Any], spec: _Spec, value: Any,
+             notes: dict[str, Any] | None) -> tuple[dict[str, Any] | None, int]:
+        """Coerce one field in place; returns the notes and how many strings were truncated (0 or 1)."""
+        key, kind, cap = spec.name, spec.kind, self.max_field_chars
+        if value is None:
+            if not spec.nullable:
+                del event[key]  # a required field: the event becomes invalid
+            return notes, 0
+        if kind is _ENUM:
+            text = str.__str__(value) if isinstance(value, str) else _text(value)
+            if text in self._symbols:
+                event[key] = text  # a str Enum (Agentao's EventType) or a str subclass: lossless
+                return (notes if isinstance(value, str) else _note(notes, "_coerced_fields", key)), 0
+            event[key] = "unknown"
+            notes = notes or {}
+            notes["_original_type"] = text[:200]
+            return notes, 0
+        if kind is _STR and isinstance(value, str):  # too long, or a str subclass (lossless)
+            value = str.__str__(value)
+            if len(value) <= cap:
+                event[key] = value
+                return notes, 0
+            event[key] = truncate_head_tail(value, cap, 0.5)[0]
+            return notes, 1
+        try:
+            coerced = _coerce(kind, value)
+        except (TypeError, ValueError, OverflowError):
+            notes = notes or {}
+            notes.setdefault("_invalid_fields", {})[key] = _text(value)[:200]
+            if spec.nullable:
+                event[key] = None
+            else:
+                del event[key]
+            return notes, 0
+        n = 0
+        if kind is _STR and len(coerced) > cap:
+            coerced = truncate_head_tail(coerced, cap, 0.5)[0]
+            n = 1
+        event[key] = coerced
+        return _note(notes, "_coerced_fields", key), n
+
+    def _payload(self, event_type: str, payload: Any, extras: dict[str, Any] | None, notes: dict[str, Any] | None,
+                 counters: dict[str, int] | None) -> str | None:
+        scrubber = self.scrubber
+        if payload is None and extras is None and notes is None:
+            return None
+        if type(payload) is str and extras is None and notes is None and scrubber is None \
+                and len(payload) <= self.max_payload_chars:
+            try:  # the C scanner directly: json.loads adds ~1 µs of Python around it
+                obj, end = _SCAN(payload, 0)
+                if type(obj) is dict and (end == len(payload) or not payload[end:].strip()):
+                    return payload  # a valid JSON object text: keep it byte for byte
+            except (ValueError, RecursionError, StopIteration):
+                pass
+        pd = _as_dict(payload)
+        if extras:
+            for k, v in extras.items():
+                pd[k if k not in pd else f"_extra_{k}"] = v
+        if notes:
+            pd.update(notes)
+        if scrubber is not None:
+            pd, hits = scrubber.scrub_payload(event_type, pd)
+            if hits and counters is not None:
+                counters["redactions"] = counters.get("redactions", 0) + sum(hits.values())
+        text = dumps_lenient(pd)
+        if len(text) > self.max_payload_chars:
+            if counters is not None:
+                counters["truncated"] = counters.get("truncated", 0) + 1
+            text = _DUMPS(_cut_strings(json.loads(text), self.max_payload_string_chars))
+            if len(text) > self.max_payload_chars:
+                text = _DUMPS({"_truncated_payload": text[: self.max_payload_chars // 8], "original_chars": len(text)})
+        return text
+
+
+def _note(notes: dict[str, Any] | None, key: str, name: str) -> dict[str, Any]:
+    notes = notes or {}
+    notes.setdefault(key, []).append(name)
+    return notes
+
+
+def _coerce(kind: str, value: Any) -> Any:
+    """Raises TypeError/ValueError/OverflowError when the value has no clear meaning for the field."""
+    if kind is _STR:
+        if isinstance(value, str):
+            return str.__str__(value)
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return bytes(value).decode("utf-8", "replace")
+        if isinstance(value, Enum):
+            return _coerce(kind, value.value)
+        if isinstance(value, (bool, int, float)):
+            return str(value)
+        if isinstance(value, (dict, list, tuple)):
+            return dumps_lenient(value)
+        return _text(value)
+    if kind is _LONG or kind is _INT:
+        if isinstance(value, Enum):
+            value = value.value
+        if isinstance(value, bool):
+            result = int(value)
+        elif isinstance(value, int):
+            result = int(value)
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise ValueError("not a finite number")
+            result = int(value)
+        elif isinstance(value, (str, bytes)):
+            text = value.decode() if isinstance(value, bytes) else value
+            text = text.strip()
+            try:
+                result = int(text)
+            except ValueError:
+                f = float(text)
+                if not math.isfinite(f):
+                    raise ValueError("not a finite number") from None
+                result = int(f)
+        else:
+            result = int(value)  # Decimal, numpy scalars; TypeError for the rest
+        lo, hi = _INT_RANGE[kind]
+        if not lo <= result <= hi:
+            raise OverflowError(f"{result} out of range")
+        return result
+    raise TypeError(f"no coercion to {kind}")
+
+
+def _text(value: Any) -> str:
+    """``str(value)``, bounded, for objects whose ``__str__`` may be huge or may raise."""
+    try:
+        text = value if isinstance(value, str) else str(value)
+    except Exception:
+        try:
+            text = repr(value)
+        except Exception:
+            text = f"<unprintable {type(value).__name__}>"
+    return text if len(text) <= 4096 else text[:4096] + TRUNCATION_MARKER
+
+
+def _as_dict(payload: Any) -> dict[str, Any]:
+    """A fresh dict for the payload (the caller's object is never mutated)."""
+    if payload is None:
+        return {}
+    if isinstance(payload, Mapping):
+        try:
+            return {k if isinstance(k, str) else _text(k): v for k, v in payload.items()}
+        except RuntimeError:  # changed size while we copied it (another thread): one more try
+            return {k if isinstance(k, str) else _text(k): v for k, v in dict(payload).items()}
+    if isinstance(payload, (str, bytes, bytearray)):
+        text = payload if isinstance(payload, str) else bytes(payload).decode("utf-8", "replace")
+        try:
+            parsed = json.loads(text)
+        except (ValueError, RecursionError):
+            return {"_raw": text}
+        return parsed if isinstance(parsed, dict) else {"_value": parsed}
+    return {"_value": payload}
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", "replace")
+    if isinstance(value, (set, frozenset)):
+        return list(value)
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, (datetime, date, dtime)):
+        return value.isoformat()
+    dump = getattr(value, "model_dump", None)  # pydantic models (Agentao's host events)
+    if callable(dump):
+        try:
+            return dump(mode="json")
+        except Exception:
+            pass
+    return _text(value)
+
+
+def _jsonable(value: Any, depth: int = 0, seen: set[int] | None = None) -> Any:
+    """A structure ``json`` accepts: cycles and depth > 64 become markers, NaN/inf become null."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if depth > 64:
+        return "<too deep>"
+    seen = seen if seen is not None else set()
+    if isinstance(value, (dict, list, tuple, set, frozenset)):
+        if id(value) in seen:
+            return "<cycle>"
+        seen.add(id(value))
+        try:
+            if isinstance(value, dict):
+                return {(k if isinstance(k, str) else _text(k)): _jsonable(v, depth + 1, seen)
+                        for k, v in list(value.items())}
+            return [_jsonable(v, depth + 1, seen) for v in list(value)]
+        finally:
+            seen.discard(id(value))
+    return _jsonable(_json_default(value), depth + 1, seen)
+
+
+def dumps_lenient(value: Any) -> str:
+    """Compact JSON of ``value`` that never fails (see :func:`_jsonable` for what gets converted)."""
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=_json_default)
+    except (TypeError, ValueError, RecursionError, RuntimeError):
+        pass
+    for _ in range(2):  # RuntimeError: the structure changed size while we walked it (another thread)
+        try:
+            return _DUMPS(_jsonable(value))
+        except (RuntimeError, RecursionError, TypeError, ValueError):
+            continue
+    return _DUMPS({"_unserialisable": _text(type(value).__name__)})
+
+
+def _cut_strings(value: Any, max_chars: int) -> Any:
+    if isinstance(value, str):
+        return truncate_head_tail(value, max_chars, 0.5)[0] if len(value) > max_chars else value
+    if isinstance(value, dict):
+        return {k: _cut_strings(v, max_chars) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_cut_strings(v, max_chars) for v in value]
+    return value

@@ -1,0 +1,686 @@
+"""EventPublisher: hand AgentEvents to Kafka without ever slowing down or breaking the agent that emits them.
+
+Agentao calls ``on_event`` inline on the agent's thread and concurrently from tool worker threads, and a slow
+callback delays the turn by exactly its duration. So the design splits the work:
+
+* ``publish(event)`` (any thread) appends the dict to a ``collections.deque`` and returns. That is the whole hot
+  path: one ``len()``, one compare, one ``append`` (~0.15 µs; ``deque.append`` and ``len`` are single C calls,
+  atomic under the GIL; ``queue.SimpleQueue.put`` + ``qsize`` measured the same, and the deque also lets the
+  sender pop without a lock). No counter is touched: "enqueued" is derived as popped + depth. It never raises:
+  anything unexpected is counted as dropped (reason ``internal``) and ``False`` is returned.
+* One daemon sender thread does everything else: validation and coercion (:mod:`producers.normalize`), the
+  optional :class:`~producers.scrub.Scrubber`, grouping by record key (a CRC-32 shard of the session id,
+  :mod:`producers.sharding`), encoding each group as one ``AgentEventBatch`` (``producer_id`` unique per
+  publisher instance, ``batch_seq`` strictly increasing in the order records are handed to Kafka), and producing
+  with a confluent-kafka idempotent producer (``enable.idempotence``, ``acks=all``, lz4, a short ``linger.ms``
+  since batching already happened here). Delivery callbacks run on the same thread (it calls ``poll``), so the
+  counters each have a single writer. The W3C ``traceparent`` travels in each event's own field, not in record
+  headers: a batch mixes spans.
+* Per-session order holds end to end: one session -> one key -> one partition; the sender produces in arrival
+  order and the idempotent producer keeps per-partition order across retries.
+
+When Kafka is away (the :class:`~producers.spool.Spool`, when ``spool_dir`` is set):
+
+* The producer never times a record out (``message.timeout.ms=0``): what it holds is retried by the idempotent
+  producer until Kafka takes it, so a broker restart costs neither loss nor duplicates. When records are
+  outstanding and Kafka acknowledged nothing for ``stall_timeout_s``, every new batch goes to the spool's tail
+  instead. What the client already holds stays there (purging it could duplicate records that reached the broker
+  unacknowledged) until it is acknowledged, or until ``close()``, which purges it into the spool's *front*
+  segment (it is older than anything spooled). So ``flush()`` returns False while such records wait.
+* While the spool holds anything, everything goes through it (the simplest order-preserving policy). It is read
+  only when no direct record is outstanding, frames are produced in file order (a bounded window), and a frame
+  is removed only after Kafka acknowledged it. A new publisher on the same directory re-sends what is there.
+* Buffer full (``buffer_max_events``): the event is written to the spool by the calling thread (it pays for
+  validation, scrubbing and encoding of that one event: back-pressure instead of loss while the sender is
+  behind). These go to an *overflow* segment placed after everything the sender still holds, so order is kept;
+  the episode ends when the sender has emptied the buffer. Without a spool the event is dropped (``buffer_full``).
+* Spool at ``spool_max_bytes``: the newest data is dropped and counted (``spool_full``); what is on disk stays.
+* Permanent Kafka rejections (record too large, invalid record) are dropped (``rejected``); other delivery
+  errors go to the spool (or are dropped as ``delivery_failed`` without one).
+
+``flush(timeout)`` returns True once everything handed in before the call is acknowledged, spooled (and
+fsync'ed) or counted as dropped. ``close()`` flushes, waits for in-flight records until the timeout, then purges
+and spools what is left. An unclosed publisher is closed at interpreter exit (atexit holds only a weak
+reference); its sender thread keeps it alive until then.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+import weakref
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+from prometheus_client import CollectorRegistry
+
+from producers.metrics import PublisherCollector, register
+from producers.normalize import COERCED, EventNormalizer
+from producers.scrub import Scrubber
+from producers.sharding import shard_key
+from producers.spool import Spool, SpoolEntry
+from schemas.codec import AvroCodec
+
+log = logging.getLogger(__name__)
+
+
+class _KafkaClientLog:
+    """librdkafka's log sink: the same facility at most once per ``interval`` s (a down broker logs every retry)."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 30.0) -> None:
+        self._logger = logger
+        self._interval = interval
+        self._last: dict[str, float] = {}
+
+    def log(self, level: int, fmt: str, *args: Any) -> None:
+        facility = str(args[0]) if args else fmt
+        now = time.monotonic()
+        if now - self._last.get(facility, -self._interval) < self._interval:
+            return
+        self._last[facility] = now
+        self._logger.log(min(level, logging.WARNING), fmt, *args)
+
+
+_kafka_log = logging.getLogger(__name__ + ".librdkafka")
+
+MiB = 1024 * 1024
+_PERMANENT = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE, KafkaError.RECORD_LIST_TOO_LARGE,
+                        KafkaError.INVALID_RECORD, KafkaError._INVALID_ARG})
+_PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
+_EVENT_OVERHEAD = 160  # rough Avro bytes of an event without its payload, for sizing batches before encoding
+
+
+def _close_at_exit(ref: weakref.ReferenceType[EventPublisher], timeout: float) -> None:
+    publisher = ref()
+    if publisher is not None:
+        publisher.close(timeout)
+
+
+class EventPublisher:
+    """Thread-safe, never-blocking, never-raising publisher of AgentEvent dicts (see the module docstring)."""
+
+    def __init__(self, bootstrap_servers: str, topic: str, *, codec: AvroCodec | None = None,
+                 spool_dir: Path | None = None, shards: int = 64, batch_max_events: int = 500,
+                 linger_ms: float = 50, buffer_max_events: int = 100_000, spool_max_bytes: int = 256 * MiB,
+                 scrubber: Scrubber | None = None, producer_config: dict[str, Any] | None = None,
+                 registry: CollectorRegistry | None = None, producer_id: str | None = None,
+                 max_record_bytes: int = 900_000, stall_timeout_s: float = 2.0, spool_window: int = 64,
+                 fsync_interval_s: float = 1.0, atexit_timeout_s: float = 5.0) -> None:
+        self.topic = topic
+        self.producer_id = producer_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self._codec = codec or AvroCodec()
+        self._normalizer = EventNormalizer(scrubber=scrubber)
+        self._shards = shards
+        self._batch_max = max(1, batch_max_events)
+        self._linger_s = max(0.0, linger_ms / 1000.0)
+        self._buffer_max = buffer_max_events
+        self._max_record_bytes = max_record_bytes
+        self._stall_timeout_s = stall_timeout_s
+        self._spool_window = spool_window
+        self._max_drain = max(20_000, 4 * self._batch_max)
+        self._spool = (Spool(Path(spool_dir), max_bytes=spool_max_bytes, fsync_interval_s=fsync_interval_s)
+                       if spool_dir is not None else None)
+        self.spool_recovery = self._spool.recovery if self._spool is not None else None
+
+        # hot path state
+        self._buf: deque[Any] = deque()
+        self._limit = buffer_max_events  # 0 while an overflow episode runs or after close: publish goes slow path
+        self._wake = threading.Event()
+        self._wake_at = max(1, buffer_max_events // 2)
+
+        # counters; each has one writer (the sender thread) unless noted
+        self._popped = 0
+        self._settled = 0          # popped events now delivered, spooled or dropped
+        self._delivered = 0
+        self._failed = 0
+        self._spooled = 0
+        self._resent = 0
+        self._coerced = 0
+        self._batches = 0
+        self._counters: dict[str, int] = {"redactions": 0, "truncated": 0}
+        self._dropped: dict[str, int] = {}          # written under _count_lock (several threads)
+        self._count_lock = threading.Lock()
+        self._ovf_lock = threading.Lock()
+        self._overflow = False
+        self._ovf_events = 0                         # written under _ovf_lock
+        self._ovf_coerced = 0
+        self._drop_logged: dict[str, float] = {}
+
+        # Kafka state (sender thread only)
+        self._batch_seq = 0
+        self._direct_out = 0       # direct records outstanding in the client
+        self._last_progress = time.monotonic()
+        self._stalled = False
+        self._spool_retry_at = 0.0
+        self._spool_backoff = 0.5
+        self._fatal: KafkaError | None = None
+        self._brokers_down = False
+        self._key_cache: dict[str, bytes] = {}
+        self._producer_conf = {
+            "bootstrap.servers": bootstrap_servers,
+            "enable.idempotence": True,
+            "acks": "all",
+            "compression.type": "lz4",
+            "linger.ms": 5,
+            "message.timeout.ms": 0,   # never: the publisher decides when to spool (stall_timeout_s)
+            "message.max.bytes": max(1_000_000, max_record_bytes + 64 * 1024),
+            "queue.buffering.max.messages": 100_000,
+            "queue.buffering.max.kbytes": 256 * 1024,
+            "partitioner": "murmur2_random",  # the Java client's partitioner: same key -> same partition
+            "reconnect.backoff.ms": 100,
+            "reconnect.backoff.max.ms": 1000,
+            "client.id": f"agentwatch-{self.producer_id}",
+            "error_cb": self._on_error,
+            "logger": _KafkaClientLog(_kafka_log),
+            **(producer_config or {}),
+        }
+        self._producer = Producer(self._producer_conf)
+
+        # flush / close coordination
+        self._cond = threading.Condition()
+        self._flush_req = 0
+        self._flush_served = 0
+        self._flush_targets: dict[int, int] = {}
+        self._close_lock = threading.Lock()
+        self._close_started = False
+        self._closed = False
+        self._stopping = False
+        self._stop_deadline = 0.0
+
+        ref = weakref.ref(self)  # the registry may outlive the publisher: do not keep it alive
+        self.registry = register(registry, PublisherCollector(
+            self.producer_id,
+            lambda: p.stats if (p := ref()) is not None else {},
+            lambda: p.dropped_by_reason() if (p := ref()) is not None else {}))
+        self._atexit = functools.partial(_close_at_exit, weakref.ref(self), atexit_timeout_s)
+        atexit.register(self._atexit)
+        self._thread = threading.Thread(target=self._run, name=f"agentwatch-publisher-{self.producer_id}",
+                                        daemon=True)
+        self._thread.start()
+
+    # -- the agent's side ---------------------------------------------------------------------------------------
+
+    def publish(self, event: dict[str, Any]) -> bool:
+        """Hand over a complete event dict; O(1), never blocks, never raises.
+
+        The dict is not modified (the sender works on a shallow copy), but nested values must not be mutated
+        afterwards: a ``payload`` dict is serialised later, on the sender thread.
+
+        Returns False when the event had to be dropped (counted by reason).
+        """
+        try:
+            buf = self._buf
+            n = len(buf)
+            if n < self._limit:
+                buf.append(event)
+                if n == self._wake_at:
+                    self._wake.set()
+                return True
+            return self._publish_slow(event)
+        except Exception:  # pragma: no cover - defensive: nothing may reach the agent
+            self._drop("internal", 1)
+            return False
+
+    def _publish_slow(self, event: Any) -> bool:
+        """Closed, or the buffer is full: spool the event from this thread (keeping order), or drop it."""
+        if self._closed:
+            self._drop("closed", 1)
+            return False
+        spool = self._spool
+        if spool is None:
+            if len(self._buf) < self._buffer_max:
+                self._buf.append(event)
+                return True
+            self._drop("buffer_full", 1)
+            return False
+        counters: dict[str, int] = {}
+        clean, status = self._normalizer.normalize(event, counters)
+        if clean is None:
+            self._drop("invalid", 1)
+            return False
+        try:
+            clean["producer_time"] = time.time_ns() // 1000
+            value = self._codec.encode_event(clean)
+        except Exception:
+            self._drop("invalid", 1)
+            return False
+        key = shard_key(clean["session_id"], self._shards)
+        with self._ovf_lock:
+            if self._closed:
+                self._drop("closed", 1)
+                return False
+            if not self._overflow:
+                if len(self._buf) < self._buffer_max:  # room again since we looked
+                    self._buf.append(event)
+                    return True
+                spool.begin_overflow()
+                self._overflow = True
+                self._limit = 0
+                log.warning("publisher %s: buffer full (%d events); callers write to the spool until the sender "
+                            "catches up", self.producer_id, self._buffer_max)
+            if not spool.append_overflow(key, value, 1):
+                self._drop("spool_full", 1)
+                return False
+            self._ovf_events += 1
+            if status is COERCED:
+                self._ovf_coerced += 1
+            return True
+
+    # -- flush / close -----------------------------------------------------------------------------------------
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything handed in so far is acknowledged, spooled (fsync'ed) or counted as dropped."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._flush_req += 1
+            req = self._flush_req
+        self._wake.set()
+        with self._cond:
+            while True:
+                target = self._flush_targets.get(req)
+                if target is not None and self._settled_total() >= target:
+                    self._flush_targets.pop(req, None)
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._thread.is_alive():
+                    self._flush_targets.pop(req, None)
+                    return False
+                self._cond.wait(min(remaining, 0.05))
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Flush, wait for in-flight records until ``timeout``, spool (or count as dropped) the rest, stop."""
+        with self._close_lock:
+            if self._close_started:
+                return
+            self._close_started = True
+        deadline = time.monotonic() + timeout
+        self.flush(max(0.0, timeout * 0.8))
+        with self._ovf_lock:
+            self._closed = True
+            self._limit = 0
+        self._stop_deadline = deadline
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(max(0.1, deadline - time.monotonic()) + 5.0)
+        if self._thread.is_alive():
+            log.error("publisher %s: sender thread did not stop", self.producer_id)
+        atexit.unregister(self._atexit)
+
+    def __enter__(self) -> EventPublisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- stats ---------------------------------------------------------------------------------------------------
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters in events (``batches``/``inflight_batches`` in records, ``spool_bytes`` in bytes)."""
+        depth = len(self._buf)
+        spool = self._spool
+        recovery = self.spool_recovery
+        return {
+            "enqueued": self._popped + depth + self._ovf_events,
+            "delivered": self._delivered,
+            "failed": self._failed,
+            "spooled": self._spooled + self._ovf_events,
+            "resent": self._resent,
+            "dropped": sum(self._dropped.values()),
+            "buffer_depth": depth,
+            "spool_bytes": spool.pending_bytes if spool is not None else 0,
+            "coerced": self._coerced + self._ovf_coerced,
+            "redactions": self._counters.get("redactions", 0),
+            "truncated": self._counters.get("truncated", 0),
+            "batches": self._batches,
+            "inflight_batches": self._direct_out + (spool.inflight if spool is not None else 0),
+            "spool_corrupt_regions": recovery.corrupt_regions if recovery else 0,
+            "spool_torn_tails": recovery.torn_tails if recovery else 0,
+            "spool_recovered_events": recovery.events if recovery else 0,
+        }
+
+    def dropped_by_reason(self) -> dict[str, int]:
+        with self._count_lock:
+            return dict(self._dropped)
+
+    def _settled_total(self) -> int:
+        return self._settled + self._ovf_events
+
+    def _drop(self, reason: str, n: int) -> None:
+        with self._count_lock:
+            self._dropped[reason] = self._dropped.get(reason, 0) + n
+        self._warn(f"drop:{reason}", "publisher %s: dropped %d event(s), reason %s (logged at most every 10 s)",
+                   self.producer_id, n, reason)
+
+    def _warn(self, topic: str, msg: str, *args: Any) -> None:
+        """A warning at most every 10 s per ``topic``: an outage must not flood the host's log."""
+        now = time.monotonic()
+        if now - self._drop_logged.get(topic, -10.0) >= 10.0:
+            self._drop_logged[topic] = now
+            log.warning(msg, *args)
+
+    # -- the sender thread ----------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self._cycle()
+            except Exception:  # a bug must not stop delivery: log, breathe, go on
+                log.exception("publisher %s: sender cycle failed", self.producer_id)
+                time.sleep(0.1)
+            if self._stopping and not self._buf:
+                break
+            if len(self._buf) < self._batch_max and not self._flush_pending():
+                self._wake.wait(self._linger_s)
+                self._wake.clear()
+        try:
+            self._shutdown()
+        except Exception:
+            log.exception("publisher %s: shutdown failed", self.producer_id)
+        finally:
+            with self._cond:
+                self._cond.notify_all()
+
+    def _flush_pending(self) -> bool:
+        return self._flush_req > self._flush_served and not self._stopping
+
+    def _cycle(self) -> None:
+        flush_req = self._flush_req
+        target = None
+        if flush_req > self._flush_served:
+            target = self._popped + len(self._buf) + self._ovf_events
+        self._producer.poll(0)
+        if self._fatal is not None:
+            self._recreate_producer()
+        self._drain()
+        self._producer.poll(0)
+        if self._overflow and not self._buf:
+            self._end_overflow()
+        now = time.monotonic()
+        self._check_stall(now)
+        spool = self._spool
+        if spool is not None:
+            if spool.front_open and self._direct_out == 0:
+                spool.seal_front()
+            self._pump_spool(now)
+            spool.sync(force=target is not None)
+        if target is not None:
+            with self._cond:
+                for req in range(self._flush_served + 1, flush_req + 1):
+                    self._flush_targets[req] = target
+                self._flush_served = flush_req
+                self._cond.notify_all()
+        elif self._flush_targets:
+            with self._cond:
+                self._cond.notify_all()
+
+    def _drain(self) -> None:
+        buf = self._buf
+        n = min(len(buf), self._max_drain)
+        if n == 0:
+            return
+        popleft = buf.popleft
+        normalize = self._normalizer.normalize
+        counters = self._counters
+        keys = self._key_cache
+        shards = self._shards
+        groups: dict[bytes, list[dict[str, Any]]] = {}
+        invalid = 0
+        for _ in range(n):
+            event = popleft()
+            self._popped += 1  # per event, so "enqueued" (popped + depth) stays exact while a drain runs
+            clean, status = normalize(event, counters)
+            if clean is None:
+                invalid += 1
+                continue
+            if status is COERCED:
+                self._coerced += 1
+            sid = clean["session_id"]
+            key = keys.get(sid)
+            if key is None:
+                if len(keys) >= 100_000:
+                    keys.clear()
+                key = keys[sid] = shard_key(sid, shards)
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [clean]
+            else:
+                group.append(clean)
+        if invalid:
+            self._drop("invalid", invalid)
+            self._settled += invalid
+        now_us = time.time_ns() // 1000
+        budget = self._max_record_bytes * 3 // 4
+        for key, events in groups.items():
+            chunk: list[dict[str, Any]] = []
+            size = 0
+            for ev in events:
+                ev["producer_time"] = now_us
+                payload = ev.get("payload")
+                est = _EVENT_OVERHEAD + (len(payload) if payload else 0)
+                if chunk and (len(chunk) >= self._batch_max or size + est > budget):
+                    self._send(key, chunk, now_us)
+                    chunk, size = [], 0
+                chunk.append(ev)
+                size += est
+            if chunk:
+                self._send(key, chunk, now_us)
+
+    def _send(self, key: bytes, events: list[dict[str, Any]], now_us: int) -> None:
+        for value, n in self._encode(events, now_us):
+            self._route(key, value, n)
+
+    def _encode(self, events: list[dict[str, Any]], now_us: int) -> list[tuple[bytes, int]]:
+        """Encode as one batch; a bad event is isolated and dropped, an oversize batch is split."""
+        self._batch_seq += 1
+        try:
+            value = self._codec.encode_batch(self.producer_id, self._batch_seq, now_us, events)
+        except Exception:
+            good = []
+            for ev in events:
+                try:
+                    self._codec.encode_event(ev)
+                    good.append(ev)
+                except Exception:
+                    log.debug("publisher %s: unencodable event dropped: %r", self.producer_id, ev, exc_info=True)
+            bad = len(events) - len(good)
+            if bad:
+                self._drop("invalid", bad)
+                self._settled += bad
+            if not good or bad == 0:
+                if bad == 0:  # the batch failed though every event encodes alone: do not loop
+                    log.exception("publisher %s: batch encoding failed", self.producer_id)
+                    self._drop("internal", len(events))
+                    self._settled += len(events)
+                return []
+            return self._encode(good, now_us)
+        if len(value) <= self._max_record_bytes:
+            return [(value, len(events))]
+        if len(events) == 1:
+            self._drop("too_large", 1)
+            self._settled += 1
+            return []
+        half = len(events) // 2
+        return self._encode(events[:half], now_us) + self._encode(events[half:], now_us)
+
+    def _route(self, key: bytes, value: bytes, n: int) -> None:
+        spool = self._spool
+        if spool is not None and (self._stalled or spool.front_open or spool.pending_bytes > 0):
+            self._to_spool(key, value, n)
+            return
+        try:
+            self._producer.produce(self.topic, value, key, on_delivery=functools.partial(self._on_direct, n))
+        except BufferError:
+            self._to_spool_or_drop(key, value, n, "queue_full")
+            return
+        except KafkaException as exc:
+            self._warn("produce", "publisher %s: produce failed: %s", self.producer_id, exc)
+            err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            if err is not None and err.code() in _PERMANENT:
+                self._drop("rejected", n)
+                self._settled += n
+            else:
+                self._to_spool_or_drop(key, value, n, "delivery_failed")
+            return
+        if self._direct_out == 0:
+            self._last_progress = time.monotonic()
+        self._direct_out += 1
+        self._batches += 1
+
+    def _to_spool(self, key: bytes, value: bytes, n: int) -> None:
+        assert self._spool is not None
+        if self._spool.append(key, value, n):
+            self._spooled += n
+        else:
+            self._drop("spool_full", n)
+        self._settled += n
+
+    def _to_spool_or_drop(self, key: bytes, value: bytes, n: int, reason: str) -> None:
+        if self._spool is not None:
+            self._to_spool(key, value, n)
+        else:
+            self._drop(reason, n)
+            self._settled += n
+
+    def _on_direct(self, n: int, err: KafkaError | None, msg: Any) -> None:
+        self._direct_out -= 1
+        if err is None:
+            self._delivered += n
+            self._settled += n
+            self._last_progress = time.monotonic()
+            self._stalled = self._brokers_down = False
+            return
+        code = err.code()
+        if code not in _PURGED:
+            self._failed += n
+            self._warn("delivery", "publisher %s: delivery of %d event(s) failed: %s", self.producer_id, n, err)
+        if code in _PERMANENT:
+            self._drop("rejected", n)
+            self._settled += n
+            return
+        spool = self._spool
+        if spool is None:
+            self._drop("delivery_failed", n)
+        elif spool.append_front(msg.key(), msg.value(), n):
+            self._spooled += n
+        else:
+            self._drop("spool_full", n)
+        self._settled += n
+        if self._direct_out == 0:
+            self._stalled = False
+
+    def _check_stall(self, now: float) -> None:
+        if self._direct_out > 0 and not self._stalled and now - self._last_progress > self._stall_timeout_s:
+            self._stalled = True
+            log.warning("publisher %s: Kafka acknowledged nothing for %.1f s (%d records outstanding)%s",
+                        self.producer_id, now - self._last_progress, self._direct_out,
+                        "; spooling" if self._spool is not None else "")
+
+    def _pump_spool(self, now: float) -> None:
+        spool = self._spool
+        assert spool is not None
+        if self._direct_out > 0 or spool.front_open or now < self._spool_retry_at:
+            return
+        while spool.inflight < self._spool_window:
+            entry = spool.next_frame()
+            if entry is None:
+                return
+            try:
+                self._producer.produce(self.topic, entry.value, entry.key,
+                                       on_delivery=functools.partial(self._on_spool, entry))
+            except (BufferError, KafkaException) as exc:
+                spool.unread(entry)
+                if isinstance(exc, KafkaException):
+                    self._warn("resend", "publisher %s: re-sending from the spool failed: %s", self.producer_id, exc)
+                    self._spool_retry_at = now + self._spool_backoff
+                    self._spool_backoff = min(30.0, self._spool_backoff * 2)
+                return
+            self._batches += 1
+
+    def _on_spool(self, entry: SpoolEntry, err: KafkaError | None, msg: Any) -> None:
+        spool = self._spool
+        assert spool is not None
+        if err is None:
+            spool.ack(entry)
+            self._delivered += entry.n_events
+            self._resent += entry.n_events
+            self._spool_backoff = 0.5
+            return
+        code = err.code()
+        if code in _PERMANENT:
+            log.error("publisher %s: Kafka rejected a spooled record for good (%s); dropping %d event(s)",
+                      self.producer_id, err, entry.n_events)
+            self._failed += entry.n_events
+            self._drop("rejected", entry.n_events)
+            spool.ack(entry)
+            return
+        spool.fail(entry)
+        if code not in _PURGED:
+            self._failed += entry.n_events
+            now = time.monotonic()
+            if now >= self._spool_retry_at:  # first failure of this round: back off (doubling), log once
+                self._warn("resend", "publisher %s: re-sending from the spool failed (%s); retrying in %.1f s",
+                           self.producer_id, err, self._spool_backoff)
+                self._spool_retry_at = now + self._spool_backoff
+                self._spool_backoff = min(30.0, self._spool_backoff * 2)
+
+    def _end_overflow(self) -> None:
+        assert self._spool is not None
+        with self._ovf_lock:
+            if self._buf:
+                return
+            self._spool.seal_overflow()
+            self._overflow = False
+            if not self._closed:
+                self._limit = self._buffer_max
+        log.info("publisher %s: buffer drained; overflow episode over", self.producer_id)
+
+    def _on_error(self, err: KafkaError) -> None:
+        code = err.code()
+        if err.fatal():
+            log.error("publisher %s: fatal Kafka client error: %s", self.producer_id, err)
+            self._fatal = err
+        elif code == KafkaError._ALL_BROKERS_DOWN:
+            if not self._brokers_down:
+                log.warning("publisher %s: all Kafka brokers are down", self.producer_id)
+            self._brokers_down = True
+        else:
+            log.debug("publisher %s: Kafka client error: %s", self.producer_id, err)
+
+    def _recreate_producer(self) -> None:
+        """A fatal client error (e.g. the idempotent producer was fenced): spool what it held, start a new one."""
+        self._fatal = None
+        self._producer.purge(in_queue=True, in_flight=True, blocking=True)
+        self._producer.poll(0)
+        self._producer = Producer(self._producer_conf)
+
+    def _shutdown(self) -> None:
+        """Drain what is left, wait for acknowledgements until the deadline, then purge into the spool."""
+        while self._buf:
+            self._drain()
+        if self._overflow:
+            self._end_overflow()
+        spool = self._spool
+        while time.monotonic() < self._stop_deadline:
+            self._producer.poll(0.05)
+            self._check_stall(time.monotonic())
+            if spool is not None and spool.front_open and self._direct_out == 0:
+                spool.seal_front()
+            if self._direct_out == 0 and (spool is None or spool.inflight == 0):
+                break
+        if self._direct_out > 0 or (spool is not None and spool.inflight > 0):
+            self._producer.purge(in_queue=True, in_flight=True, blocking=True)
+            self._producer.poll(0)
+            self._producer.flush(1.0)
+        if spool is not None:
+            spool.close()
+        with self._cond:
+            self._cond.notify_all()

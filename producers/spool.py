@@ -1,0 +1,602 @@
+"""The disk spool: an append-only, checksummed queue of Kafka records that could not be sent yet.
+
+File format. A spool directory holds segment files ``seg-<id>.spool`` replayed in ascending id order. A segment is
+a sequence of frames, each ``magic "AWS1" | u32 body length | u32 event count | u32 CRC-32 | body`` (little
+endian), with ``body = u16 key length | key | value`` and the CRC taken over length, count and body, so a flipped
+length is caught as well as a flipped byte. ``value`` is a complete record value (an encoded AgentEventBatch, or
+a single AgentEvent for the overflow path), so a frame is re-sent as is: same producer id and batch sequence,
+which lets consumers drop a frame that reached Kafka twice. The magic lets a reader resynchronise after a damaged
+frame: at start-up every segment is scanned, intact frames are kept, damaged byte ranges (a corrupted middle
+frame, a torn tail from a crash mid-write) are copied to ``quarantine/`` and counted, and the segment is
+rewritten without them (temp file, fsync, rename).
+
+Acknowledgement. Frames are removed only once Kafka acknowledged them, in file order: ``checkpoint`` (JSON,
+replaced atomically) holds each segment's first unacknowledged byte; fully acknowledged segments are deleted. A
+frame that failed is handed out again before anything unread, and frames after it that were acknowledged are not
+re-sent while the process lives. The checkpoint is written at most every ``checkpoint_interval_s`` and at close,
+so a crash (or a failed frame still pending at close) can re-send already acknowledged frames: at-least-once
+across restarts, and a re-sent frame carries its original producer id + batch sequence for deduplication.
+
+Durability (fsync policy). Every append is written and flushed to the OS at once (a process crash loses nothing
+that ``append`` accepted); segment files are fsync'ed at most every ``fsync_interval_s`` (default 1 s), on
+``sync(force=True)`` (the publisher's ``flush()``) and at close, like Vector's disk buffer (500 ms). A machine
+crash can lose up to that interval; the checksums turn such a loss into a counted torn tail, never garbage.
+
+Ordering. Three writers keep the replay order equal to the order in which data was handed to the publisher:
+the sender appends to the *tail*; the failed or purged batches of the direct path, which are older than anything
+spooled, go to a *front* segment (id below every other one); events that arrive while the in-memory buffer is
+full are written by the calling threads to an *overflow* segment placed after the sender's current tail, and the
+sender rolls to a new tail after it once the episode ends. Unsealed front and overflow segments are not read.
+
+Size cap. ``max_bytes`` bounds unacknowledged bytes; an append that would pass it is refused (the publisher
+drops the newest data and counts it, reason ``spool_full``). A directory is owned by one process at a time
+(``flock`` on ``.lock``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import struct
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+from zlib import crc32
+
+FRAME_MAGIC = b"AWS1"
+_HEADER = struct.Struct("<4sIII")
+HEADER_SIZE = _HEADER.size
+_KEYLEN = struct.Struct("<H")
+MAX_BODY = 64 * 1024 * 1024
+SEGMENT_PREFIX, SEGMENT_SUFFIX = "seg-", ".spool"
+FIRST_SEGMENT_ID = 1_000_000_000
+
+SEALED, TAIL, OVERFLOW, FRONT = "sealed", "tail", "overflow", "front"
+
+log = logging.getLogger(__name__)
+
+
+class SpoolLockedError(RuntimeError):
+    """Another process (or publisher) owns this spool directory."""
+
+
+# -- frames (pure) -------------------------------------------------------------------------------------------------
+
+
+def encode_frame(key: bytes, value: bytes, n_events: int) -> bytes:
+    body = _KEYLEN.pack(len(key)) + key + value
+    meta = struct.pack("<II", len(body), n_events)
+    return FRAME_MAGIC + meta + struct.pack("<I", crc32(body, crc32(meta))) + body
+
+
+@dataclass(slots=True)
+class FrameRef:
+    offset: int
+    end: int
+    key: bytes
+    value: bytes
+    n_events: int
+
+
+@dataclass(slots=True)
+class BadRegion:
+    start: int
+    end: int
+    kind: str  # "corrupt" (intact frames follow) or "torn_tail" (nothing intact up to the end)
+
+
+@dataclass
+class ScanResult:
+    frames: list[FrameRef] = field(default_factory=list)
+    bad: list[BadRegion] = field(default_factory=list)
+
+
+def read_frame(data: bytes | memoryview, pos: int) -> FrameRef | None:
+    """The intact frame starting at ``pos``, or None (short, bad magic, absurd length, CRC mismatch)."""
+    if len(data) - pos < HEADER_SIZE:
+        return None
+    magic, length, n_events, crc = _HEADER.unpack_from(data, pos)
+    end = pos + HEADER_SIZE + length
+    if magic != FRAME_MAGIC or length < 2 or length > MAX_BODY or end > len(data):
+        return None
+    body = data[pos + HEADER_SIZE:end]
+    if crc32(body, crc32(bytes(data[pos + 4:pos + 12]))) != crc:
+        return None
+    (klen,) = _KEYLEN.unpack_from(body, 0)
+    if 2 + klen > length:
+        return None
+    return FrameRef(pos, end, bytes(body[2:2 + klen]), bytes(body[2 + klen:]), n_events)
+
+
+def scan_frames(data: bytes, start: int = 0) -> ScanResult:
+    """Every intact frame from ``start`` on, resynchronising on the magic after damage."""
+    result = ScanResult()
+    pos, size = start, len(data)
+    while pos < size:
+        frame = read_frame(data, pos)
+        if frame is not None:
+            result.frames.append(frame)
+            pos = frame.end
+            continue
+        nxt = data.find(FRAME_MAGIC, pos + 1)
+        while nxt != -1 and read_frame(data, nxt) is None:
+            nxt = data.find(FRAME_MAGIC, nxt + 1)
+        if nxt == -1:
+            result.bad.append(BadRegion(pos, size, "torn_tail"))
+            break
+        result.bad.append(BadRegion(pos, nxt, "corrupt"))
+        pos = nxt
+    return result
+
+
+# -- the spool (I/O) -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RecoveryReport:
+    """What start-up found in an existing spool directory."""
+
+    segments: int = 0
+    frames: int = 0
+    events: int = 0
+    bytes: int = 0
+    corrupt_regions: int = 0
+    torn_tails: int = 0
+    lost_bytes: int = 0
+    quarantined: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class SpoolEntry:
+    """A frame handed out for sending; give it back with :meth:`Spool.ack` or :meth:`Spool.fail`."""
+
+    seg_id: int
+    start: int
+    end: int
+    key: bytes
+    value: bytes
+    n_events: int
+    state: int = 0  # 0 in flight, 1 acknowledged (or given up), 2 failed (waiting to be handed out again)
+
+
+@dataclass
+class _Segment:
+    id: int
+    path: Path
+    size: int
+    state: str
+    start: int = 0  # first byte not yet acknowledged
+    fh: BinaryIO | None = None
+    dirty: bool = False
+
+
+class Spool:
+    """Segment files plus read/ack cursors; thread-safe (one lock; the sender and overflow writers share it)."""
+
+    def __init__(self, directory: Path, *, max_bytes: int = 256 * 1024 * 1024, segment_bytes: int = 16 * 1024 * 1024,
+                 fsync_interval_s: float = 1.0, checkpoint_interval_s: float = 0.2) -> None:
+        self.directory = Path(directory)
+        self.max_bytes = max_bytes
+        self.segment_bytes = segment_bytes
+        self.fsync_interval_s = fsync_interval_s
+        self.checkpoint_interval_s = checkpoint_interval_s
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._lock_fh = open(self.directory / ".lock", "a+b")  # noqa: SIM115 - held for the spool's lifetime
+        try:
+            fcntl.flock(self._lock_fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            self._lock_fh.close()
+            raise SpoolLockedError(f"spool directory {self.directory} is in use by another publisher") from exc
+        self._segments: dict[int, _Segment] = {}
+        self._order: list[int] = []   # segment ids, ascending = replay order
+        self._total = 0               # bytes in all segments
+        self._read: tuple[int, int] | None = None  # next frame to hand out; None = from the first unacked byte
+        self._inflight: deque[SpoolEntry] = deque()
+        self._retry: list[SpoolEntry] = []  # failed entries, re-sent (in file order) before anything new
+        self._tail: _Segment | None = None
+        self._overflow: _Segment | None = None
+        self._front: _Segment | None = None
+        self._roll_tail = False
+        self._next_id = FIRST_SEGMENT_ID
+        self._reader: tuple[int, int] | None = None  # (segment id, fd) of the cached read handle
+        self._last_fsync = time.monotonic()
+        self._last_ckpt = 0.0
+        self._ckpt_written: dict[str, int] | None = None
+        self._closed = False
+        self.recovery = self._recover()
+
+    # -- state ---------------------------------------------------------------------------------------------
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes not yet acknowledged (what the size cap bounds)."""
+        with self._lock:
+            return self._pending_locked()
+
+    def _pending_locked(self) -> int:
+        return self._total - sum(seg.start for seg in self._segments.values())
+
+    @property
+    def is_empty(self) -> bool:
+        return self.pending_bytes == 0
+
+    @property
+    def inflight(self) -> int:
+        """Frames handed out and not yet acknowledged (failed ones waiting for a retry included)."""
+        return len(self._inflight)
+
+    # -- recovery ------------------------------------------------------------------------------------------
+
+    def _recover(self) -> RecoveryReport:
+        report = RecoveryReport()
+        for tmp in self.directory.glob("*.tmp"):
+            tmp.unlink(missing_ok=True)
+        starts = self._load_checkpoint()
+        for seg_id in sorted(self._segment_ids()):
+            path = self._path(seg_id)
+            data = path.read_bytes()
+            start = starts.get(seg_id, 0)
+            if start > len(data):
+                start = 0  # inconsistent checkpoint: re-send rather than lose
+            scan = scan_frames(data, start)
+            if scan.bad or start:
+                if scan.bad:
+                    self._quarantine(seg_id, data, scan.bad, report)
+                data = b"".join(data[f.offset:f.end] for f in scan.frames)
+                self._rewrite(path, data)
+            if not data:
+                path.unlink(missing_ok=True)
+                continue
+            self._segments[seg_id] = _Segment(seg_id, path, len(data), SEALED)
+            self._order.append(seg_id)
+            self._total += len(data)
+            report.segments += 1
+            report.frames += len(scan.frames)
+            report.events += sum(f.n_events for f in scan.frames)
+            report.bytes += len(data)
+        if self._order:
+            self._next_id = self._order[-1] + 1
+        self._write_checkpoint(force=True)
+        if report.corrupt_regions or report.torn_tails:
+            log.warning("spool %s: kept %d intact frames (%d events); %d corrupt region(s) and %d torn tail(s), "
+                        "%d bytes lost, quarantined in %s", self.directory, report.frames, report.events,
+                        report.corrupt_regions, report.torn_tails, report.lost_bytes, report.quarantined)
+        elif report.frames:
+            log.info("spool %s: %d frames (%d events, %d bytes) to re-send", self.directory, report.frames,
+                     report.events, report.bytes)
+        return report
+
+    def _quarantine(self, seg_id: int, data: bytes, bad: list[BadRegion], report: RecoveryReport) -> None:
+        qdir = self.directory / "quarantine"
+        qdir.mkdir(exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        for region in bad:
+            target = qdir / f"seg-{seg_id:012d}.{region.start}-{region.end}.{region.kind}.{stamp}.bad"
+            target.write_bytes(data[region.start:region.end])
+            report.quarantined.append(str(target))
+            report.lost_bytes += region.end - region.start
+            if region.kind == "torn_tail":
+                report.torn_tails += 1
+            else:
+                report.corrupt_regions += 1
+
+    def _rewrite(self, path: Path, data: bytes) -> None:
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        self._fsync_dir()
+
+    # -- writing ---------------------------------------------------------------------------------------------
+
+    def append(self, key: bytes, value: bytes, n_events: int) -> bool:
+        """Append to the tail (the sender's path); False when the size cap would be passed."""
+        frame = encode_frame(key, value, n_events)
+        with self._lock:
+            if self._closed or self._pending_locked() + len(frame) > self.max_bytes:
+                return False
+            tail = self._tail
+            if tail is None or self._roll_tail or (tail.size >= self.segment_bytes and self._overflow is None):
+                self._new_tail()
+                tail = self._tail
+            assert tail is not None
+            self._write(tail, frame)
+            return True
+
+    def _new_tail(self) -> None:
+        if self._tail is not None:
+            self._seal(self._tail)
+        self._tail = self._create(self._take_next_id(), TAIL)
+        self._roll_tail = False
+
+    def begin_overflow(self) -> None:
+        """Open an overflow segment after the sender's tail (creating an empty tail if there is none)."""
+        with self._lock:
+            if self._overflow is not None or self._closed:
+                return
+            if self._tail is None or self._roll_tail:
+                self._new_tail()
+            self._overflow = self._create(self._take_next_id(), OVERFLOW)
+
+    def append_overflow(self, key: bytes, value: bytes, n_events: int) -> bool:
+        """Append to the open overflow segment (any thread); False when there is none or the cap would be passed."""
+        frame = encode_frame(key, value, n_events)
+        with self._lock:
+            seg = self._overflow
+            if seg is None or self._closed or self._pending_locked() + len(frame) > self.max_bytes:
+                return False
+            self._write(seg, frame)
+            return True
+
+    def seal_overflow(self) -> None:
+        """End the episode: the overflow segment becomes readable and the sender's next append starts a new tail."""
+        with self._lock:
+            seg = self._overflow
+            if seg is None:
+                return
+            self._overflow = None
+            self._seal(seg)
+            self._roll_tail = True
+            if seg.size == 0:
+                self._drop_segment(seg)
+
+    def append_front(self, key: bytes, value: bytes, n_events: int) -> bool:
+        """Append to the front segment: data older than everything spooled (failed or purged direct batches).
+
+        The publisher opens it only while no spool frame has been read (it reads the spool only when no direct
+        batch is outstanding), so putting it first keeps the replay order.
+        """
+        frame = encode_frame(key, value, n_events)
+        with self._lock:
+            if self._closed or self._pending_locked() + len(frame) > self.max_bytes:
+                return False
+            if self._front is None:
+                seg_id = (self._order[0] - 1) if self._order else self._take_next_id()
+                if self._inflight:
+                    log.warning("spool %s: front segment opened while frames are in flight", self.directory)
+                self._front = self._create(seg_id, FRONT)
+                self._read = None
+            self._write(self._front, frame)
+            return True
+
+    def seal_front(self) -> None:
+        with self._lock:
+            if self._front is not None:
+                seg, self._front = self._front, None
+                self._seal(seg)
+                if seg.size == 0:
+                    self._drop_segment(seg)
+
+    @property
+    def front_open(self) -> bool:
+        return self._front is not None
+
+    def _take_next_id(self) -> int:
+        seg_id = max(self._next_id, (self._order[-1] + 1) if self._order else self._next_id)
+        self._next_id = seg_id + 1
+        return seg_id
+
+    def _create(self, seg_id: int, state: str) -> _Segment:
+        path = self._path(seg_id)
+        fh = open(path, "ab")  # noqa: SIM115 - closed in _seal / _drop_segment / close
+        seg = _Segment(seg_id, path, 0, state, fh=fh)
+        self._segments[seg_id] = seg
+        self._order.append(seg_id)
+        self._order.sort()
+        self._fsync_dir()
+        return seg
+
+    def _write(self, seg: _Segment, frame: bytes) -> None:
+        assert seg.fh is not None
+        seg.fh.write(frame)
+        seg.fh.flush()
+        seg.size += len(frame)
+        seg.dirty = True
+        self._total += len(frame)
+
+    def _seal(self, seg: _Segment) -> None:
+        if seg.fh is not None:
+            if seg.dirty:
+                os.fsync(seg.fh.fileno())
+                seg.dirty = False
+            seg.fh.close()
+            seg.fh = None
+        seg.state = SEALED
+        if seg is self._tail:
+            self._tail = None
+
+    # -- reading and acknowledging ---------------------------------------------------------------------------
+
+    def next_frame(self) -> SpoolEntry | None:
+        """The next frame to send: a failed one first (oldest first), else the next unread one, else None."""
+        with self._lock:
+            if self._retry:
+                entry = min(self._retry, key=lambda e: (e.seg_id, e.start))
+                self._retry.remove(entry)
+                entry.state = 0
+                return entry
+            if self._read is None:
+                if not self._order:
+                    return None
+                head = self._segments[self._order[0]]
+                self._read = (head.id, head.start)
+            while True:
+                seg_id, offset = self._read
+                seg = self._segments.get(seg_id)
+                if seg is None or offset >= seg.size:
+                    if seg is not None and seg.state != SEALED:
+                        return None  # the open tail: wait for more
+                    later = [i for i in self._order if i > seg_id]
+                    if not later:
+                        return None
+                    nxt = self._segments[later[0]]
+                    self._read = (nxt.id, nxt.start)
+                    continue
+                if seg.state in (OVERFLOW, FRONT):
+                    return None
+                frame = self._read_at(seg, offset)
+                if frame is None:
+                    log.error("spool %s: unreadable frame in %s at %d; skipping the rest of the segment",
+                              self.directory, seg.path.name, offset)
+                    self._total -= seg.size - offset
+                    seg.size = offset
+                    continue
+                entry = SpoolEntry(seg_id, offset, frame.end, frame.key, frame.value, frame.n_events)
+                self._inflight.append(entry)
+                self._read = (seg_id, frame.end)
+                return entry
+
+    def _read_at(self, seg: _Segment, offset: int) -> FrameRef | None:
+        if self._reader is None or self._reader[0] != seg.id:
+            self._close_reader()
+            self._reader = (seg.id, os.open(seg.path, os.O_RDONLY))
+        fd = self._reader[1]
+        header = os.pread(fd, HEADER_SIZE, offset)
+        if len(header) < HEADER_SIZE:
+            return None
+        length = _HEADER.unpack(header)[1]
+        if length > MAX_BODY:
+            return None
+        frame = read_frame(header + os.pread(fd, length, offset + HEADER_SIZE), 0)
+        if frame is None:
+            return None
+        frame.offset, frame.end = offset, offset + frame.end
+        return frame
+
+    def _close_reader(self) -> None:
+        if self._reader is not None:
+            os.close(self._reader[1])
+            self._reader = None
+
+    def unread(self, entry: SpoolEntry) -> None:
+        """Give back the entry just read (the producer's queue was full)."""
+        with self._lock:
+            if self._inflight and self._inflight[-1] is entry:
+                self._inflight.pop()
+                self._read = (entry.seg_id, entry.start)
+
+    def ack(self, entry: SpoolEntry) -> None:
+        """Kafka acknowledged the frame (or it is given up for good): it may be removed."""
+        with self._lock:
+            entry.state = 1
+            self._advance()
+
+    def fail(self, entry: SpoolEntry) -> None:
+        """The frame was not delivered: :meth:`next_frame` hands it out again before anything unread.
+
+        Frames after it that were acknowledged are not re-sent (no duplicates); it stays unacknowledged, so it also
+        survives a restart.
+        """
+        with self._lock:
+            if entry.state == 0 and entry not in self._retry:
+                entry.state = 2
+                self._retry.append(entry)
+
+    def _advance(self) -> None:
+        while self._inflight and self._inflight[0].state == 1:
+            e = self._inflight.popleft()
+            seg = self._segments.get(e.seg_id)
+            if seg is not None:
+                seg.start = max(seg.start, e.end)
+        # delete fully acknowledged segments at the head
+        while self._order:
+            head = self._segments[self._order[0]]
+            if head.start < head.size or any(e.seg_id == head.id for e in self._inflight):
+                break
+            if head.state != SEALED and not (head is self._tail and self._overflow is None):
+                break
+            self._drop_segment(head)
+
+    def _drop_segment(self, seg: _Segment) -> None:
+        if seg.fh is not None:
+            seg.fh.close()
+            seg.fh = None
+        if self._reader is not None and self._reader[0] == seg.id:
+            self._close_reader()
+        if seg is self._tail:
+            self._tail = None
+        self._segments.pop(seg.id, None)
+        if seg.id in self._order:
+            self._order.remove(seg.id)
+        self._total -= seg.size
+        seg.path.unlink(missing_ok=True)
+        if self._read is not None and self._read[0] == seg.id:
+            self._read = None
+
+    # -- durability --------------------------------------------------------------------------------------------
+
+    def sync(self, force: bool = False) -> None:
+        """fsync written segments if the interval passed (or ``force``); write the checkpoint if it is due."""
+        with self._lock:
+            now = time.monotonic()
+            if force or now - self._last_fsync >= self.fsync_interval_s:
+                for seg in self._segments.values():
+                    if seg.fh is not None and seg.dirty:
+                        os.fsync(seg.fh.fileno())
+                        seg.dirty = False
+                self._last_fsync = now
+            self._write_checkpoint(force=force)
+
+    def _write_checkpoint(self, force: bool = False) -> None:
+        starts = {str(seg.id): seg.start for seg in self._segments.values() if seg.start}
+        if starts == self._ckpt_written:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_ckpt < self.checkpoint_interval_s:
+            return
+        tmp = self.directory / "checkpoint.tmp"
+        tmp.write_text(json.dumps({"starts": starts}))
+        os.replace(tmp, self.directory / "checkpoint")
+        self._ckpt_written = starts
+        self._last_ckpt = now
+
+    def _load_checkpoint(self) -> dict[int, int]:
+        try:
+            data = json.loads((self.directory / "checkpoint").read_text())
+            return {int(k): int(v) for k, v in data["starts"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return {}
+
+    def _fsync_dir(self) -> None:
+        fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        """Seal everything, fsync, write the checkpoint and release the directory."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._close_reader()
+            for seg in list(self._segments.values()):
+                self._seal(seg)
+            self._overflow = self._front = self._tail = None
+            self._ckpt_written = None
+            self._write_checkpoint(force=True)
+            fcntl.flock(self._lock_fh.fileno(), fcntl.LOCK_UN)
+            self._lock_fh.close()
+
+    # -- helpers -------------------------------------------------------------------------------------------------
+
+    def _path(self, seg_id: int) -> Path:
+        return self.directory / f"{SEGMENT_PREFIX}{seg_id:012d}{SEGMENT_SUFFIX}"
+
+    def _segment_ids(self) -> list[int]:
+        ids = []
+        for p in self.directory.glob(f"{SEGMENT_PREFIX}*{SEGMENT_SUFFIX}"):
+            try:
+                ids.append(int(p.name[len(SEGMENT_PREFIX):-len(SEGMENT_SUFFIX)]))
+            except ValueError:
+                continue
+        return ids

@@ -1,0 +1,148 @@
+"""Secret scrubbing and Agentao's field caps, checked against Agentao's own scanner and sanitizer."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from agentao.replay.sanitize import sanitize_event
+from agentao.security.secret_scan import scan_and_redact
+
+from producers.normalize import EventNormalizer
+from producers.scrub import SECRET_KINDS, TRUNCATION_MARKER, Scrubber, redact
+from producers.stamp import Stamper
+
+# One sample per kind (fake credentials in the documented shapes).
+SAMPLES: dict[str, str] = {
+    "private_key_block": "key:\n-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA7\nabcDEF==\n"
+                         "-----END RSA PRIVATE KEY-----\nafter",
+    "anthropic_api_key": "ANTHROPIC_KEY sk-ant-api03-abcdefghijklmnopqrstuvwxyz0123",
+    "openai_api_key": "using sk-proj-abcdefghijklmnopqrstuvwxyz012345 now",
+    "google_api_key": "maps AIzaSyA1234567890abcdefghijklmnopqrstuv ok",
+    "google_oauth_secret": "client GOCSPX-abcdefghijklmnopqrstuvwx done",
+    "aws_access_key": "aws AKIAIOSFODNN7EXAMPLE here",
+    "github_token": "gh ghp_abcdefghijklmnopqrstuvwxyz0123456789AB end",
+    "slack_token": "slack xoxb-1234567890-abcdefghij end",
+    "stripe_key": "stripe sk_live_abcdefghijklmnopqrstuvwx end",
+    "jwt": "tok eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.abcdefghijklmnop end",
+    "bearer": "curl -H 'Authorization: Bearer abcdefghijklmnopqrstuvwxyz012345'",
+    "oauth_token": '{"refresh_token": "r1234567890abcdef", "x": 1}',
+    "kv_secret": "db password=hunter2hunter2 port=5432",
+}
+
+EXTRA = [
+    "nothing secret in this fairly long sentence",
+    "short",
+    "github_pat_11ABCDEFG0abcdefghijklmnopqrstuvwxyz and xapp-1-A0123456789-abcdefghijk",
+    "sk-ant-short-but-long-enough-xxxxxxxxxxxxxxxxx then sk-abcdefghijklmnopqrstuvwxyz",
+    "https://example.test/cb?state=1&code=abcdefgh12345 and whsec_abcdefghijklmnopqrstuvwx",
+    "api_key: 'abcd1234efgh' token=zzzzzzzzzz secret : qqqqqqqqqq",
+    "-----BEGIN PRIVATE KEY-----\\nMIIBVAIBADANBgkqhkiG9w0BAQEFAASC\\nAT8wggE7AgEAAkEA\\n",
+]
+
+
+def test_every_agentao_kind_has_a_sample() -> None:
+    assert set(SAMPLES) == set(SECRET_KINDS)
+
+
+@pytest.mark.parametrize("kind", sorted(SAMPLES))
+def test_each_kind_is_redacted_exactly_like_agentao(kind: str) -> None:
+    text = SAMPLES[kind]
+    hits: dict[str, int] = {}
+    ours = redact(text, hits)
+    theirs, their_hits = scan_and_redact(text)
+    assert ours == theirs
+    assert hits == their_hits
+    assert f"[REDACTED:{kind}]" in ours
+
+
+@pytest.mark.parametrize("text", EXTRA)
+def test_other_shapes_match_agentao(text: str) -> None:
+    hits: dict[str, int] = {}
+    assert (redact(text, hits), hits) == scan_and_redact(text)
+
+
+def test_strings_shorter_than_13_are_not_scanned() -> None:
+    assert redact("token=abcdefgh") == "[REDACTED:kv_secret]"
+    short = "x" * 12
+    assert redact(short) is short  # returned untouched without a regex pass
+
+
+def _tool_result(content: str) -> dict:
+    return {"tool": "run_shell_command", "call_id": "c1", "content": content,
+            "content_hash": "ab" * 32, "original_chars": len(content), "status": "ok"}
+
+
+def test_tool_result_content_is_capped_like_agentao_and_secrets_are_counted() -> None:
+    content = "A" * 3000 + " password=hunter2hunter2 " + "B" * 9000
+    payload = _tool_result(content)
+    ours, hits = Scrubber().scrub_payload("tool_result", payload)
+    theirs, stats = sanitize_event("tool_result", payload, capture_flags={})
+    assert ours == theirs
+    assert hits == stats.redaction_hits == {"kv_secret": 1}
+    assert ours["content"].count(TRUNCATION_MARKER) == 1 and len(ours["content"]) < 8100
+    assert ours["content_truncation"]["original_chars"] == len(content)
+    assert payload["content"] == content  # the caller's dict is not touched
+
+
+def test_capture_tool_result_full_lifts_the_cap_but_still_scans() -> None:
+    content = "x" * 20_000 + " Bearer abcdefghijklmnopqrstuvwxyz"
+    ours, hits = Scrubber({"capture_tool_result_full": True}).scrub_payload("tool_result", _tool_result(content))
+    assert ours["content"].endswith("[REDACTED:bearer]") and len(ours["content"]) > 20_000
+    assert "content_truncation" not in ours and hits == {"bearer": 1}
+
+
+def test_tool_output_chunk_uses_flat_metadata() -> None:
+    chunk = "line\n" * 2000
+    payload = {"tool": "run_shell_command", "call_id": "c", "chunk": chunk}
+    ours, _ = Scrubber().scrub_payload("tool_output", payload)
+    theirs, _ = sanitize_event("tool_output_chunk", payload, capture_flags={})
+    assert ours == theirs
+    assert ours["truncated"] is True and ours["original_chars"] == len(chunk)
+
+
+@pytest.mark.parametrize(("etype", "key", "cap"), [("ask_user_answered", "answer", 500),
+                                                   ("memory_write", "value", 2000),
+                                                   ("plugin_hook_fired", "output_preview", 500)])
+def test_other_capped_fields(etype: str, key: str, cap: int) -> None:
+    ours, _ = Scrubber().scrub_payload(etype, {key: "z" * (cap * 3)})
+    assert len(ours[key]) == cap + len(TRUNCATION_MARKER)
+    assert ours[f"{key}_truncation"]["omitted_chars"] == cap * 2
+
+
+def test_nested_values_are_scanned_and_hashes_kept_verbatim() -> None:
+    payload = {"added_messages": [{"role": "tool", "content": "export OPENAI_API_KEY=sk-abcdefghijklmnopqrstuv123"}],
+               "meta": {"deep": ("AKIAIOSFODNN7EXAMPLE and more text",)}, "n": 3, "ok": True}
+    ours, hits = Scrubber().scrub_payload("llm_call_delta", payload)
+    assert ours["added_messages"][0]["content"] == "export OPENAI_API_KEY=[REDACTED:openai_api_key]"
+    assert ours["meta"]["deep"] == ["[REDACTED:aws_access_key] and more text"]
+    assert ours["redaction_hits"] == hits == {"openai_api_key": 1, "aws_access_key": 1}
+    verbatim, _ = Scrubber().scrub_payload("tool_result", {"content_hash": "password=" + "a" * 20})
+    assert verbatim["content_hash"] == "password=" + "a" * 20
+
+
+def test_capture_flags_drop_llm_deltas_and_full_io() -> None:
+    delta = {"attempt": 1, "added_messages": [{"role": "user", "content": "hi"}] * 3}
+    assert Scrubber().scrub_payload("llm_call_delta", delta)[0]["added_messages"] == delta["added_messages"]
+    dropped, _ = Scrubber({"capture_llm_delta": False}).scrub_payload("llm_call_delta", delta)
+    assert dropped == {"attempt": 1, "added_messages_count": 3, "dropped_fields": ["added_messages"]}
+    io = {"attempt": 1, "messages": [1, 2], "tools": [{"name": "t"}]}
+    assert Scrubber().scrub_payload("llm_call_io", io)[0] == {
+        "attempt": 1, "messages_count": 2, "tools_count": 1, "dropped_fields": ["messages", "tools"]}
+    assert Scrubber({"capture_full_llm_io": True}).scrub_payload("llm_call_io", io)[0] == io
+
+
+def test_normalizer_scrubs_payload_and_error_message_and_counts() -> None:
+    stamper = Stamper()
+    ev = stamper.stamp("llm_call_completed", {
+        "status": "error", "error_message": "401 for key sk-abcdefghijklmnopqrstuvwxyz",
+        "payload": {"raw": "Authorization: Bearer abcdefghijklmnopqrstuvwxyz0123"}}, session_id="s")
+    counters: dict[str, int] = {}
+    clean, _ = EventNormalizer(scrubber=Scrubber()).normalize(ev, counters)
+    assert clean is not None
+    assert clean["error_message"] == "401 for key [REDACTED:openai_api_key]"
+    payload = json.loads(clean["payload"])
+    assert payload["raw"] == "Authorization: [REDACTED:bearer]" and payload["redaction_hits"] == {"bearer": 1}
+    assert counters["redactions"] == 2
+    unscrubbed, _ = EventNormalizer().normalize(ev, {})
+    assert unscrubbed is not None and "sk-abcdefghijklmnopqrstuvwxyz" in unscrubbed["error_message"]
