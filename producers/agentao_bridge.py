@@ -1,0 +1,345 @@
+"""Agentao -> AgentEvents: the callbacks a host plugs into an Agentao agent, adding what Agentao's events lack.
+
+Agentao's transport events carry no time, session, turn or sequence, and its runtime has no confirmation timeout.
+The bridge adds them: every event is stamped (event time, per-session ``seq``, ids) by a
+:class:`producers.stamp.Stamper` and handed to ``publisher.publish`` (which never blocks), so a callback costs a
+mapping, a stamp and an enqueue on the agent's thread.
+
+What downstream reads, and which event counts what:
+
+* turn ids: minted at ``turn_begin`` (the runtime's own ``agent._current_turn_id`` when an agent is attached, so
+  they equal the ``turn_id`` inside host events), kept through ``turn_end``, ``None`` between turns. Tool events
+  from Agentao's worker threads take the bridge's current turn: one agent runs one turn at a time.
+* ``turn_end.duration_ms`` is measured by the bridge from ``turn_begin`` (monotonic clock).
+* confirmations: Agentao's ``tool_confirmation`` is the request; the wrapped ``confirm_tool`` adds one
+  ``confirm_resolved`` per request with ``confirm_outcome`` allow|reject|timeout (``None`` if the host's callback
+  raised), the decision latency in ``duration_ms`` and the request's ``call_id``.
+* a max-iterations hit is **a ``turn_end`` with ``incomplete_reason == "max_iterations"``** (exactly one per
+  bailout: the turn ends once). The ``on_max_iterations`` wrapper adds no event of its own; what it saw (cap,
+  host action, pending tool names) goes into that turn's ``turn_end`` payload under ``_max_iterations``, also
+  when the host chose ``continue`` and the turn later ended normally (a cap reached but no bailout).
+* LLM errors: ``llm_retry`` (one per failed attempt that will be retried, ``http_status`` from ``status=<code>``)
+  and ``llm_call_completed`` with ``status == "error"`` (the final failure, ``http_status`` parsed from the error).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from producers.mapping import (
+    confirm_fields,
+    event_symbol,
+    fields_from_agentao,
+    fields_from_host,
+    host_event_dump,
+    payload_text,
+    strip_tool_label,
+)
+from producers.stamp import Stamper
+
+ConfirmFn = Callable[[str, str, dict], bool]
+MaxIterationsFn = Callable[[int, list], dict]
+
+
+class PublisherLike(Protocol):
+    """What the bridge needs of :class:`producers.publisher.EventPublisher`."""
+
+    def publish(self, event: dict[str, Any]) -> bool: ...
+
+
+class StamperLike(Protocol):
+    """What the bridge needs of :class:`producers.stamp.Stamper`."""
+
+    def stamp(self, type: str, fields: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]: ...
+
+
+class AgentaoBridge:
+    """One bridge per agent session. ``on_event`` and ``host_observer`` are thread-safe and never raise."""
+
+    def __init__(self, publisher: PublisherLike, *, tenant: str, session_id: str | None = None,
+                 user_id: str | None = None, service: str | None = None, agent_name: str | None = None,
+                 confirm_timeout_s: float | None = None, stamper: StamperLike | None = None,
+                 defer_payload: bool = True) -> None:
+        """``defer_payload``: hand scalar-only payloads to the publisher as dicts, serialised on its sender
+        thread (EventPublisher accepts a dict or a JSON text); False always passes JSON text."""
+        if stamper is None:
+            stamper = Stamper(tenant=tenant, service=service)
+        if confirm_timeout_s is not None and confirm_timeout_s <= 0:
+            raise ValueError("confirm_timeout_s must be > 0 or None")
+        self._publisher = publisher
+        self._stamper = stamper
+        self._tenant = tenant
+        self._explicit_session = session_id
+        self._minted_session = str(uuid.uuid4())
+        self._user_id = user_id
+        self._service = service
+        self._agent_name = agent_name
+        self._confirm_timeout_s = confirm_timeout_s
+        self._defer = defer_payload
+        self._agent: Any = None
+        self._local = threading.local()  # the tool_confirmation awaiting its confirm_tool call, per thread
+        self._lock = threading.Lock()
+        self._turn_id: str | None = None
+        self._turn_t0: int | None = None
+        self._last_model: str | None = None
+        self._max_iter: list[dict[str, Any]] = []
+        self._started = False
+        self._closed = False
+        self._counts = {"published": 0, "rejected": 0, "errors": 0}
+
+    # -- identity -----------------------------------------------------------------------------------------
+
+    @property
+    def session_id(self) -> str:
+        """Explicit id, else the attached agent's ``_session_id`` (read live, as Agentao's host events do)."""
+        if self._explicit_session is not None:
+            return self._explicit_session
+        sid = getattr(self._agent, "_session_id", None)
+        return sid if isinstance(sid, str) and sid else self._minted_session
+
+    @property
+    def turn_id(self) -> str | None:
+        return self._turn_id
+
+    def stats(self) -> dict[str, int]:
+        """published (publisher accepted), rejected (publish returned False), errors (exceptions swallowed)."""
+        with self._lock:
+            return dict(self._counts)
+
+    # -- Agentao callbacks ---------------------------------------------------------------------------------
+
+    def on_event(self, ev: Any) -> None:
+        """``SdkTransport(on_event=...)``: stamp + publish; called concurrently from tool worker threads."""
+        try:
+            name = getattr(ev.type, "value", ev.type)
+            data = ev.data
+            extra = None
+            if name == "turn_begin":
+                self._begin_turn()
+            elif name == "turn_end":
+                extra = self._end_turn_extra()
+            fields = fields_from_agentao(name, data, extra, defer=self._defer)
+            turn_id = self._turn_id
+            if name == "turn_end":
+                if fields.get("duration_ms") is None and self._turn_t0 is not None:
+                    fields["duration_ms"] = (time.monotonic_ns() - self._turn_t0) // 1_000_000
+                self._turn_id = self._turn_t0 = None
+            elif name == "llm_call_started":
+                self._last_model = fields.get("model") or self._last_model
+            elif name in ("llm_call_completed", "llm_retry") and fields.get("model") is None:
+                fields["model"] = self._last_model
+            elif name == "tool_confirmation" and isinstance(data, dict):
+                self._local.pending = (data.get("tool"), data.get("call_id"))
+            self._emit(event_symbol(name), fields, turn_id)
+        except Exception:
+            self._count("errors")
+
+    def host_observer(self, ev: Any) -> None:
+        """``agent.add_host_event_observer(...)``: tool_lifecycle / permission_decision / subagent_lifecycle."""
+        try:
+            kind, dumped = host_event_dump(ev)
+            self._emit(event_symbol(kind), fields_from_host(kind, dumped, defer=self._defer), self._turn_id)
+        except Exception:
+            self._count("errors")
+
+    def confirm_tool(self, host_confirm: ConfirmFn | None = None) -> ConfirmFn:
+        """Wrap the host's ``confirm_tool(name, description, args) -> bool`` to record its outcome.
+
+        With ``confirm_timeout_s`` set the host's callback runs in a daemon thread; if it has not answered in
+        time the call is refused (``False``, which Agentao records as "not approved") and the outcome is
+        ``timeout``. A callback still running then is abandoned, not killed (Python cannot). Without a host
+        callback the answer is Agentao's own default (approve, except for an MCP Skills gated confirmation).
+        """
+        host = host_confirm or _agentao_default_confirm
+        timeout = self._confirm_timeout_s
+
+        def confirm(name: str, description: str, args: dict) -> bool:
+            pending = getattr(self._local, "pending", None)
+            self._local.pending = None
+            call_id = None
+            if pending and isinstance(pending[0], str) and isinstance(name, str) \
+                    and strip_tool_label(pending[0]) == strip_tool_label(name):
+                call_id = pending[1]
+            t0 = time.monotonic_ns()
+            outcome: str | None = None
+            error: BaseException | None = None
+            try:
+                if timeout is None:
+                    approved = bool(host(name, description, args))
+                else:
+                    approved, timed_out = _call_with_timeout(host, (name, description, args), timeout)
+                    if timed_out:
+                        outcome = "timeout"
+                        return False
+                outcome = "allow" if approved else "reject"
+                return approved
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                self._record_confirm(name, call_id, outcome, (time.monotonic_ns() - t0) // 1_000_000, error)
+
+        return confirm
+
+    def on_max_iterations(self, host_cb: MaxIterationsFn | None = None) -> MaxIterationsFn:
+        """Wrap the host's ``on_max_iterations(count, pending) -> {"action": ...}`` (default: stop).
+
+        Records the cap, the host's action and the pending tool names into the current turn's ``turn_end``
+        payload (``_max_iterations``); the bailout itself is counted from ``turn_end.incomplete_reason``.
+        """
+
+        def on_max(count: int, pending: list) -> dict:
+            result: Any = None
+            error: BaseException | None = None
+            try:
+                result = host_cb(count, pending) if host_cb is not None else {"action": "stop"}
+                return result
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                self._record_max_iterations(count, pending, result, error)
+
+        return on_max
+
+    # -- wiring ---------------------------------------------------------------------------------------------
+
+    def transport(self, *, confirm_tool: ConfirmFn | None = None, ask_user: Callable[..., str] | None = None,
+                  on_max_iterations: MaxIterationsFn | None = None) -> Any:
+        """An ``agentao.transport.SdkTransport`` wired to this bridge (pass it as ``Agentao(transport=...)``)."""
+        from agentao.transport import SdkTransport
+
+        return SdkTransport(on_event=self.on_event, confirm_tool=self.confirm_tool(confirm_tool),
+                            ask_user=ask_user, on_max_iterations=self.on_max_iterations(on_max_iterations))
+
+    def attach(self, agent: Any) -> AgentaoBridge:
+        """Follow ``agent``: its session id and turn ids, its host events; emits ``session_start``."""
+        self._agent = agent
+        agent.add_host_event_observer(self.host_observer)
+        self.start()
+        return self
+
+    def start(self) -> None:
+        """Emit ``session_start`` (once); ``attach`` calls it."""
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        try:
+            rest: dict[str, Any] = {}
+            version = getattr(sys.modules.get("agentao"), "__version__", None)
+            if version is not None:
+                rest["agentao_version"] = version
+            if self._confirm_timeout_s is not None:
+                rest["confirm_timeout_s"] = self._confirm_timeout_s
+            llm = getattr(self._agent, "llm", None)
+            model = getattr(llm, "model", None)
+            self._emit("session_start", {"model": model if isinstance(model, str) else None,
+                                         "payload": payload_text(rest)}, None)
+        except Exception:
+            self._count("errors")
+
+    def close(self) -> None:
+        """Emit ``session_end`` (once) with the bridge's counters. The publisher belongs to the caller."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            self._emit("session_end", {"payload": payload_text({"_bridge": self.stats()})}, self._turn_id)
+            forget = getattr(self._stamper, "forget_session", None)
+            if forget is not None:
+                forget(self.session_id)  # the session is over: drop its seq counter
+        except Exception:
+            self._count("errors")
+
+    def __enter__(self) -> AgentaoBridge:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals ------------------------------------------------------------------------------------------
+
+    def _begin_turn(self) -> None:
+        tid = getattr(self._agent, "_current_turn_id", None)
+        self._turn_id = tid if isinstance(tid, str) and tid else str(uuid.uuid4())
+        self._turn_t0 = time.monotonic_ns()
+        with self._lock:
+            self._max_iter = []
+
+    def _end_turn_extra(self) -> dict[str, Any] | None:
+        with self._lock:
+            hits, self._max_iter = self._max_iter, []
+        return {"_max_iterations": hits} if hits else None
+
+    def _record_confirm(self, name: Any, call_id: Any, outcome: str | None, duration_ms: int,
+                        error: BaseException | None) -> None:
+        try:
+            self._emit("confirm_resolved", confirm_fields(name, call_id, outcome, duration_ms, error), self._turn_id)
+        except Exception:
+            self._count("errors")
+
+    def _record_max_iterations(self, count: Any, pending: Any, result: Any, error: BaseException | None) -> None:
+        try:
+            names = [p.get("name") for p in pending if isinstance(p, dict)] if isinstance(pending, list) else []
+            entry: dict[str, Any] = {"cap": count, "pending_tools": names}
+            if error is not None:
+                entry["error_class"] = type(error).__name__
+            else:
+                entry["action"] = result.get("action", "stop") if isinstance(result, dict) else repr(result)
+            with self._lock:
+                self._max_iter.append(entry)
+        except Exception:
+            self._count("errors")
+
+    def _emit(self, symbol: str, fields: dict[str, Any], turn_id: str | None) -> None:
+        child = fields.pop("child_task_id", None)
+        agent_name = fields.pop("agent_name", None) or self._agent_name
+        if self._service is not None:
+            fields["service"] = self._service
+        event = self._stamper.stamp(symbol, fields, session_id=self.session_id, turn_id=turn_id,
+                                    user_id=self._user_id, tenant=self._tenant, agent_name=agent_name,
+                                    child_task_id=child)
+        self._count("published" if self._publisher.publish(event) else "rejected")
+
+    def _count(self, key: str) -> None:
+        with self._lock:
+            self._counts[key] += 1
+
+
+def _agentao_default_confirm(name: str, description: str, args: dict) -> bool:
+    """What ``SdkTransport`` answers without a callback: approve unless the MCP Skills gate asks a person."""
+    try:
+        from agentao.transport import confirmation
+    except ImportError:
+        return True
+    return confirmation.gate_note() is None
+
+
+def _call_with_timeout(fn: ConfirmFn, args: tuple, timeout: float) -> tuple[bool, bool]:
+    """``(answer, timed_out)``; re-raises what ``fn`` raised. The thread is a daemon so exit never waits on it."""
+    box: dict[str, Any] = {}
+    done = threading.Event()
+    ctx = contextvars.copy_context()
+
+    def run() -> None:
+        try:
+            box["value"] = ctx.run(fn, *args)
+        except BaseException as exc:
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="agentwatch-confirm", daemon=True).start()
+    if not done.wait(timeout):
+        return False, True
+    if "error" in box:
+        raise box["error"]
+    return bool(box["value"]), False

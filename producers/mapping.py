@@ -1,0 +1,349 @@
+"""Agentao event data -> the typed fields of an AgentEvent plus an open ``payload``.
+
+Pure functions, no I/O, never raise on odd input. The rule that makes the mapping lossless: every key of the
+Agentao data either lands *verbatim* in a typed field (see ``AGENTAO_LIFTS`` / ``HOST_LIFTS`` for which key goes
+where) or stays in ``payload``. A value that had to be changed to fit its field (a sub-agent label stripped from a
+tool name, an error message cut to 500 characters, ``"12"`` coerced to 12) is lifted *and* kept in full in the
+payload. A value that cannot be coerced (a dict where a string belongs) stays only in the payload.
+
+``null`` stays ``null``: a missing or null token count means "the provider reported no usage" and is never
+turned into 0. Payload keys that agentwatch adds itself start with ``_`` (Agentao's keys never do).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from functools import cache
+from typing import Any
+
+from schemas import contract
+
+ERROR_MESSAGE_MAX = 500
+_ENCODE = json.JSONEncoder(default=str, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+_LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
+
+TOKEN_FIELDS = ("prompt_tokens", "completion_tokens", "cache_read_tokens", "cache_creation_tokens",
+                "reasoning_tokens")
+
+# Typed fields and their Avro kind: "s" string, "l" long, "i" int (HTTP status).
+_KIND: dict[str, str] = {
+    "tool_name": "s", "call_id": "s", "status": "s", "duration_ms": "l", "model": "s", "error_class": "s",
+    "error_message": "s", "http_status": "i", "finish_reason": "s", "incomplete_reason": "s",
+    "permission_decision": "s", "child_task_id": "s", "agent_name": "s", "confirm_outcome": "s",
+    **dict.fromkeys(TOKEN_FIELDS, "l"),
+}
+
+# (data key, typed field), in priority order: the first key that fills a field wins, a later key aiming at an
+# already filled field stays in the payload (e.g. turn_end "error" vs llm_call_completed "error_message").
+_COMMON: tuple[tuple[str, str], ...] = (
+    ("tool", "tool_name"),
+    ("call_id", "call_id"),
+    ("status", "status"),
+    ("duration_ms", "duration_ms"),
+    *((f, f) for f in TOKEN_FIELDS),
+    ("model", "model"),
+    ("error_class", "error_class"),
+    ("error_message", "error_message"),
+    ("error", "error_message"),
+    ("finish_reason", "finish_reason"),
+    ("incomplete_reason", "incomplete_reason"),
+    ("child_task_id", "child_task_id"),
+)
+
+AGENTAO_LIFTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "agent_start": (("agent", "agent_name"), *_COMMON),
+    "agent_end": (("agent", "agent_name"), ("state", "status"), *_COMMON),
+    "model_changed": (("new_model", "model"), *_COMMON),
+}
+"""Per-type overrides of the common lifts (``_COMMON`` applies to every other type)."""
+
+HOST_LIFTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "tool_lifecycle": (("tool_name", "tool_name"), ("tool_call_id", "call_id"), ("outcome", "status"),
+                       ("error_type", "error_class")),
+    "permission_decision": (("tool_name", "tool_name"), ("tool_call_id", "call_id"),
+                            ("outcome", "permission_decision")),
+    "subagent_lifecycle": (("child_task_id", "child_task_id"), ("phase", "status"), ("error_type", "error_class")),
+}
+"""Host event (``model_dump(mode="json")``) keys lifted per kind."""
+
+# A sub-agent's forwarded events name the tool "[generalist 1/100] read_file"; its confirmations "[generalist] x".
+_LABEL_RE = re.compile(r"^\[[^\]\n]{1,200}\]\s+(?=\S)")
+_RETRY_STATUS_RE = re.compile(r"^\s*status\s*=\s*(\d{3})\s*$")
+_MESSAGE_STATUS_RE = re.compile(r"(?:error code|status(?:[ _]code)?|http)\s*[:=]?\s*([1-5]\d\d)\b", re.I)
+# Provider SDK exception classes (OpenAI, Anthropic) that imply one status. InternalServerError covers every 5xx
+# in the OpenAI SDK, so a code found in the message wins over this table.
+ERROR_CLASS_STATUS: dict[str, int] = {
+    "BadRequestError": 400, "AuthenticationError": 401, "PermissionDeniedError": 403, "NotFoundError": 404,
+    "ConflictError": 409, "UnprocessableEntityError": 422, "RateLimitError": 429, "InternalServerError": 500,
+    "ServiceUnavailableError": 503, "DeadlineExceededError": 504, "OverloadedError": 529,
+}
+_RETRY_NON_CLASS_REASONS = frozenset({"parameter_repair", "streaming_unsupported"})
+
+
+@cache
+def known_types() -> frozenset[str]:
+    """The EventType symbols of the current contract."""
+    return frozenset(contract.event_types())
+
+
+def event_symbol(agentao_type: Any) -> str:
+    """The contract symbol for an Agentao (or host) event type; ``unknown`` for one the contract lacks yet."""
+    name = getattr(agentao_type, "value", agentao_type)
+    return name if isinstance(name, str) and name in known_types() else "unknown"
+
+
+def strip_tool_label(name: str) -> str:
+    """``"[generalist 1/100] read_file"`` -> ``"read_file"``; a bare name is returned unchanged."""
+    m = _LABEL_RE.match(name)
+    return name[m.end():] if m else name
+
+
+def http_status_from_retry_reason(reason: Any) -> int | None:
+    """``llm_retry.reason`` is ``status=<code>`` for an HTTP failure, else an exception class or a keyword."""
+    if not isinstance(reason, str):
+        return None
+    m = _RETRY_STATUS_RE.match(reason)
+    return int(m.group(1)) if m else None
+
+
+def http_status_from_error(error_class: Any, error_message: Any) -> int | None:
+    """The provider HTTP status of a failed LLM call: a code stated in the message, else one implied by the class."""
+    if isinstance(error_message, str):
+        m = _MESSAGE_STATUS_RE.search(error_message[:2000])
+        if m:
+            return int(m.group(1))
+    if isinstance(error_class, str):
+        return ERROR_CLASS_STATUS.get(error_class.rsplit(".", 1)[-1])
+    return None
+
+
+def fields_from_agentao(type: str, data: Any, extra: Mapping[str, Any] | None = None, *,
+                        defer: bool = False) -> dict[str, Any]:
+    """Typed fields + ``payload`` for one transport ``AgentEvent`` (``ev.type`` value, ``ev.data``).
+
+    ``extra`` holds the bridge's own additions to the payload (``_``-prefixed keys). ``defer=True`` returns the
+    payload as a dict instead of text when every value is an immutable scalar, so the publisher serialises it
+    off the agent's thread; a payload holding containers is serialised now, because Agentao may mutate them
+    (message lists, args dicts) after the callback returned.
+    """
+    name = getattr(type, "value", type)
+    if not isinstance(data, Mapping):
+        out: dict[str, Any] = {}
+        rest: dict[str, Any] = {"_data": data}
+    else:
+        out, rest = _lift(data, AGENTAO_LIFTS.get(name, _COMMON))
+        if name == "llm_retry":
+            reason = data.get("reason")
+            status = http_status_from_retry_reason(reason)
+            if status is not None:
+                out["http_status"] = status
+            elif isinstance(reason, str) and reason and reason not in _RETRY_NON_CLASS_REASONS:
+                out.setdefault("error_class", reason)  # e.g. RemoteProtocolError; reason stays in payload
+        elif name == "llm_call_completed" and (out.get("error_class") or out.get("status") == "error"):
+            status = http_status_from_error(out.get("error_class"), data.get("error_message"))
+            if status is not None:
+                out["http_status"] = status
+    if event_symbol(name) == "unknown":
+        rest["_agentao_type"] = name if isinstance(name, str) else repr(name)
+    if extra:
+        rest.update(extra)
+    out["payload"] = rest if defer and rest and _all_scalars(rest) else payload_text(rest)
+    return out
+
+
+def fields_from_host(event_type: str, data: Any, *, defer: bool = False) -> dict[str, Any]:
+    """Typed fields + ``payload`` for one host event dumped with ``model_dump(mode="json")``.
+
+    ``defer=True`` returns the payload as a dict for the publisher to serialise off the agent's thread; only
+    for ``data`` that is a fresh JSON-safe dump nobody else holds (what :func:`host_event_dump` returns).
+    """
+    if not isinstance(data, Mapping):
+        return {"payload": payload_text({"_data": data})}
+    out, rest = _lift(data, HOST_LIFTS.get(event_type, ()))
+    known = event_symbol(event_type) != "unknown"
+    if known and rest.get("event_type") == event_type:
+        del rest["event_type"]  # it is the event's type symbol
+    duration = _duration_ms(data.get("started_at"), data.get("completed_at"))
+    if duration is not None:
+        out["duration_ms"] = duration
+    if event_type == "subagent_lifecycle" and "usage" in rest:
+        usage = rest["usage"]
+        if isinstance(usage, Mapping):
+            lifted, usage_rest = _lift(usage, tuple((f, f) for f in TOKEN_FIELDS))
+            out.update(lifted)
+            if usage_rest:
+                rest["usage"] = usage_rest
+            else:
+                del rest["usage"]
+        elif usage is None:
+            del rest["usage"]  # no usage: the token fields stay null
+    if not known:
+        rest["_host_type"] = event_type
+    out["payload"] = (rest or None) if defer else payload_text(rest)
+    return out
+
+
+def host_event_dump(ev: Any) -> tuple[str, dict[str, Any]]:
+    """``(event_type, json-mode dict)`` of an ``agentao.host`` model (or anything dict-like), never raising.
+
+    The dict is always a fresh, JSON-safe copy that nothing else holds (what ``fields_from_host(defer=True)``
+    needs).
+    """
+    try:
+        dumped = ev.model_dump(mode="json")
+    except Exception:
+        try:
+            dumped = _jsonable(dict(ev) if isinstance(ev, Mapping) else dict(vars(ev)), 0, set())
+        except Exception:
+            dumped = {"_repr": repr(ev)}
+    kind = dumped.get("event_type") if isinstance(dumped, dict) else None
+    return (kind if isinstance(kind, str) else "unknown"), dumped
+
+
+def confirm_fields(tool: Any, call_id: Any, outcome: str | None, duration_ms: int | None,
+                   error: BaseException | None = None) -> dict[str, Any]:
+    """Fields of our ``confirm_resolved`` event (``outcome`` allow|reject|timeout; None when the host raised)."""
+    data: dict[str, Any] = {"tool": tool, "call_id": call_id, "duration_ms": duration_ms}
+    if error is not None:
+        data["error_class"] = type(error).__name__
+        data["error_message"] = str(error)
+    out, rest = _lift(data, _COMMON)
+    out["confirm_outcome"] = outcome
+    out["payload"] = payload_text(rest)
+    return out
+
+
+def payload_text(rest: Mapping[str, Any]) -> str | None:
+    """Compact JSON object text, ``None`` when empty. Non-serialisable values become ``str()``; never raises."""
+    if not rest:
+        return None
+    try:
+        return _ENCODE(rest)
+    except Exception:  # cycles, NaN, non-string keys: convert the slow way
+        pass
+    try:
+        return json.dumps(_jsonable(rest, 0, set()), separators=(",", ":"), ensure_ascii=False)
+    except Exception as exc:  # a key whose str() raises: keep what can be said
+        return json.dumps({"_unserialisable": type(exc).__name__})
+
+
+# -- internals ------------------------------------------------------------------------------------------------
+
+_SCALARS = frozenset({str, int, bool, type(None)})
+
+
+def _all_scalars(rest: Mapping[str, Any]) -> bool:
+    for k, v in rest.items():
+        tv = type(v)
+        if type(k) is not str or (tv not in _SCALARS and not (tv is float and math.isfinite(v))):
+            return False
+    return True
+
+
+
+def _lift(data: Mapping[str, Any], lifts: tuple[tuple[str, str], ...]) -> tuple[dict[str, Any], dict[str, Any]]:
+    out: dict[str, Any] = {}
+    consumed: set[str] = set()
+    for key, target in lifts:
+        if key not in data or target in out:
+            continue
+        value = data[key]
+        kind = _KIND[target]
+        if kind == "s":
+            lifted, exact = _as_str(value)
+            if lifted is not None:
+                if target == "tool_name":
+                    stripped = strip_tool_label(lifted)
+                    exact = exact and stripped == lifted
+                    lifted = stripped
+                elif target == "error_message" and len(lifted) > ERROR_MESSAGE_MAX:
+                    lifted, exact = lifted[:ERROR_MESSAGE_MAX], False
+        else:
+            lifted, exact = _as_int(value, http=kind == "i")
+        if lifted is None and value is not None:
+            continue  # cannot be represented: stays in the payload only, the field stays free
+        out[target] = lifted
+        if exact:
+            consumed.add(key)
+    try:
+        rest = {k: v for k, v in data.items() if k not in consumed}
+    except Exception:
+        rest = {"_data": repr(data)}
+    return out, rest
+
+
+def _as_str(value: Any) -> tuple[str | None, bool]:
+    if value is None:
+        return None, True
+    if isinstance(value, str):
+        return (value, True) if type(value) is str else (str.__str__(value), False)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value), False
+    return None, False
+
+
+def _as_int(value: Any, *, http: bool = False) -> tuple[int | None, bool]:
+    if value is None:
+        return None, True
+    exact = False
+    if isinstance(value, bool):
+        return None, False  # a bool is not a count
+    if isinstance(value, int):
+        result, exact = int(value), type(value) is int
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            return None, False
+        result = round(value)
+    elif isinstance(value, str):
+        try:
+            result = int(value.strip())
+        except ValueError:
+            try:
+                f = float(value.strip())
+            except ValueError:
+                return None, False
+            if not math.isfinite(f):
+                return None, False
+            result = round(f)
+    else:
+        return None, False
+    if http:
+        return (result, exact) if 100 <= result <= 599 else (None, False)
+    return (result, exact) if _LONG_MIN <= result <= _LONG_MAX else (None, False)
+
+
+def _duration_ms(started: Any, completed: Any) -> int | None:
+    if not (isinstance(started, str) and isinstance(completed, str)):
+        return None
+    try:
+        delta = datetime.fromisoformat(completed) - datetime.fromisoformat(started)
+    except (ValueError, TypeError):
+        return None
+    ms = round(delta.total_seconds() * 1000)
+    return ms if ms >= 0 else None
+
+
+def _jsonable(value: Any, depth: int, seen: set[int]) -> Any:
+    if isinstance(value, str) or value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if depth > 100:
+        return "<too deep>"
+    if isinstance(value, (Mapping, list, tuple, set, frozenset)):
+        if id(value) in seen:
+            return "<cycle>"
+        seen = seen | {id(value)}
+        if isinstance(value, Mapping):
+            return {str(k): _jsonable(v, depth + 1, seen) for k, v in value.items()}
+        return [_jsonable(v, depth + 1, seen) for v in value]
+    try:
+        return str(value)
+    except Exception:
+        return f"<unprintable {type(value).__name__}>"
