@@ -1,0 +1,91 @@
+"""``agentwatch exporter``: the Prometheus ``/metrics`` endpoint of the agent fleet (see :mod:`sinks.exporter`).
+
+Run as many as you like with the same ``--group``: they share the events topic's partitions and each exposes the
+counters of what it consumed, so sum over instances in PromQL (``sum without(instance)(...)``). Scrape config,
+alert rules and a Grafana dashboard are in ``deploy/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from agentwatch.config import Settings
+from sinks.exporter import Exporter, MetricsServer, SpoolDirCollector
+from sinks.prometheus import CardinalityLimits, ExporterState
+
+log = logging.getLogger(__name__)
+
+
+def build(args: argparse.Namespace, settings: Settings) -> tuple[Exporter, CollectorRegistry]:
+    """The exporter and its registry (process, GC and platform collectors included) from flags and settings."""
+    topic = args.topic or settings.topics.events
+    per_label = {"tool": args.max_tools, "model": args.max_models, "error_type": args.max_error_types}
+    limits = CardinalityLimits(max_tenants=args.max_tenants, max_values=args.max_values, per_label=per_label)
+    state = ExporterState(topic, limits=limits, lateness_s=args.lateness)
+    exporter = Exporter(settings.bootstrap_servers, topic, state=state, group_id=args.group,
+                        dead_letter_topic=None if args.no_dead_letter else settings.topics.dead_letter,
+                        commit_interval_s=args.commit_interval, health_interval_s=args.health_interval)
+    registry = CollectorRegistry()
+    exporter.register(registry)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    spool = args.spool_dir or (settings.spool_dir if args.watch_spool else None)
+    if spool:
+        registry.register(SpoolDirCollector(Path(spool)))
+    return exporter, registry
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    settings = settings.with_(bootstrap_servers=args.bootstrap_servers)
+    exporter, registry = build(args, settings)
+    server = MetricsServer(registry, args.port, args.addr)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"serving http://{args.addr}:{server.port}/metrics; consuming {exporter.topic} at "
+          f"{settings.bootstrap_servers} in group {args.group}", file=sys.stderr)
+    try:
+        exporter.run(stop)
+    finally:
+        server.close()
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "exporter",
+        help="serve Prometheus /metrics computed from the events topic",
+        description="Consume the events topic in a consumer group and serve the fleet's metrics (agent_* per "
+        "tenant, OpenTelemetry gen_ai_* histograms, the pipeline's own health) at /metrics. Several instances "
+        "in one group split the partitions; sum their series over instances.",
+    )
+    p.add_argument("--port", type=int, default=9464, help="HTTP port of /metrics (default 9464; 0 = any free)")
+    p.add_argument("--addr", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    p.add_argument("--group", default="agentwatch-exporter", help="consumer group (default agentwatch-exporter)")
+    p.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS)")
+    p.add_argument("--topic", help="events topic (default: the configured events topic)")
+    p.add_argument("--no-dead-letter", action="store_true", help="do not watch the dead-letter topic's size")
+    p.add_argument("--spool-dir", default=None, help="a producer spool directory on this host to report the size of")
+    p.add_argument("--watch-spool", action="store_true", help="report the size of $AGENTWATCH_SPOOL_DIR")
+    p.add_argument("--max-tenants", type=int, default=1000, help="tenants kept apart; the rest are 'other'")
+    p.add_argument("--max-values", type=int, default=50, help="distinct values per tenant and label (default 50)")
+    p.add_argument("--max-tools", type=int, default=50, help="distinct tool names per tenant (default 50)")
+    p.add_argument("--max-models", type=int, default=20, help="distinct models per tenant (default 20)")
+    p.add_argument("--max-error-types", type=int, default=20, help="distinct error types per tenant (default 20)")
+    p.add_argument("--lateness", type=float, default=60.0,
+                   help="seconds behind its partition's newest event time after which an event counts as late")
+    p.add_argument("--commit-interval", type=float, default=1.0, help="seconds between offset commits (default 1)")
+    p.add_argument("--health-interval", type=float, default=5.0,
+                   help="seconds between consumer-lag and dead-letter checks (default 5)")
+    p.set_defaults(func=run)
