@@ -28,6 +28,12 @@ class TopicNames:
     dead_letter: str = "agentwatch.events.dlq"
     metrics: str = "agentwatch.metrics"
     alerts: str = "agentwatch.alerts"
+    # The streams worker's internal topic between its two stages; "" means "<events>.partials".
+    partials: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.partials:
+            object.__setattr__(self, "partials", f"{self.events}.partials")
 
     @classmethod
     def from_env(cls) -> TopicNames:
@@ -37,6 +43,7 @@ class TopicNames:
             dead_letter=_env("AGENTWATCH_DLQ_TOPIC", f"{prefix}.events.dlq"),
             metrics=_env("AGENTWATCH_METRICS_TOPIC", f"{prefix}.metrics"),
             alerts=_env("AGENTWATCH_ALERTS_TOPIC", f"{prefix}.alerts"),
+            partials=_env("AGENTWATCH_PARTIALS_TOPIC", f"{prefix}.events.partials"),
         )
 
 
@@ -53,6 +60,15 @@ class Settings:
     spool_dir: Path | None = None
     tenant: str = "default"
     service: str | None = None
+    # The streams worker's Faust app id (consumer group, changelog topic prefix); "" derives it from the events
+    # topic ("agentwatch.events" -> "agentwatch.streams") so unique test topics get a unique group too.
+    app_id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.app_id:
+            events = self.topics.events
+            base = events[: -len(".events")] if events.endswith(".events") else events
+            object.__setattr__(self, "app_id", f"{base}.streams")
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -67,6 +83,7 @@ class Settings:
             spool_dir=Path(_env("AGENTWATCH_SPOOL_DIR", str(home / "spool"))),
             tenant=_env("AGENTWATCH_TENANT", "default"),
             service=os.environ.get("AGENTWATCH_SERVICE") or None,
+            app_id=os.environ.get("AGENTWATCH_APP_ID") or "",
         )
 
     def with_(self, **changes: object) -> Settings:

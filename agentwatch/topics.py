@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from agentwatch.config import Settings
+from streams.options import TENANT_TABLE, WINDOW_TABLE, changelog_topic
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -39,6 +40,13 @@ def default_topics(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t.dead_letter, 1, 14 * DAY_MS, extra={"max.message.bytes": str(8 * 1024 * 1024)}),
         TopicSpec(t.metrics, p, 30 * DAY_MS),
         TopicSpec(t.alerts, 1, 90 * DAY_MS),
+        # The streams worker's internals: partial window aggregates + watermark markers between its two stages,
+        # and the changelogs of its two tables (compacted; Faust never declares topics here).
+        TopicSpec(t.partials, p, 7 * DAY_MS, extra={"max.message.bytes": str(8 * 1024 * 1024)}),
+        TopicSpec(changelog_topic(settings.app_id, WINDOW_TABLE), p, -1, "compact",
+                  {"max.message.bytes": str(8 * 1024 * 1024)}),
+        TopicSpec(changelog_topic(settings.app_id, TENANT_TABLE), p, -1, "compact",
+                  {"max.message.bytes": str(8 * 1024 * 1024)}),
     ]
 
 

@@ -233,7 +233,7 @@ def test_topics_get_the_retention_and_cleanup_stated_in_code(local_kafka: LocalK
     assert _run(["topics", "create", "--partitions", "2"], settings) == 0
     table = capsys.readouterr().out
     for spec in specs:
-        assert re.search(rf"^{re.escape(spec.name)}\s+\S+\s+\S+\s+delete\s+created$", table, re.M), table
+        assert re.search(rf"^{re.escape(spec.name)}\s+\S+\s+\S+\s+{spec.cleanup_policy}\s+created$", table, re.M), table
     assert ensure_topics(settings.bootstrap_servers, specs) == {s.name: "exists" for s in specs}
 
     admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})

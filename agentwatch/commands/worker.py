@@ -1,0 +1,141 @@
+"""``agentwatch worker``: run one streams worker (Faust) computing windowed metrics and alerts.
+
+Several workers started with the same configuration form one consumer group and share the partitions. The worker
+never creates topics on its own: ``agentwatch topics create`` (or ``--create-topics`` here) is the admin step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import sys
+from pathlib import Path
+
+from confluent_kafka.admin import AdminClient
+
+from agentwatch.config import Settings
+from agentwatch.topics import default_topics, ensure_topics
+from streams.options import WorkerOptions
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = subparsers.add_parser(
+        "worker", help="run a streams worker: windowed metrics, threshold and token-spike alerts",
+        description="Consume the events topic and compute per-tenant event-time windows (stage 1, per partition), "
+        "merge them per tenant (stage 2) into the metrics topic, and evaluate the alert rules and the token-spike "
+        "detector into the alerts topic. Bad records go to the dead-letter topic. State lives in changelog-backed "
+        "tables, so a restarted or rebalanced worker resumes. Start several with the same settings to share the "
+        "partitions. Broker and topic names come from the environment (KAFKA_BOOTSTRAP_SERVERS, "
+        "AGENTWATCH_TOPIC_PREFIX, AGENTWATCH_APP_ID, ...).")
+    parser.add_argument("--bootstrap-servers", help="Kafka to talk to (default: KAFKA_BOOTSTRAP_SERVERS)")
+    parser.add_argument("--workdir", type=Path,
+                        help="directory for Faust's data (RocksDB files when --store rocksdb://) "
+                        "(default: $AGENTWATCH_HOME/worker/<app id>)")
+    parser.add_argument("--web-port", type=int, help="serve Faust's web views on this port (default: off)")
+    parser.add_argument("--metrics-port", type=int,
+                        help="serve the worker's Prometheus metrics on this port (default: off)")
+    parser.add_argument("--backfill", action="store_true",
+                        help="reading history: compute everything, but mark alerts backfill=true (never paged)")
+    parser.add_argument("--rules", type=Path, help="YAML rules file overriding the packaged defaults")
+    parser.add_argument("--window", type=int, default=60, help="tumbling window size in seconds (default 60)")
+    parser.add_argument("--grace", type=float, default=10.0,
+                        help="seconds a window waits for out-of-order events after its end (default 10)")
+    parser.add_argument("--hop", type=int, default=300,
+                        help="hopping window size in seconds, advancing by --window; 0 turns it off (default 300)")
+    parser.add_argument("--store", default="memory://",
+                        help="Faust table store: memory:// (default; rebuilt from the changelog at start) or "
+                        "rocksdb:// (needs the faust-streaming-rocksdb or rocksdict package)")
+    parser.add_argument("--max-record-bytes", type=int,
+                        help="records larger than this go to the dead-letter topic as oversize (default 8 MiB)")
+    parser.add_argument("--flush-interval", type=float, default=1.0,
+                        help="seconds between state flushes (changelog writes + offset acks) (default 1)")
+    parser.add_argument("--create-topics", action="store_true",
+                        help="create missing topics first (the same as `agentwatch topics create`)")
+    parser.set_defaults(func=run)
+
+
+def _partition_counts(bootstrap: str, names: list[str], timeout: float = 15.0) -> dict[str, int | None]:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    md = admin.list_topics(timeout=timeout).topics
+    return {n: (len(md[n].partitions) if n in md and md[n].error is None else None) for n in names}
+
+
+def build_options(args: argparse.Namespace, settings: Settings, events_partitions: int,
+                  partials_partitions: int) -> WorkerOptions:
+    """The worker's options from the settings and the flags (``topics`` holds the broker's partition counts)."""
+    t = settings.topics
+    workdir = args.workdir or settings.home / "worker" / settings.app_id
+    return WorkerOptions(
+        app_id=settings.app_id, bootstrap_servers=settings.bootstrap_servers, events_topic=t.events,
+        dead_letter_topic=t.dead_letter, partials_topic=t.partials, metrics_topic=t.metrics, alerts_topic=t.alerts,
+        events_partitions=events_partitions, partials_partitions=partials_partitions,
+        window_s=args.window, grace_s=args.grace, hop_size_s=args.hop or None, backfill=args.backfill,
+        rules_file=args.rules, store=args.store, datadir=workdir, web_port=args.web_port,
+        metrics_port=args.metrics_port, max_record_bytes=args.max_record_bytes,
+        flush_interval_s=args.flush_interval,
+        loglevel="info" if logging.getLogger().isEnabledFor(logging.DEBUG) else "warning",
+    )
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    settings = settings.with_(bootstrap_servers=args.bootstrap_servers)
+    specs = default_topics(settings)
+    if args.create_topics:
+        ensure_topics(settings.bootstrap_servers, specs, settings.replication_factor)
+    counts = _partition_counts(settings.bootstrap_servers, [s.name for s in specs])
+    missing = [name for name, n in counts.items() if n is None]
+    if missing:
+        print(f"agentwatch worker: missing topics {missing} on {settings.bootstrap_servers}; create them with "
+              "`agentwatch topics create` (or pass --create-topics)", file=sys.stderr)
+        return 2
+    t = settings.topics
+    try:
+        options = build_options(args, settings, int(counts[t.events] or 0), int(counts[t.partials] or 0))
+    except ValueError as exc:
+        print(f"agentwatch worker: {exc}", file=sys.stderr)
+        return 2
+    if options.store.startswith(("rocksdb://", "rocksdict://")) and not (
+            importlib.util.find_spec("rocksdict") or importlib.util.find_spec("rocksdb")):
+        print("agentwatch worker: --store rocksdb:// needs the faust-streaming-rocksdb (or rocksdict) package; "
+              "install it or use memory://", file=sys.stderr)
+        return 2
+    loop_kind = "asyncio"
+    if importlib.util.find_spec("uvloop"):
+        import uvloop
+
+        uvloop.install()
+        loop_kind = "uvloop"
+
+    import faust  # imported late: Faust pulls in a lot, and `agentwatch --help` should stay fast
+
+    from streams.app import create_app
+    from streams.telemetry import WorkerTelemetry
+
+    telemetry = WorkerTelemetry()
+    app, _shell = create_app(options, telemetry)
+    if options.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(options.metrics_port, registry=telemetry.registry)
+    print(f"agentwatch worker {options.app_id}: broker {options.bootstrap_servers}, store {options.store}, "
+          f"{loop_kind} loop", flush=True)
+    print(f"  events     {t.events} ({options.events_partitions} partitions) -> dead letters {t.dead_letter}",
+          flush=True)
+    print(f"  windows    tumbling {options.window_s}s, grace {options.grace_s:g}s"
+          + (f", hopping {options.hop_size_s}s every {options.window_s}s" if options.hop_size_s else "")
+          + (" [BACKFILL: alerts marked backfill]" if options.backfill else ""), flush=True)
+    print(f"  partials   {t.partials} ({options.partials_partitions} partitions); state in "
+          f"{options.window_table_changelog}, {options.tenant_table_changelog}", flush=True)
+    print(f"  outputs    metrics {t.metrics}, alerts {t.alerts}; rules "
+          f"{options.rules_file or 'packaged defaults'}", flush=True)
+    if options.metrics_port is not None:
+        print(f"  metrics    http://0.0.0.0:{options.metrics_port}/metrics", flush=True)
+    if options.web_port is not None:
+        print(f"  web        http://0.0.0.0:{options.web_port}/", flush=True)
+    worker = faust.Worker(app, loglevel=options.loglevel, quiet=True, redirect_stdouts=False)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+    return 0

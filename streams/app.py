@@ -1,0 +1,390 @@
+"""The Faust application: two agents, one timer and two changelog-backed tables around the pure stages.
+
+Stage 1 (:mod:`streams.ingest`) reads the events topic, stage 2 (:mod:`streams.merge`) the partials topic; this
+module only moves records between Kafka and them, and keeps the at-least-once protocol:
+
+1. Records are consumed with manual acks (``stream.noack()``). Every output a record causes (dead letter,
+   partials, markers, metrics, alerts) is produced with ``send_soon`` and its delivery future kept.
+2. A **flush** runs every ``flush_interval_s`` or ``flush_records`` records, and on the heartbeat: it waits until
+   every kept delivery succeeded, *then* writes the stages' state changes to the tables (each pair of each
+   partition while an event of that partition is current, as Faust's tables require), *then* acks the records
+   handled since the last flush. Faust commits only acked offsets and flushes its producer before committing, so
+   a committed offset always has its state in the changelog, and a changelog state never claims an output that
+   is not in Kafka (a crash anywhere replays from the committed offset, and the stages' dedup and idempotent
+   replacement absorb the replay; see their docstrings).
+3. Table writes are coalesced: one write per changed key per flush, never one per event (each write costs a
+   Kafka record, about as much as reading one: ``reference/performance-notes.md``).
+4. A partition's state is restored from its table lazily (first record or heartbeat after a rebalance
+   completed) and dropped on revocation; the flush holds a lock the revocation handler also takes, so a flush
+   never writes a partition this worker no longer owns.
+5. The heartbeat (``heartbeat_s``) lets stream time of a *caught-up* events partition follow the wall clock so
+   its windows close without new records (:meth:`streams.windows.WindowEngine.advance_idle`), and declares a
+   caught-up partition that never had data idle, so stage 2 does not wait for it. A partition with records still
+   to process (e.g. the replay after a restart) is never treated as quiet.
+
+Faust never declares topics (``topic_allow_declare=False``, no leader topic): the admin step
+(``agentwatch topics create``) creates all of them, changelogs included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+import faust
+from faust.streams import _current_event  # the context variable behind faust.current_event()
+from faust.types import TP, EventT
+
+from schemas.codec import DEFAULT_MAX_RECORD_BYTES, AvroCodec
+from streams import partials as partials_format
+from streams.alerts import AlertCodec
+from streams.ingest import Ingest, Outcome, dead_letter_headers
+from streams.merge import MergeStage, Output, metrics_key
+from streams.metrics_codec import MetricsCodec
+from streams.options import TENANT_TABLE, WINDOW_TABLE, WorkerOptions
+from streams.rules import RuleEngine, load_rules
+from streams.spike import SpikeDetector, load_spike_config
+from streams.telemetry import WorkerTelemetry
+
+log = logging.getLogger(__name__)
+MiB = 1024 * 1024
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+@contextlib.contextmanager
+def event_context(event: EventT) -> Iterator[None]:
+    """Make ``event`` Faust's current event: table writes then go to (and are stored for) its partition."""
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+def broker_urls(bootstrap_servers: str) -> str:
+    """Faust's broker setting from a Kafka bootstrap list (``h1:9092,h2:9092``)."""
+    return ";".join(f"kafka://{hp.strip()}" for hp in bootstrap_servers.split(",") if hp.strip())
+
+
+class WorkerShell:
+    """The glue between Faust and the two stages; one instance per worker process."""
+
+    def __init__(self, app: faust.App, options: WorkerOptions, telemetry: WorkerTelemetry) -> None:
+        self.app = app
+        self.options = options
+        self.telemetry = telemetry
+        codec = AvroCodec(max_record_bytes=options.max_record_bytes or DEFAULT_MAX_RECORD_BYTES)
+        self.ingest = Ingest(codec, options.window_s, options.grace_s, options.max_future_s, options.label_limit)
+        rules = load_rules(options.rules_file)
+        self.merge = MergeStage(options.window_s, options.events_partitions, options.partials_partitions,
+                                RuleEngine(rules), SpikeDetector(load_spike_config(options.rules_file)),
+                                hop_size_s=options.hop_size_s, backfill=options.backfill)
+        self.metrics_codec = MetricsCodec()
+        self.alert_codec = AlertCodec()
+        raw = {"key_serializer": "raw", "value_serializer": "raw"}
+        self.events_topic = app.topic(options.events_topic, **raw)
+        self.partials_topic = app.topic(options.partials_topic, **raw)
+        self.dead_letter_topic = app.topic(options.dead_letter_topic, **raw)
+        self.metrics_topic = app.topic(options.metrics_topic, **raw)
+        self.alerts_topic = app.topic(options.alerts_topic, **raw)
+        state: dict[str, Any] = {"default": None}  # keys and values JSON (no model types: plain str and dicts)
+        self.window_table = app.Table(WINDOW_TABLE, partitions=options.events_partitions,
+                                      help="stage 1: window slots and partition meta", **state)
+        self.tenant_table = app.Table(TENANT_TABLE, partitions=options.partials_partitions,
+                                      help="stage 2: pending partials, watermarks, detector state", **state)
+        self.lock = asyncio.Lock()
+        self._futures: list[asyncio.Future[Any]] = []
+        self._pending: list[EventT] = []  # handled, not yet acked
+        self._last_event: dict[tuple[str, int], EventT] = {}  # (stage, partition) -> an event of it
+        self._last_offset: dict[int, int] = {}  # events partition -> last offset handled
+        self._caught_up_since: dict[int, float] = {}
+        self._last_flush = time.monotonic()
+        self._generation = 0
+        self._ready = False
+        self.worker_name = f"{options.app_id}@{id(self):x}"
+
+    # -- wiring -----------------------------------------------------------------------------------------------
+
+    def install(self) -> None:
+        """Register the agents, the timer and the rebalance handlers on the app."""
+        app = self.app
+        app.agent(self.events_topic, name="ingest")(self._ingest_agent)
+        app.agent(self.partials_topic, name="merge")(self._merge_agent)
+        app.timer(self.options.heartbeat_s, name="heartbeat")(self._heartbeat)
+        app.on_partitions_revoked.connect(self._on_revoked)
+        app.on_rebalance_complete.connect(self._on_rebalance_complete)
+
+    async def _on_revoked(self, sender: Any, revoked: set[TP], **_: Any) -> None:
+        async with self.lock:
+            self._ready = False
+            self._generation += 1
+            self._pending.clear()
+            self._futures.clear()
+            for tp in revoked:
+                if tp.topic == self.options.events_topic:
+                    self.ingest.drop(tp.partition)
+                    self._last_event.pop(("ingest", tp.partition), None)
+                    self._last_offset.pop(tp.partition, None)
+                    self._caught_up_since.pop(tp.partition, None)
+                elif tp.topic == self.options.partials_topic:
+                    self.merge.drop(tp.partition)
+                    self._last_event.pop(("merge", tp.partition), None)
+
+    async def _on_rebalance_complete(self, sender: Any, **_: Any) -> None:
+        self._ready = True
+        owned = self.app.consumer.assignment()
+        events = sorted(tp.partition for tp in owned if tp.topic == self.options.events_topic)
+        partials = sorted(tp.partition for tp in owned if tp.topic == self.options.partials_topic)
+        self.telemetry.partitions.labels("events").set(len(events))
+        self.telemetry.partitions.labels("partials").set(len(partials))
+        _say(f"assigned: events partitions {events}, partials partitions {partials}")
+
+    # -- stage 1 ----------------------------------------------------------------------------------------------
+
+    async def _ingest_agent(self, stream: faust.StreamT) -> None:
+        async for event in stream.noack().events():
+            async with self.lock:
+                self._handle_event_record(event)
+                if self._should_flush():
+                    await self._flush()
+
+    def _restore_events_partition(self, partition: int) -> None:
+        if not self.ingest.is_restored(partition):
+            slots = self.ingest.restore(partition, self.window_table.items())
+            _say(f"events partition {partition} restored from the table ({slots} open slots, stream time "
+                 f"{self.ingest.stream_time(partition)})")
+
+    def _handle_event_record(self, event: EventT) -> None:
+        msg = event.message
+        p = msg.partition
+        self._restore_events_partition(p)
+        out = self.ingest.handle(p, msg.offset, msg.value, _now_us())
+        t = self.telemetry
+        t.records.inc()
+        if out.dead_letter is not None:
+            headers = dead_letter_headers(out.dead_letter, msg.topic, p, msg.offset, _timestamp_ms(msg),
+                                          _headers(msg.headers), self.worker_name)
+            self._send(self.dead_letter_topic, msg.key, msg.value, None, headers)
+            t.dead_letters.labels(out.dead_letter.reason).inc()
+        else:
+            t.events.inc(out.events)
+            t.events_folded.inc(out.folded)
+            if out.late:
+                t.late_events.inc(out.late)
+            if out.duplicate:
+                t.duplicate_records.inc()
+        self._route_stage1(out)
+        self._pending.append(event)
+        self._last_event[("ingest", p)] = event
+        self._last_offset[p] = msg.offset
+
+    def _route_stage1(self, out: Outcome) -> None:
+        n = self.options.partials_partitions
+        for partial in out.partials:
+            key, value = partials_format.encode_partial(partial)
+            self._send(self.partials_topic, key, value, partials_format.tenant_partition(partial.tenant, n))
+        self.telemetry.partials.inc(len(out.partials))
+        for marker in out.markers:
+            key, value = partials_format.encode_marker(marker)
+            for q in range(n):
+                self._send(self.partials_topic, key, value, q)
+
+    # -- stage 2 ----------------------------------------------------------------------------------------------
+
+    async def _merge_agent(self, stream: faust.StreamT) -> None:
+        async for event in stream.noack().events():
+            async with self.lock:
+                self._handle_partials_record(event)
+                if self._should_flush():
+                    await self._flush()
+
+    def _restore_partials_partition(self, partition: int) -> None:
+        if not self.merge.is_restored(partition):
+            self.merge.restore(partition, self.tenant_table.items())
+            _say(f"partials partition {partition} restored from the table (watermark "
+                 f"{self.merge.watermark(partition)})")
+
+    def _handle_partials_record(self, event: EventT) -> None:
+        msg = event.message
+        q = msg.partition
+        self._restore_partials_partition(q)
+        try:
+            item = partials_format.decode(msg.value)
+        except partials_format.PartialsFormatError as exc:
+            log.error("partials %s[%d]@%d skipped: %s", msg.topic, q, msg.offset, exc)
+        else:
+            self._route_stage2(self.merge.handle(q, item))
+        self._pending.append(event)
+        self._last_event[("merge", q)] = event
+
+    def _route_stage2(self, out: Output) -> None:
+        t = self.telemetry
+        for record in out.metrics:
+            self._send(self.metrics_topic, metrics_key(record), self.metrics_codec.encode(record), None)
+            kind = "tumbling" if record["window_end_us"] - record["window_start_us"] == self._window_us else "hopping"
+            t.windows.labels(kind).inc()
+        for alert in out.alerts:
+            self._send(self.alerts_topic, alert.key(), self.alert_codec.encode(alert), None)
+            t.alerts.labels(alert.status).inc()
+        if out.late_partials:
+            t.late_partials.inc(out.late_partials)
+
+    @property
+    def _window_us(self) -> int:
+        return self.options.window_s * 1_000_000
+
+    # -- output and flushing ----------------------------------------------------------------------------------
+
+    def _send(self, topic: faust.TopicT, key: bytes | None, value: bytes | None, partition: int | None,
+              headers: list[tuple[str, bytes]] | None = None) -> None:
+        self._futures.append(topic.send_soon(key=key, value=value, partition=partition, headers=headers))
+
+    def _should_flush(self) -> bool:
+        return (len(self._pending) >= self.options.flush_records
+                or time.monotonic() - self._last_flush >= self.options.flush_interval_s)
+
+    async def _flush(self) -> None:
+        """Outputs delivered, then state written, then records acked (the caller holds the lock)."""
+        self._last_flush = time.monotonic()
+        generation = self._generation
+        futures, self._futures = self._futures, []
+        if futures:
+            await asyncio.gather(*futures)  # a failed delivery raises: crash rather than ack what is not out
+        if generation != self._generation:  # revoked meanwhile: the next owner replays these records
+            return
+        writes = 0
+        for (stage, partition), event in list(self._last_event.items()):
+            if stage == "ingest":
+                if not self.ingest.is_restored(partition):
+                    continue
+                changes, table = self.ingest.state_changes(partition), self.window_table
+            else:
+                if not self.merge.is_restored(partition):
+                    continue
+                changes, table = self.merge.state_changes(partition), self.tenant_table
+            if not changes:
+                continue
+            with event_context(event):
+                for key, value in changes:
+                    if value is not None:
+                        table[key] = value
+                    elif key in table:
+                        del table[key]
+            writes += len(changes)
+            self.telemetry.state_writes.labels(stage).inc(len(changes))
+        pending, self._pending = self._pending, []
+        for event in pending:
+            event.ack()
+        self.telemetry.flushes.inc()
+        if writes:
+            log.debug("flush: %d outputs, %d state writes, %d records acked", len(futures), writes, len(pending))
+
+    # -- heartbeat --------------------------------------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        if self._ready:
+            await self._advance_quiet_partitions()
+        async with self.lock:
+            if self._pending or self._futures or self._ready:
+                await self._flush()
+
+    async def _advance_quiet_partitions(self) -> None:
+        consumer = self.app.consumer
+        owned = [tp for tp in consumer.assignment() if tp.topic == self.options.events_topic]
+        if not owned:
+            return
+        try:
+            highwaters = await consumer.highwaters(*owned)
+        except Exception as exc:  # a broker hiccup: try again at the next beat
+            log.warning("heartbeat: cannot read high watermarks: %s", exc)
+            return
+        now = time.monotonic()
+        async with self.lock:
+            if not self._ready:
+                return
+            wall = _now_us()
+            for tp in owned:
+                p = tp.partition
+                if not self._caught_up(tp, highwaters.get(tp)):
+                    self._caught_up_since.pop(p, None)
+                    continue
+                since = self._caught_up_since.setdefault(p, now)
+                self._restore_events_partition(p)
+                out = self.ingest.heartbeat(p, wall)
+                if now - since >= self.options.idle_partition_s:
+                    marker = self.ingest.idle_marker(p)
+                    if marker is not None:
+                        out.markers.append(marker)
+                self._route_stage1(out)
+                st = self.ingest.stream_time(p)
+                if st is not None:
+                    self.telemetry.stream_time.labels(str(p)).set(st / 1e6)
+            for tp in consumer.assignment():
+                if tp.topic == self.options.partials_topic:
+                    self._restore_partials_partition(tp.partition)
+
+    def _caught_up(self, tp: TP, highwater: int | None) -> bool:
+        """Every record of the partition up to its high watermark handled (nothing waiting to be replayed)."""
+        if highwater is None:
+            return False
+        if highwater == 0:
+            return True
+        last = self._last_offset.get(tp.partition)
+        if last is not None:
+            return last + 1 >= highwater
+        committed = getattr(self.app.consumer, "_committed_offset", {}).get(tp)
+        return committed is not None and committed >= highwater
+
+
+def _say(text: str) -> None:
+    """Operator-facing lines (assignment, restores) on stdout, whatever Faust's log level."""
+    print(f"agentwatch worker: {text}", flush=True)
+
+
+def _timestamp_ms(msg: Any) -> int | None:
+    ts = getattr(msg, "timestamp", None)
+    return None if ts is None else int(ts * 1000)
+
+
+def _headers(headers: Any) -> list[tuple[str, bytes]]:
+    if not headers:
+        return []
+    items = headers.items() if isinstance(headers, dict) else headers
+    return [(str(k), v if isinstance(v, bytes) else str(v).encode()) for k, v in items]
+
+
+def create_app(options: WorkerOptions, telemetry: WorkerTelemetry | None = None) -> tuple[faust.App, WorkerShell]:
+    """The configured Faust app and its shell (agents, timer and handlers installed)."""
+    options.datadir.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        options.app_id,
+        broker=broker_urls(options.bootstrap_servers),
+        store=options.store,
+        datadir=str(options.datadir),
+        autodiscover=False,
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        processing_guarantee="at_least_once",
+        broker_commit_interval=options.commit_interval_s,
+        broker_session_timeout=options.session_timeout_s,
+        broker_heartbeat_interval=max(0.5, options.session_timeout_s / 4),
+        consumer_auto_offset_reset="earliest",
+        table_standby_replicas=0,
+        stream_wait_empty=False,
+        producer_max_request_size=(options.max_record_bytes or DEFAULT_MAX_RECORD_BYTES) + MiB,
+        producer_acks=-1,
+        web_enabled=options.web_port is not None,
+        web_port=options.web_port or 6066,
+        web_in_thread=False,
+    )
+    shell = WorkerShell(app, options, telemetry or WorkerTelemetry())
+    shell.install()
+    return app, shell

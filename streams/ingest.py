@@ -1,0 +1,204 @@
+"""Stage 1 of the worker, without Kafka: one events-topic record in, dead letter or partials and markers out.
+
+The Faust shell (:mod:`streams.app`) hands every record of its events partitions to :meth:`Ingest.handle`:
+
+* a value that does not decode becomes a :class:`DeadLetter` (reason, detail, source coordinates as headers);
+* a decoded record is folded by the :class:`~streams.windows.WindowEngine` in one tight loop over its events,
+  deduplicated by ``(producer_id, batch_seq)`` for batches and by the Kafka offset for single-event records
+  (``producer_id="@offset"``, ``batch_seq=offset``: a partition's offsets only grow);
+* windows closed by the new stream time become :class:`~streams.partials.Partial` records (the tenant's aggregate
+  of that window from this partition), followed by a :class:`~streams.partials.Marker` once the partition's
+  watermark crosses a window boundary: ``watermark = stream_time - grace``, and every window ending at or before
+  it is closed (the engine closes a window when ``stream_time >= end + grace``).
+
+State for the changelog-backed table comes from :meth:`Ingest.state_changes` as ``(key, value or None)`` pairs in
+the engine's crash-safe write order (slot upserts, the partition meta, slot deletes; see
+:meth:`streams.windows.WindowEngine.export_changes`). The shell must have every partial, marker and dead letter
+produced *before* it writes those pairs: a meta that says "closed" must never be durable while the partials it
+closed are not, or a crash would lose them (the replay skips what the meta holds). Keys are strings:
+``"<partition>|m"`` for the meta, ``"<partition>|s|<pane start>|<tenant>"`` for a slot.
+
+Label guards (which label names a window keeps when a tenant has more than ``label_limit`` tools or models) are
+learned again after a restart, not persisted: they never change a total, only which names are folded into
+``__other__``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas.codec import AvroCodec, DecodeError
+from streams.aggregate import TenantWindowAggregate, TenantWindowOps
+from streams.partials import Marker, Partial
+from streams.windows import TumblingWindows, WindowEngine
+
+OFFSET_PRODUCER = "@offset"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """Why a record goes to the dead-letter topic."""
+
+    reason: str
+    detail: str
+
+
+def dead_letter_headers(dead: DeadLetter, topic: str, partition: int, offset: int, timestamp_ms: int | None,
+                        original: Sequence[tuple[str, bytes]] = (), worker: str = "") -> list[tuple[str, bytes]]:
+    """The dead-letter record's headers: the original ones, then ``dlq.*`` naming why and where from."""
+    out = [(k, v) for k, v in original if not k.startswith("dlq.")]
+    out += [
+        ("dlq.reason", dead.reason.encode()),
+        ("dlq.detail", dead.detail[:1000].encode("utf-8", "replace")),
+        ("dlq.source.topic", topic.encode()),
+        ("dlq.source.partition", str(partition).encode()),
+        ("dlq.source.offset", str(offset).encode()),
+        ("dlq.source.timestamp", str(timestamp_ms if timestamp_ms is not None else "").encode()),
+    ]
+    if worker:
+        out.append(("dlq.worker", worker.encode()))
+    return out
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one record (or one heartbeat) produced."""
+
+    dead_letter: DeadLetter | None = None
+    events: int = 0  # events in the record
+    folded: int = 0  # of which folded (not late, not duplicate)
+    late: int = 0  # (event, window) pairs found late
+    duplicate: bool = False  # the whole record was a redelivery
+    partials: list[Partial] = field(default_factory=list)
+    markers: list[Marker] = field(default_factory=list)
+
+
+def meta_key(partition: int) -> str:
+    return f"{partition}|m"
+
+
+def slot_key(partition: int, tenant: str, pane_us: int) -> str:
+    return f"{partition}|s|{pane_us}|{tenant}"
+
+
+class Ingest:
+    """The per-partition window state of one worker plus the record handling around it (one task, no threads)."""
+
+    def __init__(self, codec: AvroCodec, window_s: float = 60, grace_s: float = 10.0,
+                 max_future_s: float | None = 300.0, label_limit: int = 50) -> None:
+        self.codec = codec
+        self.ops = TenantWindowOps(label_limit)
+        self.engine: WindowEngine[str, TenantWindowAggregate] = WindowEngine(
+            TumblingWindows(window_s), self.ops, grace_s, max_future_s=max_future_s)
+        self.size_us = self.engine.windows.size_us
+        self.grace_us = self.engine.grace_us
+        self._marked: dict[int, int] = {}  # partition -> last watermark sent in a marker
+        self._idle_sent: set[int] = set()
+        self._restored: set[int] = set()
+        self._written_meta: dict[int, dict[str, Any]] = {}
+
+    # -- lifecycle --------------------------------------------------------------------------------------------
+
+    def is_restored(self, partition: int) -> bool:
+        return partition in self._restored
+
+    def restore(self, partition: int, items: Iterable[tuple[Any, Any]]) -> int:
+        """Rebuild a partition from the table's ``(key, value)`` pairs (other partitions' keys are skipped).
+
+        Returns how many slots were restored.
+        """
+        prefix = f"{partition}|"
+        meta: Mapping[str, Any] | None = None
+        slots = []
+        for key, value in items:
+            if not isinstance(key, str) or not key.startswith(prefix) or value is None:
+                continue
+            if key == meta_key(partition):
+                meta = value
+            elif key.startswith(prefix + "s|"):
+                slots.append(value)
+        self.engine.restore_parts(partition, meta, slots)
+        self._restored.add(partition)
+        self._marked.pop(partition, None)
+        self._idle_sent.discard(partition)
+        if meta is not None:
+            self._written_meta[partition] = dict(meta)
+        return len(slots)
+
+    def drop(self, partition: int) -> None:
+        """Forget a partition (revoked): its state lives in the table, its next owner restores it."""
+        self.engine.drop_partition(partition)
+        self._restored.discard(partition)
+        self._marked.pop(partition, None)
+        self._idle_sent.discard(partition)
+        self._written_meta.pop(partition, None)
+
+    # -- records ----------------------------------------------------------------------------------------------
+
+    def handle(self, partition: int, offset: int, value: bytes | None, now_us: int | None = None) -> Outcome:
+        """Decode and fold one record of ``partition`` at ``offset``; never raises on a bad value."""
+        try:
+            decoded = self.codec.decode(value)
+        except DecodeError as exc:
+            return Outcome(dead_letter=DeadLetter(exc.reason, exc.detail))
+        if decoded.is_batch:
+            producer_id, seq = decoded.producer_id, decoded.batch_seq
+        else:
+            producer_id, seq = OFFSET_PRODUCER, offset
+        engine = self.engine
+        late_before = engine.counters(partition)["late"]
+        events = decoded.events
+        folded = engine.process(partition, events, producer_id, seq, now_us)
+        out = Outcome(events=len(events), folded=folded, late=engine.counters(partition)["late"] - late_before)
+        out.duplicate = folded == 0 and out.late == 0 and len(events) > 0
+        self._close(partition, out)
+        return out
+
+    def heartbeat(self, partition: int, wall_clock_us: int) -> Outcome:
+        """A quiet, caught-up partition: let stream time follow the wall clock (see ``advance_idle``)."""
+        out = Outcome()
+        if self.engine.advance_idle(partition, wall_clock_us):
+            self._close(partition, out)
+        return out
+
+    def idle_marker(self, partition: int) -> Marker | None:
+        """For a caught-up partition that never saw an event: "do not wait for me" (once until it has data)."""
+        if self.engine.stream_time(partition) is not None or partition in self._idle_sent:
+            return None
+        self._idle_sent.add(partition)
+        return Marker(partition, None, idle=True)
+
+    def _close(self, partition: int, out: Outcome) -> None:
+        for cw in self.engine.close_due(partition):
+            out.partials.append(Partial(partition, cw.aggregate.to_record(final=False)))
+        st = self.engine.stream_time(partition)
+        if st is None:
+            return
+        watermark = st - self.grace_us
+        watermark -= watermark % self.size_us  # the end of the newest closed window boundary
+        last = self._marked.get(partition)
+        if last is None or watermark > last:
+            self._marked[partition] = watermark
+            self._idle_sent.discard(partition)
+            out.markers.append(Marker(partition, watermark))
+
+    # -- state ------------------------------------------------------------------------------------------------
+
+    def state_changes(self, partition: int) -> list[tuple[str, dict[str, Any] | None]]:
+        """What to write to the table for ``partition``, in order; empty when nothing changed."""
+        changes = self.engine.export_changes(partition)
+        out: list[tuple[str, dict[str, Any] | None]] = [
+            (slot_key(partition, key, pane), state) for key, pane, state in changes.upserts]
+        if out or changes.deletes or self._written_meta.get(partition) != changes.meta:
+            out.append((meta_key(partition), changes.meta))
+            self._written_meta[partition] = changes.meta
+        out += [(slot_key(partition, key, pane), None) for key, pane in changes.deletes]
+        return out
+
+    def stream_time(self, partition: int) -> int | None:
+        return self.engine.stream_time(partition)
+
+    def counters(self, partition: int) -> dict[str, int]:
+        return self.engine.counters(partition)

@@ -1,0 +1,342 @@
+"""Stage 2 of the worker, without Kafka: merge partial windows per tenant, emit finals, evaluate the detectors.
+
+Input: the partials topic (see :mod:`streams.partials`), one partition of it at a time. Per partials partition
+``q`` this keeps
+
+* the **watermark** of every source (events-topic) partition, from the markers: the largest ``watermark_us``
+  seen (markers may come again after a stage-1 restart; a watermark never goes back), and which sources are idle;
+* per tenant and window, the **partials** received, one per source partition. A redelivered partial *replaces*
+  the one held (same content: stage 1 recomputes a window from the same events), so redelivery is idempotent;
+* per tenant, the end of the last window finalized, the tumbling finals of the last hop (for hopping windows),
+  the open alerts, and the :class:`~streams.rules.RuleEngine` / :class:`~streams.spike.SpikeDetector` state.
+
+A window is **final** once every non-idle source partition's watermark has reached its end. Its partials are
+merged (in source-partition order, so the result does not depend on arrival order) into the ``WindowedMetrics``
+record sent to the metrics topic, keyed ``tenant|window_start_us|window_end_us`` (compaction keeps one record per
+window and series; a re-emit after a crash carries the same content). The final then goes to the rule engine and
+the spike detector (windows in order per tenant), and their transitions to the alerts topic.
+
+A partial for a window already finalized is late (only possible for a source partition that was idle and woke up,
+or a redelivery after a crash, whose content was already counted): it is counted and dropped.
+
+**Quiet tenants.** A tenant that stops sending has no partials, so no final: an open alert would never see the
+windows that resolve it. When the watermark passes windows of a tenant with *open alerts*, each missing window is
+evaluated as an empty window by the detector whose alert is open (the rules give NO_DATA, and after
+``stale_windows`` such windows the alert resolves with ``resolve_reason=no_data``). Empty windows are not sent to
+the metrics topic (there were no events) and never fed to a detector without an open alert, so they do not drag
+a spike baseline down.
+
+**Hopping windows** (``hop_size_s``, advancing by the tumbling size) are built from the tenant's tumbling finals:
+when the final ending at ``e`` is emitted, the hopping window ``[e - hop, e)`` is the merge of the finals in it.
+A hopping window whose last tumbling window had no events of the tenant is not emitted.
+
+State for the changelog-backed table, from :meth:`MergeStage.state_changes`, in this order: pending partial
+upserts, the partition's watermarks, tenant states, then deletes of pending partials. A crash after the tenant
+state but before the deletes leaves stale partials, dropped at restore (their window is already final); a crash
+before the tenant state leaves the partials and the old tenant state, so the replay finalizes the window again.
+Keys: ``"w|<q>"``, ``"t|<tenant>"``, ``"p|<tenant>|<window start>|<source partition>"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from streams.aggregate import TenantWindowAggregate
+from streams.alerts import FIRING, Alert
+from streams.partials import Marker, Partial, tenant_partition
+from streams.rules import RuleEngine, WindowMetrics
+from streams.spike import SpikeDetector
+
+US = 1_000_000
+MAX_EMPTY_WINDOWS = 1000  # per tenant per watermark step: a safety bound for rules that never go stale
+
+
+@dataclass(slots=True)
+class Output:
+    """What stage 2 emits for one input: WindowedMetrics records (tumbling and hopping) and alert transitions."""
+
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
+    late_partials: int = 0
+    finals: int = 0
+
+    def extend(self, other: Output) -> None:
+        self.metrics += other.metrics
+        self.alerts += other.alerts
+        self.late_partials += other.late_partials
+        self.finals += other.finals
+
+
+def metrics_key(record: dict[str, Any]) -> bytes:
+    """The metrics-topic key: one per tenant, window and window size (compaction keeps the last)."""
+    return f"{record['tenant']}|{record['window_start_us']}|{record['window_end_us']}".encode()
+
+
+@dataclass(slots=True)
+class _Tenant:
+    last_final_end: int | None = None
+    recent: list[dict[str, Any]] = field(default_factory=list)  # tumbling finals inside the last hop
+    open_alerts: dict[str, str] = field(default_factory=dict)  # fingerprint -> alertname
+    pending: dict[int, dict[int, dict[str, Any]]] = field(default_factory=dict)  # start -> source -> record
+
+
+@dataclass(slots=True)
+class _Part:
+    watermarks: dict[int, int] = field(default_factory=dict)
+    idle: set[int] = field(default_factory=set)
+    tenants: dict[str, _Tenant] = field(default_factory=dict)
+    dirty_pending: set[tuple[str, int, int]] = field(default_factory=set)
+    deleted_pending: set[tuple[str, int, int]] = field(default_factory=set)
+    dirty_tenants: set[str] = field(default_factory=set)
+    dirty_watermarks: bool = False
+
+
+def pending_key(tenant: str, start_us: int, source: int) -> str:
+    return f"p|{tenant}|{start_us}|{source}"
+
+
+def tenant_key(tenant: str) -> str:
+    return f"t|{tenant}"
+
+
+def watermark_key(partition: int) -> str:
+    return f"w|{partition}"
+
+
+class MergeStage:
+    """Stage 2 for the partials partitions this worker owns (one task, no threads)."""
+
+    def __init__(self, window_s: int, source_partitions: int, partitions: int, rules: RuleEngine,
+                 spike: SpikeDetector, *, hop_size_s: int | None = None, backfill: bool = False) -> None:
+        self.window_us = int(window_s * US)
+        self.hop_us = int(hop_size_s * US) if hop_size_s else None
+        self.sources = tuple(range(source_partitions))
+        self.partitions = partitions
+        self.rules = rules
+        self.spike = spike
+        self.backfill = backfill
+        self._parts: dict[int, _Part] = {}
+
+    # -- lifecycle --------------------------------------------------------------------------------------------
+
+    def is_restored(self, partition: int) -> bool:
+        return partition in self._parts
+
+    def restore(self, partition: int, items: Iterable[tuple[Any, Any]]) -> None:
+        """Rebuild partials partition ``partition`` from the table's ``(key, value)`` pairs (others skipped)."""
+        part = self._parts[partition] = _Part()
+        pending: list[tuple[str, int, int, dict[str, Any]]] = []
+        for key, value in items:
+            if not isinstance(key, str) or value is None:
+                continue
+            if key == watermark_key(partition):
+                part.watermarks = {int(p): int(t) for p, t in value["watermarks"].items()}
+                part.idle = {int(p) for p in value["idle"]}
+            elif key.startswith("t|"):
+                tenant = key[2:]
+                if tenant_partition(tenant, self.partitions) != partition:
+                    continue
+                ts = part.tenants.setdefault(tenant, _Tenant())
+                ts.last_final_end = value.get("last_final_end")
+                ts.recent = list(value.get("recent", ()))
+                ts.open_alerts = dict(value.get("open_alerts", {}))
+                self.rules.restore_tenant(tenant, value.get("rules"))
+                self.spike.restore_tenant(tenant, value.get("spike"))
+            elif key.startswith("p|"):
+                tenant, start, source = key[2:].rsplit("|", 2)
+                if tenant_partition(tenant, self.partitions) == partition:
+                    pending.append((tenant, int(start), int(source), value))
+        for tenant, start, source, record in pending:
+            ts = part.tenants.setdefault(tenant, _Tenant())
+            if ts.last_final_end is not None and start + self.window_us <= ts.last_final_end:
+                part.deleted_pending.add((tenant, start, source))  # stale: its window is final already
+                continue
+            ts.pending.setdefault(start, {})[source] = record
+
+    def drop(self, partition: int) -> None:
+        """Forget a revoked partition; its next owner restores it from the table."""
+        part = self._parts.pop(partition, None)
+        if part is None:
+            return
+        for tenant in part.tenants:
+            self.rules.restore_tenant(tenant, None)
+            self.spike.restore_tenant(tenant, None)
+
+    def _part(self, partition: int) -> _Part:
+        part = self._parts.get(partition)
+        if part is None:
+            part = self._parts[partition] = _Part()
+        return part
+
+    # -- input ------------------------------------------------------------------------------------------------
+
+    def watermark(self, partition: int) -> int | None:
+        """The end up to which every window is final: the lowest watermark of the non-idle sources."""
+        part = self._parts.get(partition)
+        if part is None:
+            return None
+        lowest: int | None = None
+        for source in self.sources:
+            if source in part.idle:
+                continue
+            wm = part.watermarks.get(source)
+            if wm is None:
+                return None
+            if lowest is None or wm < lowest:
+                lowest = wm
+        return lowest
+
+    def handle(self, partition: int, item: Partial | Marker) -> Output:
+        if isinstance(item, Partial):
+            return self.on_partial(partition, item)
+        return self.on_marker(partition, item)
+
+    def on_partial(self, partition: int, partial: Partial) -> Output:
+        part = self._part(partition)
+        tenant, start = partial.tenant, partial.window_start_us
+        ts = part.tenants.get(tenant)
+        if ts is None:
+            ts = part.tenants[tenant] = _Tenant()
+        if ts.last_final_end is not None and partial.window_end_us <= ts.last_final_end:
+            return Output(late_partials=1)
+        ts.pending.setdefault(start, {})[partial.source_partition] = partial.record
+        k = (tenant, start, partial.source_partition)
+        part.dirty_pending.add(k)
+        part.deleted_pending.discard(k)
+        wm = self.watermark(partition)
+        out = Output()
+        if wm is not None:
+            self._advance_tenant(part, tenant, ts, wm, out)
+        return out
+
+    def on_marker(self, partition: int, marker: Marker) -> Output:
+        part = self._part(partition)
+        before = self.watermark(partition)
+        source = marker.source_partition
+        if marker.idle:
+            if source not in part.idle:
+                part.idle.add(source)
+                part.dirty_watermarks = True
+        else:
+            if source in part.idle:
+                part.idle.discard(source)
+                part.dirty_watermarks = True
+            old = part.watermarks.get(source)
+            if marker.watermark_us is not None and (old is None or marker.watermark_us > old):
+                part.watermarks[source] = marker.watermark_us
+                part.dirty_watermarks = True
+        after = self.watermark(partition)
+        out = Output()
+        if after is not None and (before is None or after > before):
+            for tenant in sorted(part.tenants):
+                self._advance_tenant(part, tenant, part.tenants[tenant], after, out)
+        return out
+
+    # -- finalizing -------------------------------------------------------------------------------------------
+
+    def _advance_tenant(self, part: _Part, tenant: str, ts: _Tenant, wm: int, out: Output) -> None:
+        """Finalize every window of ``tenant`` ending at or before ``wm``, in order, filling gaps while alerts
+        are open."""
+        w = self.window_us
+        ready = sorted(s for s in ts.pending if s + w <= wm)
+        if not ready and not ts.open_alerts:
+            return
+        cursor = ts.last_final_end
+        for start in ready:
+            if ts.open_alerts and cursor is not None:
+                self._empty_windows(ts, tenant, cursor, start, out)
+            self._finalize(part, tenant, ts, start, out)
+            cursor = start + w
+        if ts.open_alerts and cursor is not None:
+            self._empty_windows(ts, tenant, cursor, wm - wm % w, out)
+        part.dirty_tenants.add(tenant)
+
+    def _empty_windows(self, ts: _Tenant, tenant: str, start: int, stop: int, out: Output) -> None:
+        """Evaluate the windows in ``[start, stop)`` as empty, for the detectors with an open alert."""
+        w = self.window_us
+        n = 0
+        while start + w <= stop and ts.open_alerts and n < MAX_EMPTY_WINDOWS:
+            m = WindowMetrics(tenant=tenant, window_start_us=start, window_end_us=start + w)
+            names = set(ts.open_alerts.values())
+            alerts: list[Alert] = []
+            if names - {self.spike.config.alertname}:
+                alerts += self.rules.evaluate(m, backfill=self.backfill)
+            if self.spike.config.alertname in names:
+                alerts += self.spike.evaluate(m, backfill=self.backfill)
+            self._track(ts, alerts, out)
+            ts.last_final_end = start + w
+            start += w
+            n += 1
+
+    def _finalize(self, part: _Part, tenant: str, ts: _Tenant, start: int, out: Output) -> None:
+        partials = ts.pending.pop(start)
+        for source in partials:
+            k = (tenant, start, source)
+            part.dirty_pending.discard(k)
+            part.deleted_pending.add(k)
+        agg: TenantWindowAggregate | None = None
+        for source in sorted(partials):
+            piece = TenantWindowAggregate.from_record(partials[source])
+            if agg is None:
+                agg = piece
+            else:
+                agg.merge(piece)
+        assert agg is not None
+        record = agg.to_record(final=True)
+        out.metrics.append(record)
+        out.finals += 1
+        alerts = self.rules.evaluate(record, backfill=self.backfill)
+        alerts += self.spike.evaluate(record, backfill=self.backfill)
+        self._track(ts, alerts, out)
+        end = start + self.window_us
+        ts.last_final_end = end
+        if self.hop_us:
+            ts.recent = [r for r in ts.recent if r["window_start_us"] >= end - self.hop_us] + [record]
+            out.metrics.append(self._hopping(tenant, end, ts.recent))
+
+    def _hopping(self, tenant: str, end: int, finals: list[dict[str, Any]]) -> dict[str, Any]:
+        assert self.hop_us is not None
+        first = finals[-1]
+        hop = TenantWindowAggregate(tenant, end - self.hop_us, end, label_limit=int(first["label_limit"]),
+                                    relative_accuracy=float(first["turn_duration"]["relative_accuracy"]))
+        for rec in finals:
+            hop.merge(TenantWindowAggregate.from_record(rec), same_window=False)
+        return hop.to_record(final=True)
+
+    @staticmethod
+    def _track(ts: _Tenant, alerts: list[Alert], out: Output) -> None:
+        for alert in alerts:
+            if alert.status == FIRING:
+                ts.open_alerts[alert.fingerprint] = alert.alertname
+            else:
+                ts.open_alerts.pop(alert.fingerprint, None)
+        out.alerts += alerts
+
+    # -- state ------------------------------------------------------------------------------------------------
+
+    def state_changes(self, partition: int) -> list[tuple[str, dict[str, Any] | None]]:
+        """What to write to the table for ``partition``, in the crash-safe order (see the module docstring)."""
+        part = self._parts.get(partition)
+        if part is None:
+            return []
+        out: list[tuple[str, dict[str, Any] | None]] = []
+        for tenant, start, source in sorted(part.dirty_pending):
+            record = part.tenants[tenant].pending[start][source]
+            out.append((pending_key(tenant, start, source), record))
+        if part.dirty_watermarks:
+            out.append((watermark_key(partition), {
+                "watermarks": {str(p): t for p, t in sorted(part.watermarks.items())},
+                "idle": sorted(part.idle)}))
+        for tenant in sorted(part.dirty_tenants):
+            ts = part.tenants[tenant]
+            out.append((tenant_key(tenant), {
+                "last_final_end": ts.last_final_end, "recent": list(ts.recent), "open_alerts": dict(ts.open_alerts),
+                "rules": self.rules.snapshot_tenant(tenant), "spike": self.spike.snapshot_tenant(tenant)}))
+        out += [(pending_key(*k), None) for k in sorted(part.deleted_pending)]
+        part.dirty_pending.clear()
+        part.deleted_pending.clear()
+        part.dirty_tenants.clear()
+        part.dirty_watermarks = False
+        return out
