@@ -20,7 +20,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "agentwatch.commands.topics",
     "agentwatch.commands.simulate",
     "agentwatch.commands.consume",
+    "agentwatch.commands.worker",
     "agentwatch.commands.audit",
+    "agentwatch.commands.replay",
     "agentwatch.commands.exporter",
     "agentwatch.commands.alerts",
 )
