@@ -11,7 +11,7 @@ import importlib
 import logging
 import sys
 
-from agentwatch.config import Settings
+from agentwatch.config import ConfigError, Settings
 
 # Order is the order `agentwatch --help` lists them in.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -51,7 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args, Settings.from_env()) or 0)
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"agentwatch: configuration: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return int(args.func(args, settings) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -4,13 +4,27 @@ Every setting has an environment variable named like the ones operators already 
 (``KAFKA_BOOTSTRAP_SERVERS``, ``SCHEMA_REGISTRY_URL``) or prefixed ``AGENTWATCH_``; the CLI's flags override them.
 Lower layers (``producers``, ``streams``, ``sinks``) never read the environment themselves: they take these values
 as constructor arguments, so they stay testable and embeddable.
+
+A malformed value raises :class:`ConfigError` naming the variable, when the settings are read rather than deep
+inside a command. Secrets (the audit keys) are kept out of every ``repr``.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+
+from sinks.archive_store import DEFAULT_MAX_INSTANCES
+from sinks.audit_format import decode_key
+from sinks.redact import capture_flags
+
+MIN_HMAC_KEY_BYTES = 16
+
+
+class ConfigError(ValueError):
+    """A setting is malformed; the message names the environment variable and says what is expected."""
 
 
 def _env(name: str, default: str) -> str:
@@ -18,8 +32,52 @@ def _env(name: str, default: str) -> str:
     return value if value not in (None, "") else default
 
 
+def _env_opt(name: str) -> str | None:
+    return os.environ.get(name) or None
+
+
+def _env_int(name: str, default: int, minimum: int) -> int:
+    text = _env_opt(name)
+    return default if text is None else parse_int(text, what=name, minimum=minimum)
+
+
+def _env_opt_int(name: str, minimum: int) -> int | None:
+    text = _env_opt(name)
+    return None if text is None else parse_int(text, what=name, minimum=minimum)
+
+
 def _default_home() -> Path:
     return Path(_env("AGENTWATCH_HOME", str(Path.home() / ".cache" / "agentwatch")))
+
+
+def parse_int(text: str, *, what: str, minimum: int) -> int:
+    """``text`` as a whole number of at least ``minimum``; ConfigError naming ``what`` otherwise."""
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise ConfigError(f"{what} must be a whole number >= {minimum}, not {text!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{what} must be a whole number >= {minimum}, not {text!r}")
+    return value
+
+
+def parse_flags(spec: str) -> dict[str, bool]:
+    """``"capture_full_llm_io=true,capture_llm_delta=false"`` (a bare name means true) to a dict."""
+    out: dict[str, bool] = {}
+    for item in (s.strip() for s in spec.split(",")):
+        if not item:
+            continue
+        name, _, value = item.partition("=")
+        value = value.strip().lower() or "true"
+        if value not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+            raise ValueError(f"{name.strip()}={value}: expected true or false")
+        out[name.strip()] = value in ("true", "1", "yes", "on")
+    return out
+
+
+def parse_list(text: str) -> tuple[str, ...]:
+    """``"a, b,,c"`` -> ``("a", "b", "c")``."""
+    return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
 @dataclass(frozen=True)
@@ -48,6 +106,94 @@ class TopicNames:
 
 
 @dataclass(frozen=True)
+class AuditSettings:
+    """The tamper-evident audit log (``agentwatch audit``); the keys never show in a repr.
+
+    ``AGENTWATCH_AUDIT_DIR`` (``None``: ``$AGENTWATCH_HOME/audit``), ``AGENTWATCH_AUDIT_HMAC_KEY`` (the checkpoint
+    signing key: its UTF-8 bytes, at least 16), ``AGENTWATCH_AUDIT_ENC_KEY`` (base64 of 32 bytes: AES-256-GCM at
+    rest), ``AGENTWATCH_AUDIT_POLICY`` (a YAML policy file), ``AGENTWATCH_AUDIT_BUSINESS_TOOLS`` (comma-separated;
+    ``None`` keeps the policy's list), ``AGENTWATCH_AUDIT_MAX_TENANT_BYTES`` (per-tenant size cap).
+    """
+
+    dir: Path | None = None
+    hmac_key: bytes | None = field(default=None, repr=False)
+    enc_key: bytes | None = field(default=None, repr=False)
+    policy_file: Path | None = None
+    business_tools: tuple[str, ...] | None = None
+    max_tenant_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.hmac_key is not None and len(self.hmac_key) < MIN_HMAC_KEY_BYTES:
+            raise ConfigError(f"AGENTWATCH_AUDIT_HMAC_KEY must be at least {MIN_HMAC_KEY_BYTES} bytes "
+                              "(try: openssl rand -base64 32)")
+        if self.enc_key is not None and len(self.enc_key) != 32:
+            raise ConfigError(f"AGENTWATCH_AUDIT_ENC_KEY must be 32 bytes, got {len(self.enc_key)}")
+        if self.max_tenant_bytes is not None and self.max_tenant_bytes < 1:
+            raise ConfigError(f"audit max tenant bytes must be at least 1, not {self.max_tenant_bytes}")
+
+    @classmethod
+    def from_env(cls) -> AuditSettings:
+        hmac_text = _env_opt("AGENTWATCH_AUDIT_HMAC_KEY")
+        enc_text = _env_opt("AGENTWATCH_AUDIT_ENC_KEY")
+        try:
+            enc_key = decode_key(enc_text, what="AGENTWATCH_AUDIT_ENC_KEY") if enc_text else None
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        tools = os.environ.get("AGENTWATCH_AUDIT_BUSINESS_TOOLS")
+        policy = _env_opt("AGENTWATCH_AUDIT_POLICY")
+        directory = _env_opt("AGENTWATCH_AUDIT_DIR")
+        return cls(
+            dir=Path(directory) if directory else None,
+            hmac_key=hmac_text.encode() if hmac_text else None,
+            enc_key=enc_key,
+            policy_file=Path(policy) if policy else None,
+            business_tools=parse_list(tools) if tools else None,
+            max_tenant_bytes=_env_opt_int("AGENTWATCH_AUDIT_MAX_TENANT_BYTES", minimum=1),
+        )
+
+
+@dataclass(frozen=True)
+class ReplaySettings:
+    """The session replay archive (``agentwatch replay``).
+
+    ``AGENTWATCH_REPLAY_DIR`` (``None``: ``$AGENTWATCH_HOME/replays``), ``AGENTWATCH_REPLAY_MAX_INSTANCES``
+    (instances kept per tenant; 0 keeps all), ``AGENTWATCH_REPLAY_CAPTURE_FLAGS`` (Agentao capture flags set
+    explicitly, e.g. ``capture_full_llm_io=true``; the rest keep Agentao's defaults),
+    ``AGENTWATCH_REPLAY_MAX_TENANT_BYTES`` (per-tenant size cap).
+    """
+
+    dir: Path | None = None
+    max_instances: int = DEFAULT_MAX_INSTANCES
+    capture_flags: Mapping[str, bool] = field(default_factory=dict)
+    max_tenant_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_instances < 0:
+            raise ConfigError(f"replay max instances must be a whole number >= 0, not {self.max_instances}")
+        try:
+            capture_flags(self.capture_flags)
+        except ValueError as exc:
+            raise ConfigError(f"replay capture flags: {exc}") from None
+        if self.max_tenant_bytes is not None and self.max_tenant_bytes < 1:
+            raise ConfigError(f"replay max tenant bytes must be at least 1, not {self.max_tenant_bytes}")
+
+    @classmethod
+    def from_env(cls) -> ReplaySettings:
+        directory = _env_opt("AGENTWATCH_REPLAY_DIR")
+        try:
+            flags = parse_flags(os.environ.get("AGENTWATCH_REPLAY_CAPTURE_FLAGS", ""))
+            capture_flags(flags)
+        except ValueError as exc:
+            raise ConfigError(f"AGENTWATCH_REPLAY_CAPTURE_FLAGS: {exc}") from None
+        return cls(
+            dir=Path(directory) if directory else None,
+            max_instances=_env_int("AGENTWATCH_REPLAY_MAX_INSTANCES", DEFAULT_MAX_INSTANCES, minimum=0),
+            capture_flags=flags,
+            max_tenant_bytes=_env_opt_int("AGENTWATCH_REPLAY_MAX_TENANT_BYTES", minimum=1),
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     """What a deployment configures. ``Settings.from_env()`` is the only place that reads the environment."""
 
@@ -63,6 +209,8 @@ class Settings:
     # The streams worker's Faust app id (consumer group, changelog topic prefix); "" derives it from the events
     # topic ("agentwatch.events" -> "agentwatch.streams") so unique test topics get a unique group too.
     app_id: str = ""
+    audit: AuditSettings = field(default_factory=AuditSettings)
+    replay: ReplaySettings = field(default_factory=ReplaySettings)
 
     def __post_init__(self) -> None:
         if not self.app_id:
@@ -75,15 +223,17 @@ class Settings:
         home = _default_home()
         return cls(
             bootstrap_servers=_env("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
-            schema_registry_url=os.environ.get("SCHEMA_REGISTRY_URL") or None,
+            schema_registry_url=_env_opt("SCHEMA_REGISTRY_URL"),
             topics=TopicNames.from_env(),
-            events_partitions=int(_env("AGENTWATCH_EVENTS_PARTITIONS", "6")),
-            replication_factor=int(_env("AGENTWATCH_REPLICATION_FACTOR", "1")),
+            events_partitions=_env_int("AGENTWATCH_EVENTS_PARTITIONS", 6, minimum=1),
+            replication_factor=_env_int("AGENTWATCH_REPLICATION_FACTOR", 1, minimum=1),
             home=home,
             spool_dir=Path(_env("AGENTWATCH_SPOOL_DIR", str(home / "spool"))),
             tenant=_env("AGENTWATCH_TENANT", "default"),
-            service=os.environ.get("AGENTWATCH_SERVICE") or None,
-            app_id=os.environ.get("AGENTWATCH_APP_ID") or "",
+            service=_env_opt("AGENTWATCH_SERVICE"),
+            app_id=_env_opt("AGENTWATCH_APP_ID") or "",
+            audit=AuditSettings.from_env(),
+            replay=ReplaySettings.from_env(),
         )
 
     def with_(self, **changes: object) -> Settings:

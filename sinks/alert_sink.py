@@ -60,6 +60,7 @@ from sinks.alert_delivery import (
     parse_retry_after,
 )
 from sinks.receivers import HttpReceiver, HttpRequest, Receiver, RecordingReceiver
+from sinks.topic_end import end_offsets
 from streams.alerts import Alert, AlertCodec
 
 log = logging.getLogger(__name__)
@@ -440,7 +441,8 @@ class AlertSink:
         self._ready = False
         try:
             consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
-            ends = self._end_offsets(consumer) if until_end else None
+            ends = ({p: high for p, (_low, high) in end_offsets(consumer, self.topic).items()}
+                    if until_end else None)
             last_data = last_progress = time.monotonic()
             while not stop.is_set():
                 msgs = consumer.consume(self.batch_size, timeout=self.poll_timeout_s)
@@ -531,13 +533,6 @@ class AlertSink:
             # The partitions moved to another instance, which re-reads from the last commit: at worst a re-send.
             self.commit_failures += 1
             log.warning("alert sink: offset commit failed (%s); the batch may be delivered again", exc)
-
-    def _end_offsets(self, consumer: Consumer) -> dict[int, int]:
-        md = consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
-        if md is None or md.error is not None:
-            raise RuntimeError(f"topic {self.topic!r} is not available: {md.error if md else 'missing'}")
-        return {p: consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)[1]
-                for p in md.partitions}
 
     def _reached(self, consumer: Consumer, ends: dict[int, int]) -> bool:
         if not self._assigned:

@@ -1,13 +1,13 @@
 """The Kafka shell around the replay archive: consume events, write rows, commit only what is on disk.
 
-Live (:meth:`ArchiveSink.run`): its own consumer group on the events topic. Per poll batch: decode every record
-(``schemas.codec``), hand each event with its (partition, offset) to the :class:`~sinks.archive_store.ArchiveWriter`,
-``flush`` (write, fsync), then commit synchronously, per partition, the batch's end *or* the record of the oldest
-``thinking`` piece the writer still holds (:meth:`ArchiveWriter.safe_offsets`), whichever is lower. A crash anywhere
-before the commit re-delivers the records, and the writer recognises rows already on disk: at-least-once delivery
-plus content-addressed rows is exactly-once in the files, with no gap. Undecodable records are counted by reason
-and skipped (the streams worker owns the dead-letter topic). An archive error (full, cap, corruption) stops the sink
-without committing.
+Live (:meth:`ArchiveSink.run`): its own consumer group on the events topic, in the loop every durable sink runs
+(:mod:`sinks.durable_loop`). Per poll batch: decode every record (``schemas.codec``), hand each event with its
+(partition, offset) to the :class:`~sinks.archive_store.ArchiveWriter`, ``flush`` (write, fsync), then commit
+synchronously, per partition, the batch's end *or* the record of the oldest ``thinking`` piece the writer still
+holds (:meth:`ArchiveWriter.safe_offsets`), whichever is lower. A crash anywhere before the commit re-delivers the
+records, and the writer recognises rows already on disk: at-least-once delivery plus content-addressed rows is
+exactly-once in the files, with no gap. Undecodable records are counted by reason and skipped (the streams worker
+owns the dead-letter topic). An archive error (full, cap, corruption) stops the sink without committing.
 
 Rebuild (:func:`rebuild_archive`, :meth:`ArchiveSink.rebuild`): a fresh archive from the topic: unique group ids,
 partitions assigned at the earliest offsets or at ``offsets_for_times``, read up to the end offsets seen at start,
@@ -32,10 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from schemas.codec import AvroCodec, DecodeError
 from sinks.archive_store import ArchiveError, ArchiveFull, ArchiveWriter
+from sinks.durable_loop import run_durably
+from sinks.topic_end import end_offsets
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +140,6 @@ class ArchiveSink:
         """Consume until ``stop`` is set, or (``until_end``) the end offsets seen at start are reached, or nothing
         arrives for ``idle_timeout_s``. ``before_commit`` is a test hook called between the flush and the commit.
         The writer is flushed, not closed (the caller owns it)."""
-        stop = stop or threading.Event()
         consumer = Consumer(self._config)
 
         def on_revoke(c: Consumer, parts: list[TopicPartition]) -> None:
@@ -147,65 +148,14 @@ class ArchiveSink:
 
         try:
             consumer.subscribe([self.topic], on_revoke=on_revoke)
-            ends = self._end_offsets(consumer) if until_end else None
-            positions: dict[int, int] = {}
-            last_data = last_progress = time.monotonic()
-            while not stop.is_set():
-                msgs = consumer.consume(self.batch_size, timeout=self.poll_timeout_s)
-                records = []
-                for msg in msgs:
-                    err = msg.error()
-                    if err is not None:
-                        if err.code() != KafkaError._PARTITION_EOF:
-                            log.warning("replay archive: consume error %s", err)
-                        continue
-                    records.append((msg.partition(), msg.offset(), msg.value()))
-                if records:
-                    last_data = time.monotonic()
-                    nxt = self.process(records)
-                    self.writer.flush()
-                    commit = self.commit_offsets(nxt)
-                    if before_commit is not None:
-                        before_commit(commit)
-                    self._commit(consumer, commit)
-                    positions.update(nxt)
-                if on_progress is not None and time.monotonic() - last_progress >= 1.0:
-                    last_progress = time.monotonic()
-                    on_progress(self.stats)
-                if ends is not None and self._reached(consumer, ends, positions):
-                    break
-                if idle_timeout_s is not None and time.monotonic() - last_data >= idle_timeout_s:
-                    break
-            self.writer.flush()
+            run_durably(consumer, self.topic, what="replay archive", write=self.process, flush=self.writer.flush,
+                        commit_offsets=self.commit_offsets, counts=self.stats, stop=stop or threading.Event(),
+                        until_end=until_end, idle_timeout_s=idle_timeout_s,
+                        on_progress=None if on_progress is None else lambda: on_progress(self.stats),
+                        before_commit=before_commit, batch_size=self.batch_size, poll_timeout_s=self.poll_timeout_s)
         finally:
             consumer.close()
         return self.stats
-
-    def _commit(self, consumer: Consumer, offsets: list[TopicPartition]) -> None:
-        try:
-            consumer.commit(offsets=offsets, asynchronous=False)
-            self.stats.commits += 1
-        except KafkaException as exc:
-            # A rebalance took the partitions away: the new owner re-reads from the last commit, and the archive
-            # recognises the rows already written. Not fatal.
-            self.stats.commit_failures += 1
-            log.warning("replay archive: offset commit failed (%s); the records come back and are deduplicated", exc)
-
-    def _end_offsets(self, consumer: Consumer) -> dict[int, tuple[int, int]]:
-        md = consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
-        if md is None or md.error is not None:
-            raise RuntimeError(f"topic {self.topic!r} is not available: {md.error if md else 'missing'}")
-        return {p: consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10) for p in md.partitions}
-
-    def _reached(self, consumer: Consumer, ends: dict[int, tuple[int, int]], positions: dict[int, int]) -> bool:
-        """True when every partition is read (or was committed by an earlier run) up to its end offset at start."""
-        todo = [p for p, (low, high) in ends.items() if high > low and positions.get(p, -1) < high]
-        unseen = [p for p in todo if p not in positions]
-        if unseen:
-            for tp in consumer.committed([TopicPartition(self.topic, p) for p in unseen], timeout=10):
-                if tp.offset != OFFSET_INVALID and tp.offset >= 0:
-                    positions[tp.partition] = tp.offset
-        return all(positions.get(p, -1) >= ends[p][1] for p in todo)
 
     # -- rebuild -------------------------------------------------------------------------------------------------
 
@@ -214,7 +164,7 @@ class ArchiveSink:
         the first record at or after ``start_ms`` (epoch milliseconds), up to the end offsets seen now."""
         consumer = Consumer({**self._config, "group.id": f"agentwatch-replay-plan-{uuid.uuid4().hex[:12]}"})
         try:
-            ends = self._end_offsets(consumer)
+            ends = end_offsets(consumer, self.topic)
             if start_ms is None:
                 starts = {p: low for p, (low, _high) in ends.items()}
             else:

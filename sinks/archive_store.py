@@ -64,6 +64,7 @@ from sinks.archive import (
     select_prunable,
     tenant_dirname,
 )
+from sinks.fsync import fsync_dir
 from sinks.redact import CAPPED_KINDS, RowStats, capture_flags, sanitize_encoded
 
 DIR_MODE = 0o700
@@ -364,7 +365,7 @@ class ArchiveWriter:
                 self._synced(os.fsync, fds)
         self._dirty.clear()
         if self.fsync:
-            self._synced(_fsync_dir, sorted(created_dirs | self._new_dirs))
+            self._synced(fsync_dir, sorted(created_dirs | self._new_dirs))
             self._new_dirs.clear()
         for key, inst in self._detached:
             sess = self._sessions.get(key)
@@ -710,14 +711,6 @@ def _ensure_dir(path: Path) -> bool:
     except FileNotFoundError:
         path.mkdir(parents=True, mode=DIR_MODE, exist_ok=True)
     return True
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _attempt(fn: Any) -> Any:

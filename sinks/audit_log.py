@@ -71,7 +71,6 @@ from sinks.audit_store import (
     SEALED_MODE,
     create_file,
     ensure_dir,
-    fsync_dir,
     list_segments,
     list_streams,
     list_tenant_dirs,
@@ -80,6 +79,7 @@ from sinks.audit_store import (
     split_lines,
     write_tenant_file,
 )
+from sinks.fsync import fsync_dir
 
 logger = logging.getLogger(__name__)
 DAY_US = 86_400_000_000

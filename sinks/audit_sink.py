@@ -1,29 +1,30 @@
 """The Kafka shell around the audit log: consume events, keep the must-keep ones, commit only what is on disk.
 
-Its own consumer group on the events topic. Per poll batch: decode every record (``schemas.codec``), classify each
-event (:class:`~sinks.audit_classify.AuditPolicy`), append the audit events (:class:`~sinks.audit_log.AuditLog`),
+Its own consumer group on the events topic, in the loop every durable sink runs (:mod:`sinks.durable_loop`). Per
+poll batch: decode every record (``schemas.codec``), classify each event
+(:class:`~sinks.audit_classify.AuditPolicy`), append the audit events (:class:`~sinks.audit_log.AuditLog`),
 ``flush`` (fsync, due checkpoints), and only then commit the batch's offsets synchronously. A crash anywhere before
 the commit re-delivers the batch, and the log's event-id index turns the re-delivery into no-ops: at-least-once
 delivery plus an idempotent append is effectively once, with no gap. Undecodable records are counted by reason and
-skipped (the streams worker owns the dead-letter topic). An audit write error (disk full, size cap, corruption) stops
-the sink without committing the batch: the events stay in Kafka until the cause is fixed.
+skipped (the streams worker owns the dead-letter topic). An audit write error (disk full, size cap, corruption)
+stops the sink without committing the batch: the events stay in Kafka until the cause is fixed.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from schemas.codec import AvroCodec, DecodeError
 from sinks.audit_classify import AuditPolicy
 from sinks.audit_log import AuditLog
+from sinks.durable_loop import Record, run_durably
 
 log = logging.getLogger(__name__)
 
@@ -102,67 +103,20 @@ class AuditSink:
         """Consume until ``stop`` is set, or (``until_end``) the end offsets seen at start are reached, or nothing
         arrives for ``idle_timeout_s``. ``before_commit`` is a test hook called between the fsync and the commit.
         The audit log is flushed but not closed (the caller owns it)."""
-        stop = stop or threading.Event()
         consumer = Consumer(self._config)
         try:
             consumer.subscribe([self.topic])
-            ends = self._end_offsets(consumer) if until_end else None
-            positions: dict[int, int] = {}
-            last_data = last_progress = time.monotonic()
-            while not stop.is_set():
-                msgs = consumer.consume(self.batch_size, timeout=self.poll_timeout_s)
-                values, offsets = [], {}
-                for msg in msgs:
-                    err = msg.error()
-                    if err is not None:
-                        if err.code() != KafkaError._PARTITION_EOF:
-                            log.warning("audit sink: consume error %s", err)
-                        continue
-                    values.append(msg.value())
-                    offsets[msg.partition()] = msg.offset() + 1
-                if values:
-                    last_data = time.monotonic()
-                    self.process(values)
-                    self.log.flush()
-                    commit = [TopicPartition(self.topic, p, o) for p, o in sorted(offsets.items())]
-                    if before_commit is not None:
-                        before_commit(commit)
-                    self._commit(consumer, commit)
-                    positions.update(offsets)
-                if on_progress is not None and time.monotonic() - last_progress >= 1.0:
-                    last_progress = time.monotonic()
-                    on_progress(self.stats)
-                if ends is not None and self._reached(consumer, ends, positions):
-                    break
-                if idle_timeout_s is not None and time.monotonic() - last_data >= idle_timeout_s:
-                    break
-            self.log.flush()
+            run_durably(consumer, self.topic, what="audit sink", write=self._write, flush=self.log.flush,
+                        commit_offsets=self._commit_offsets, counts=self.stats, stop=stop or threading.Event(),
+                        until_end=until_end, idle_timeout_s=idle_timeout_s,
+                        on_progress=None if on_progress is None else lambda: on_progress(self.stats),
+                        before_commit=before_commit, batch_size=self.batch_size, poll_timeout_s=self.poll_timeout_s)
         finally:
             consumer.close()
         return self.stats
 
-    def _commit(self, consumer: Consumer, offsets: list[TopicPartition]) -> None:
-        try:
-            consumer.commit(offsets=offsets, asynchronous=False)
-            self.stats.commits += 1
-        except KafkaException as exc:
-            # A rebalance took the partitions away: the new owner re-reads from the last commit, and the
-            # idempotent append makes that harmless. Not fatal.
-            self.stats.commit_failures += 1
-            log.warning("audit sink: offset commit failed (%s); the batch will be re-delivered and deduplicated", exc)
+    def _write(self, records: list[Record]) -> None:
+        self.process(value for _partition, _offset, value in records)
 
-    def _end_offsets(self, consumer: Consumer) -> dict[int, tuple[int, int]]:
-        md = consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
-        if md is None or md.error is not None:
-            raise RuntimeError(f"topic {self.topic!r} is not available: {md.error if md else 'missing'}")
-        return {p: consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10) for p in md.partitions}
-
-    def _reached(self, consumer: Consumer, ends: dict[int, tuple[int, int]], positions: dict[int, int]) -> bool:
-        """True when every partition is read (or was committed by an earlier run) up to its end offset at start."""
-        todo = [p for p, (low, high) in ends.items() if high > low and positions.get(p, -1) < high]
-        unseen = [p for p in todo if p not in positions]
-        if unseen:  # partitions this run has not read from may already be fully committed by an earlier run
-            for tp in consumer.committed([TopicPartition(self.topic, p) for p in unseen], timeout=10):
-                if tp.offset != OFFSET_INVALID and tp.offset >= 0:
-                    positions[tp.partition] = tp.offset
-        return all(positions.get(p, -1) >= ends[p][1] for p in todo)
+    def _commit_offsets(self, nxt: dict[int, int]) -> list[TopicPartition]:
+        return [TopicPartition(self.topic, p, o) for p, o in sorted(nxt.items())]

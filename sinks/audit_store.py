@@ -24,18 +24,11 @@ from sinks.audit_format import (
     segment_first_seq,
     tenant_dirname,
 )
+from sinks.fsync import fsync_dir
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 SEALED_MODE = 0o400
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def ensure_dir(path: Path) -> bool:

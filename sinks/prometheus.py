@@ -2,8 +2,8 @@
 
 :class:`ExporterState` folds decoded records into plain dicts (one lock per batch, not per increment: a
 prometheus_client ``Counter`` takes a lock on every ``inc``) and a custom collector turns a snapshot of them into
-metric families at scrape time. What counts as what follows the simulator's definitions
-(:mod:`producers.simulator`), so the exposed counters agree with its ground truth:
+metric families at scrape time. What counts as what follows the ground truth's definitions
+(:mod:`producers.ground_truth`), so the exposed counters agree with it:
 
 ==========================================================  ===================================================
 series                                                      counted from

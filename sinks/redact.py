@@ -9,17 +9,17 @@ claims its format must do the same, whatever the producers did upstream. Per pay
    ``tool_result.content`` 8,000 (20 % head, nested ``content_truncation``), ``ask_user_answered.answer`` 500,
    ``memory_write.value`` 2,000, ``plugin_hook_fired.output_preview`` 500, ``tool_result.content_hash`` verbatim;
    ``capture_tool_result_full`` / ``capture_plugin_hook_output_full`` lift their cap (the scanner still runs);
-3. the secret scanner on every string, recursively: matches become ``[REDACTED:<kind>]``; per-row counts land in
-   the payload's ``redaction_hits``.
+3. the secret scanner (:func:`schemas.redaction.redact`) on every string, recursively: matches become
+   ``[REDACTED:<kind>]``; per-row counts land in the payload's ``redaction_hits``.
 
 Two differences from Agentao, both about data that was already sanitised upstream (our producers may run
 :mod:`producers.scrub` with the same policy): a ``redaction_hits`` already in the payload is *added to*, not
 overwritten, and a field whose truncation metadata is already present is not cut a second time (the marker
 would otherwise be cut in half).
 
-The scanner's pattern table is Agentao 0.5.17's (``agentao.security.secret_scan``), the same one
-``producers/scrub.py`` carries; ``tests/test_archive_redact.py`` checks both against the installed package. It is
-duplicated because sinks may not import producers: it belongs in a neutral shared module (see the report).
+The scanner, the field limits and the truncation marker are the redaction contract in :mod:`schemas.redaction`,
+shared with :mod:`producers.scrub` (``tests/test_redaction.py`` checks it against the installed Agentao); this
+module is the archive's policy: which replay kinds' fields are capped, JSON coercion, and the footer's counts.
 """
 
 from __future__ import annotations
@@ -27,103 +27,29 @@ from __future__ import annotations
 import json
 import json.encoder
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-MIN_SCAN_LEN = 13
-TRUNCATION_MARKER = "\n\n[… truncated …]\n\n"
-
-TOOL_OUTPUT_CHUNK_MAX_CHARS = 4_000
-TOOL_RESULT_MAX_CHARS = 8_000
-ASK_USER_ANSWER_MAX_CHARS = 500
-MEMORY_WRITE_MAX_CHARS = 2_000
-PLUGIN_HOOK_OUTPUT_MAX_CHARS = 500
-
-DEFAULT_CAPTURE_FLAGS: dict[str, bool] = {
-    "capture_llm_delta": True,
-    "capture_full_llm_io": False,
-    "capture_tool_result_full": False,
-    "capture_plugin_hook_output_full": False,
-}
-
-_PRIVATE_KEY = (
-    r"-----BEGIN [A-Z ]+KEY(?: BLOCK)?-----(?:(?!-----BEGIN )[\s\S])+?-----END [A-Z ]+KEY(?: BLOCK)?-----"
-    r"|-----BEGIN [A-Z ]*PRIVATE KEY(?: BLOCK)?-----[ \t]*(?:\r?\n|\\n)"
-    r"(?:[A-Za-z][A-Za-z0-9-]*:[^\r\n\\]*(?:\r?\n|\\n))*"
-    r"(?:\s|\\n)*[A-Za-z0-9+/=]+(?:(?:\r?\n|\\n)[A-Za-z0-9+/=]+)*"
+from schemas.redaction import (
+    ASK_USER_ANSWER_MAX_CHARS,
+    DEFAULT_CAPTURE_FLAGS,
+    MEMORY_WRITE_MAX_CHARS,
+    MIN_SCAN_LEN,
+    PLUGIN_HOOK_OUTPUT_MAX_CHARS,
+    SECRET_ANCHORS,
+    TOOL_OUTPUT_CHUNK_MAX_CHARS,
+    TOOL_RESULT_MAX_CHARS,
+    may_hold_secret,
+    redact,
+    truncate_head_tail,
 )
-
-#: (kind, pattern), most specific first, as Agentao orders them; flags are scoped ``(?i:...)`` so the patterns
-#: can also be OR-ed into one pre-check.
-SECRET_PATTERNS: tuple[tuple[str, str], ...] = (
-    ("private_key_block", _PRIVATE_KEY),
-    ("anthropic_api_key", r"\bsk-ant-[A-Za-z0-9_\-]{20,}"),
-    ("openai_api_key", r"\bsk-(?!ant-)(?:proj-)?[A-Za-z0-9_\-]{20,}"),
-    ("google_api_key", r"\bAIza[0-9A-Za-z_\-]{35}\b"),
-    ("google_oauth_secret", r"\bGOCSPX-[A-Za-z0-9_\-]{20,}"),
-    ("aws_access_key", r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
-    ("github_token", r"\bgh[pousr]_[A-Za-z0-9]{36,}\b"),
-    ("github_token", r"\bgithub_pat_[A-Za-z0-9_]{20,}"),
-    ("slack_token", r"\bxox[baprs]-[0-9A-Za-z\-]{10,}\b"),
-    ("slack_token", r"\bxapp-\d-[A-Za-z0-9\-]{10,}"),
-    ("stripe_key", r"\b(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{20,}"),
-    ("stripe_key", r"\bwhsec_[A-Za-z0-9]{20,}"),
-    ("jwt", r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\b"),
-    ("bearer", r"(?i:\bbearer\s+[A-Za-z0-9_\-\.=+/]{20,})"),
-    ("bearer", r"(?i:\bauthorization\s*[:=]\s*(?:bearer\s+)?[A-Za-z0-9_\-\.=+/]{20,})"),
-    ("oauth_token",
-     r"(?i:(?:\b(?:access_token|refresh_token|id_token|code_verifier)[\"']?\s*[:=]\s*[\"']?"
-     r"|(?<=[?&])code=|\"code\"\s*:\s*\")[^\s\"'&,}]{8,})"),
-    ("kv_secret",
-     r"(?i:(?<![A-Za-z0-9_])(?:api[_-]?key|token|secret|password|passwd)\s*[:=]\s*[\"']?[^\s\"']{8,}[\"']?)"),
-)
-
-SECRET_KINDS: tuple[str, ...] = tuple(dict.fromkeys(kind for kind, _ in SECRET_PATTERNS))
-
-_COMPILED: tuple[tuple[str, re.Pattern[str]], ...] = tuple((k, re.compile(p)) for k, p in SECRET_PATTERNS)
-
-#: Lower-case substrings at least one of which every match of every pattern contains (checked pattern by pattern:
-#: ``sk-ant-``/``sk-`` keys, ``AIza``, ``gh?_``, ``eyJ``, ``(sk|rk)_live_``, the kv/OAuth/bearer words, ...). A text
-#: holding none of them is clean; ``in`` on a lower-cased copy costs a few per cent of the patterns themselves
-#: (Python's ``re`` has no fast path for a wide alternation). All are ASCII letters, digits, ``-`` and ``_``, which
-#: JSON escaping leaves alone, so the check also holds on a payload's JSON text.
-SECRET_ANCHORS: tuple[str, ...] = (
-    "-----begin", "sk-", "aiza", "gocspx-", "akia", "asia", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_",
-    "xox", "xapp-", "_live_", "_test_", "whsec_", "eyj", "bearer", "authorization", "token", "code", "api",
-    "secret", "passw",
-)
-
-
-def may_hold_secret(text: str) -> bool:
-    """False only when no secret pattern can match ``text`` (see :data:`SECRET_ANCHORS`)."""
-    if len(text) < MIN_SCAN_LEN:
-        return False
-    low = text.lower()
-    for anchor in SECRET_ANCHORS:
-        if anchor in low:
-            return True
-    return False
-
-
-def scan(text: str, hits: dict[str, int]) -> str:
-    """``text`` with every secret replaced by ``[REDACTED:<kind>]``; counts are added to ``hits``."""
-    if not may_hold_secret(text):
-        return text
-    for kind, pattern in _COMPILED:
-        if pattern.search(text) is None:
-            continue
-        text, n = pattern.subn(f"[REDACTED:{kind}]", text)
-        if n:
-            hits[kind] = hits.get(kind, 0) + n
-    return text
 
 
 def scan_value(value: Any, hits: dict[str, int]) -> Any:
     """A JSON-safe copy of ``value`` with every string inside it scanned (dicts and lists walked)."""
     if isinstance(value, str):
-        return scan(value, hits)
+        return redact(value, hits)
     if value is None or isinstance(value, (bool, int)):
         return value
     if isinstance(value, float):
@@ -133,7 +59,7 @@ def scan_value(value: Any, hits: dict[str, int]) -> Any:
     if isinstance(value, (list, tuple)):
         return [scan_value(v, hits) for v in value]
     try:
-        return scan(str(value), hits)
+        return redact(str(value), hits)
     except Exception:
         return "<unprintable>"
 
@@ -149,16 +75,6 @@ def coerce_value(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [coerce_value(v) for v in value]
     return str(value)
-
-
-def truncate_head_tail(text: str, max_chars: int, head_ratio: float) -> tuple[str, int]:
-    """Agentao's head/tail cut: ``(text, omitted_chars)``, the marker between head and tail."""
-    total = len(text)
-    if total <= max_chars:
-        return text, 0
-    head_len = max(1, int(max_chars * head_ratio))
-    tail_len = max(1, max_chars - head_len)
-    return text[:head_len] + TRUNCATION_MARKER + text[-tail_len:], max(0, total - head_len - tail_len)
 
 
 # (replay kind, field) -> (max chars, head ratio, metadata style, capture flag that lifts the cap)
@@ -337,7 +253,7 @@ def sanitize(kind: str, payload: Mapping[str, Any], flags: Mapping[str, bool]) -
             if cap is not None and isinstance(value, str) and not (cap[3] and flags.get(cap[3])):
                 max_chars, head_ratio, style, _flag = cap
                 original = len(value)
-                scanned = scan(value, hits)
+                scanned = redact(value, hits)
                 already = (payload.get("truncated") is True if style == "flat"
                            else isinstance(payload.get(f"{key}_truncation"), Mapping))
                 if original > max_chars and not already:

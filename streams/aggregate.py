@@ -1,6 +1,6 @@
 """Per-tenant, per-window metrics folded from decoded AgentEvents; mergeable for two-stage aggregation.
 
-What counts (the same definitions as the ground truth of ``producers/simulator.py``; quantiles are nearest-rank there
+What counts (the same definitions as the ground truth of ``producers/ground_truth.py``; quantiles are nearest-rank there
 and within the sketch's relative error here):
 
 * turn: ``turn_end`` (duration = its ``duration_ms``; counted by ``status`` and by ``incomplete_reason``); a

@@ -1,81 +1,35 @@
-"""The archive's sanitiser against Agentao's own (``agentao.security.secret_scan``, ``agentao.replay.sanitize``)."""
+"""The archive's per-replay-kind sanitiser against Agentao's own (``agentao.replay.sanitize``).
+
+The secret scanner itself is the redaction contract's, tested in tests/test_redaction.py."""
 
 from __future__ import annotations
 
 import json
-import random
-import string
 
 import pytest
 from agentao.replay.sanitize import sanitize_event
-from agentao.security.secret_scan import SECRET_PATTERNS as AGENTAO_PATTERNS
 from agentao.security.secret_scan import scan_and_redact
+from test_redaction import OTHER_SHAPES, PER_KIND
 
-from producers import scrub as producer_scrub
 from producers.scrub import Scrubber
 from sinks.archive import map_event
 from sinks.archive_store import ArchiveWriter
 from sinks.redact import (
     DEFAULT_CAPTURE_FLAGS,
-    SECRET_KINDS,
-    SECRET_PATTERNS,
     capture_flags,
-    may_hold_secret,
     sanitize,
     sanitize_encoded,
-    scan,
+    scan_value,
 )
 
-SAMPLES = [
-    "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA\nabc==\n-----END RSA PRIVATE KEY-----",
-    '{"private_key": "-----BEGIN PRIVATE KEY-----\\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\\nabcd\\n"}',
-    "key sk-ant-api03-" + "a" * 30, "OPENAI=sk-proj-" + "B" * 24, "sk-" + "c" * 25,
-    "google AIza" + "d" * 35 + " end", "GOCSPX-" + "e" * 24, "AKIAABCDEFGHIJKLMNOP and ASIA1234567890ABCDEF",
-    "ghp_" + "f" * 36, "github_pat_" + "g" * 40, "xoxb-1234567890-abcdef", "xapp-1-" + "h" * 12,
-    "sk_live_" + "i" * 24, "rk_test_" + "j" * 24, "whsec_" + "k" * 24,
-    "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
-    "Authorization: Bearer " + "l" * 30, "curl -H 'authorization=" + "m" * 25 + "'", "bearer " + "n" * 20,
-    '{"access_token": "' + "o" * 20 + '"}', "https://x/cb?state=1&code=" + "p" * 12, '"code": "' + "q" * 10 + '"',
-    "api_key=supersecret123", "PASSWORD: 'correct horse'", "token=abcdefgh", "xapi_key=not-a-match-here",
-    "nothing to see here at all", "short", "first_token_ms and code review, no secret", "ghp_short",
-]
 
-
-def test_pattern_table_is_agentaos():
-    theirs = [(kind, p.pattern.replace("(?i)", "")) for kind, p in AGENTAO_PATTERNS]
-    ours = [(kind, p.replace("(?i:", "(", 1) if p.startswith("(?i:") else p) for kind, p in SECRET_PATTERNS]
-    assert [k for k, _ in ours] == [k for k, _ in theirs]
-    assert set(SECRET_KINDS) == {k for k, _ in AGENTAO_PATTERNS}
-    assert SECRET_PATTERNS == producer_scrub.SECRET_PATTERNS  # the duplicate the lead should share
-
-
-@pytest.mark.parametrize("text", SAMPLES)
-def test_scan_redacts_like_agentao(text):
+@pytest.mark.parametrize("text", [*PER_KIND.values(), *OTHER_SHAPES])
+def test_the_archive_scans_with_the_contracts_scanner_like_agentao(text):
     hits: dict[str, int] = {}
-    assert (scan(text, hits), hits) == scan_and_redact(text)
-
-
-def test_the_anchor_precheck_never_hides_a_secret():
-    """Random texts stitched from pattern fragments: wherever Agentao's scanner fires, the pre-check says yes."""
-    rng = random.Random(5)
-    pieces = ["sk-", "ant-", "proj-", "AIza", "GOCSPX-", "AKIA", "ASIA", "ghp_", "gho_", "github_pat_", "xoxb-",
-              "xapp-1-", "sk_live_", "rk_test_", "whsec_", "eyJ", ".", "Bearer ", "AUTHORIZATION", ": ", "=",
-              "access_token", "refresh_token", "?code=", "&code=", '"code": "', "api-key", "ApiKey", "TOKEN",
-              "secret", "Passwd", "-----BEGIN RSA PRIVATE KEY-----\n", "-----END RSA PRIVATE KEY-----", "\n", "\\n",
-              '"', "'", " ", "\t"]
-    fired = 0
-    for _ in range(3000):
-        parts = []
-        for _ in range(rng.randrange(1, 6)):
-            parts.append(rng.choice(pieces) if rng.random() < 0.6 else
-                         "".join(rng.choices(string.ascii_letters + string.digits + "_-+/=", k=rng.randrange(1, 40))))
-        text = "".join(parts)
-        _, hits = scan_and_redact(text)
-        if hits:
-            fired += 1
-            assert may_hold_secret(text), text
-            assert may_hold_secret(json.dumps({"k": [text]})), text  # also on a payload's JSON text
-    assert fired > 300
+    assert (scan_value(text, hits), hits) == scan_and_redact(text)
+    row = sanitize("assistant_text_chunk", {"chunk": text, "n": [text]}, DEFAULT_CAPTURE_FLAGS)
+    theirs, _stats = sanitize_event("assistant_text_chunk", {"chunk": text, "n": [text]})
+    assert row == theirs
 
 
 CAPPED = [

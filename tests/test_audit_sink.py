@@ -110,10 +110,10 @@ def test_end_to_end_through_kafka_with_a_crash_between_fsync_and_commit(kafka_bo
     args = parser.parse_args(["audit", "run", "--dir", str(root), "--bootstrap", kafka_bootstrap, "--topic", topic,
                               "--group", group + "-cli", "--until-end", "--idle-timeout", "20",
                               "--business-tools", "crm_update"])
-    assert args.func(args, Settings()) == 0
+    assert args.func(args, Settings.from_env()) == 0
     assert f"0 audited, {audited} duplicates" in capsys.readouterr().err
     args = parser.parse_args(["audit", "verify", "--dir", str(root)])
-    assert args.func(args, Settings()) == 0
+    assert args.func(args, Settings.from_env()) == 0
 
     recs = [r for t in ("tenant-0", "tenant-1", "tenant-2", "solo") for r in iter_records(root, t)]
     assert len(recs) == audited == len({r["event_id"] for r in recs})

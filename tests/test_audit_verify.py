@@ -287,7 +287,7 @@ def test_cli_verify_exit_codes_and_messages(root, monkeypatch, capsys):
 
     def run(*argv: str) -> int:
         args = parser.parse_args(["audit", *argv])
-        return args.func(args, Settings(home=root.parent))
+        return args.func(args, Settings.from_env().with_(home=root.parent))
 
     assert run("verify", "--dir", str(root)) == 0
     assert capsys.readouterr().out.startswith("OK: 1 tenant(s), 2 stream(s)")

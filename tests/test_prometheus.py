@@ -13,8 +13,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agentwatch.commands import exporter as exporter_cmd
 from agentwatch.config import Settings
+from producers.ground_truth import truth_from_events
 from producers.incidents import ConfirmTimeouts, Llm5xxBurst, MaxIterationLoops, ModelSwap, ToolFailure
-from producers.simulator import FleetSimulator, truth_from_events
+from producers.simulator import FleetSimulator
 from schemas import contract
 from schemas.codec import AvroCodec
 from sinks.exporter import MetricsServer, SpoolDirCollector

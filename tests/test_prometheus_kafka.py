@@ -17,9 +17,10 @@ from confluent_kafka import Producer
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from producers.ground_truth import truth_from_events
 from producers.incidents import ConfirmTimeouts, Llm5xxBurst, MaxIterationLoops, ToolFailure
 from producers.sharding import shard_of
-from producers.simulator import FleetSimulator, truth_from_events
+from producers.simulator import FleetSimulator
 from schemas.codec import AvroCodec
 from sinks.exporter import Exporter
 

@@ -1,4 +1,6 @@
-"""Secret scrubbing and Agentao's field caps, checked against Agentao's own scanner and sanitizer."""
+"""The producer's scrubbing policy (which AgentEvent fields are capped or dropped), against Agentao's sanitizer.
+
+The scanner itself is the redaction contract's, tested in tests/test_redaction.py."""
 
 from __future__ import annotations
 
@@ -7,65 +9,21 @@ import json
 import pytest
 from agentao.replay.sanitize import sanitize_event
 from agentao.security.secret_scan import scan_and_redact
+from test_redaction import OTHER_SHAPES, PER_KIND
 
 from producers.normalize import EventNormalizer
-from producers.scrub import SECRET_KINDS, TRUNCATION_MARKER, Scrubber, redact
+from producers.scrub import Scrubber
 from producers.stamp import Stamper
-
-# One sample per kind (fake credentials in the documented shapes).
-SAMPLES: dict[str, str] = {
-    "private_key_block": "key:\n-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA7\nabcDEF==\n"
-                         "-----END RSA PRIVATE KEY-----\nafter",
-    "anthropic_api_key": "ANTHROPIC_KEY sk-ant-api03-abcdefghijklmnopqrstuvwxyz0123",
-    "openai_api_key": "using sk-proj-abcdefghijklmnopqrstuvwxyz012345 now",
-    "google_api_key": "maps AIzaSyA1234567890abcdefghijklmnopqrstuv ok",
-    "google_oauth_secret": "client GOCSPX-abcdefghijklmnopqrstuvwx done",
-    "aws_access_key": "aws AKIAIOSFODNN7EXAMPLE here",
-    "github_token": "gh ghp_abcdefghijklmnopqrstuvwxyz0123456789AB end",
-    "slack_token": "slack xoxb-1234567890-abcdefghij end",
-    "stripe_key": "stripe sk_live_abcdefghijklmnopqrstuvwx end",
-    "jwt": "tok eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.abcdefghijklmnop end",
-    "bearer": "curl -H 'Authorization: Bearer abcdefghijklmnopqrstuvwxyz012345'",
-    "oauth_token": '{"refresh_token": "r1234567890abcdef", "x": 1}',
-    "kv_secret": "db password=hunter2hunter2 port=5432",
-}
-
-EXTRA = [
-    "nothing secret in this fairly long sentence",
-    "short",
-    "github_pat_11ABCDEFG0abcdefghijklmnopqrstuvwxyz and xapp-1-A0123456789-abcdefghijk",
-    "sk-ant-short-but-long-enough-xxxxxxxxxxxxxxxxx then sk-abcdefghijklmnopqrstuvwxyz",
-    "https://example.test/cb?state=1&code=abcdefgh12345 and whsec_abcdefghijklmnopqrstuvwx",
-    "api_key: 'abcd1234efgh' token=zzzzzzzzzz secret : qqqqqqqqqq",
-    "-----BEGIN PRIVATE KEY-----\\nMIIBVAIBADANBgkqhkiG9w0BAQEFAASC\\nAT8wggE7AgEAAkEA\\n",
-]
+from schemas.redaction import TRUNCATION_MARKER, redact
 
 
-def test_every_agentao_kind_has_a_sample() -> None:
-    assert set(SAMPLES) == set(SECRET_KINDS)
-
-
-@pytest.mark.parametrize("kind", sorted(SAMPLES))
-def test_each_kind_is_redacted_exactly_like_agentao(kind: str) -> None:
-    text = SAMPLES[kind]
+@pytest.mark.parametrize("text", [*PER_KIND.values(), *OTHER_SHAPES])
+def test_the_scrubber_redacts_with_the_contracts_scanner_like_agentao(text: str) -> None:
     hits: dict[str, int] = {}
-    ours = redact(text, hits)
-    theirs, their_hits = scan_and_redact(text)
-    assert ours == theirs
-    assert hits == their_hits
-    assert f"[REDACTED:{kind}]" in ours
-
-
-@pytest.mark.parametrize("text", EXTRA)
-def test_other_shapes_match_agentao(text: str) -> None:
-    hits: dict[str, int] = {}
-    assert (redact(text, hits), hits) == scan_and_redact(text)
-
-
-def test_strings_shorter_than_13_are_not_scanned() -> None:
-    assert redact("token=abcdefgh") == "[REDACTED:kv_secret]"
-    short = "x" * 12
-    assert redact(short) is short  # returned untouched without a regex pass
+    assert (Scrubber().redact(text, hits), hits) == scan_and_redact(text)
+    nested: dict[str, int] = {}
+    assert Scrubber().scrub_value({"a": [text, (text,)]}, nested) == {"a": [redact(text), [redact(text)]]}
+    assert nested == {k: 2 * n for k, n in hits.items()}
 
 
 def _tool_result(content: str) -> dict:

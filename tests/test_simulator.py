@@ -20,6 +20,7 @@ from confluent_kafka import Consumer, TopicPartition
 from agentwatch.commands import simulate
 from agentwatch.commands.simulate import TokenBucket
 from agentwatch.config import Settings
+from producers.ground_truth import US, TruthCounter, truth_from_events
 from producers.incidents import (
     DEFAULT_RULES,
     DEFAULT_SPIKE,
@@ -34,13 +35,7 @@ from producers.incidents import (
     load_incidents,
     parse_duration,
 )
-from producers.simulator import (
-    DEFAULT_START_US,
-    US,
-    FleetSimulator,
-    TruthCounter,
-    truth_from_events,
-)
+from producers.simulator import DEFAULT_START_US, FleetSimulator
 from schemas import contract
 from schemas.codec import AvroCodec
 

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
-import threading
 import time
 import uuid
 from collections import deque
 from typing import Any
 
+from agentwatch.cli_flags import add_bootstrap_servers, add_topic
 from agentwatch.config import Settings
+from agentwatch.foreground import StatusLine, stop_on_signals
+from agentwatch.topic_reading import WholeTopic
 from streams.alerts import FIRING, Alert
 
 DEFAULT_GROUP = "agentwatch-alert-delivery"
@@ -68,7 +69,7 @@ def cmd_deliver(args: argparse.Namespace, settings: Settings) -> int:
         print("alerts deliver: --alertmanager needs re-sends (--resend-interval > 0): Alertmanager resolves an "
               "alert that is not re-sent before its endsAt", file=sys.stderr)
         return 2
-    settings = settings.with_(bootstrap_servers=args.bootstrap)
+    settings = settings.with_(bootstrap_servers=args.bootstrap_servers)
     topic = args.topic or settings.topics.alerts
     retry = RetryPolicy(max_attempts=args.max_attempts, base_s=args.backoff, max_backoff_s=args.max_backoff,
                         max_elapsed_s=args.max_retry_time)
@@ -80,27 +81,22 @@ def cmd_deliver(args: argparse.Namespace, settings: Settings) -> int:
                      new_group_start=args.start, resend_on_start=not args.no_resend_on_start)
     names = ", ".join(f"{r.name} ({type(r).__name__})" for r in dispatcher.receivers)
     print(f"delivering {topic} at {settings.bootstrap_servers} (group {args.group}) to {names}", file=sys.stderr)
-    shown = ""
+    status = StatusLine(overwrite=False)
 
     def progress(stats: Any) -> None:
-        nonlocal shown
-        if stats.line() != shown:
-            shown = stats.line()
-            print(f"  {shown}", file=sys.stderr)
+        status.show(stats.line())
 
-    stop = threading.Event()  # Ctrl-C / SIGTERM: stop after the current delivery (or mid-retry, uncommitted)
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        stats = sink.run(stop=stop, until_end=args.until_end, idle_timeout_s=args.idle_timeout,
-                         on_progress=progress)
-    except OSError as exc:  # a recording receiver could not write (disk full): nothing was committed
-        print(f"alerts deliver: {exc}; stopped without committing, the batch is re-read after a restart",
-              file=sys.stderr)
-        return 1
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        dispatcher.close()
+    # Ctrl-C / SIGTERM: stop after the current delivery (or mid-retry, uncommitted)
+    with stop_on_signals() as stop:
+        try:
+            stats = sink.run(stop=stop, until_end=args.until_end, idle_timeout_s=args.idle_timeout,
+                             on_progress=progress)
+        except OSError as exc:  # a recording receiver could not write (disk full): nothing was committed
+            print(f"alerts deliver: {exc}; stopped without committing, the batch is re-read after a restart",
+                  file=sys.stderr)
+            return 1
+        finally:
+            dispatcher.close()
     print(f"  {stats.line()}", file=sys.stderr)
     for name, rs in stats.receivers.items():
         print(f"  {name}: {rs.delivered} delivered ({rs.resends} re-sends), {rs.retries} retries, "
@@ -125,13 +121,13 @@ def render_alert(alert: Alert) -> str:
 
 
 def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
-    from confluent_kafka import Consumer, KafkaError, TopicPartition
+    from confluent_kafka import Consumer, KafkaError
 
     from schemas.codec import DecodeError
     from sinks.alert_delivery import ActiveAlerts
     from streams.alerts import AlertCodec
 
-    settings = settings.with_(bootstrap_servers=args.bootstrap)
+    settings = settings.with_(bootstrap_servers=args.bootstrap_servers)
     topic = args.topic or settings.topics.alerts
     codec = AlertCodec()
     state = ActiveAlerts()
@@ -145,14 +141,12 @@ def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(alert.to_record(), ensure_ascii=False) if args.json else render_alert(alert), flush=True)
 
     try:
-        md = consumer.list_topics(topic, timeout=10).topics.get(topic)
-        if md is None or md.error is not None:
-            print(f"alerts tail: topic {topic!r} is not available: {md.error if md else 'missing'}", file=sys.stderr)
+        try:
+            whole = WholeTopic(consumer, topic)
+        except RuntimeError as exc:
+            print(f"alerts tail: {exc}", file=sys.stderr)
             return 1
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in md.partitions}
-        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
         caught_up = False
-        pending = {p for p, end in ends.items() if end > 0}
         idle_since = time.monotonic()
         while True:
             msgs = consumer.consume(500, timeout=0.5)
@@ -174,9 +168,8 @@ def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
                         show(alert)
                     else:
                         last.append(alert)
-                if msg.offset() + 1 >= ends.get(msg.partition(), 0):
-                    pending.discard(msg.partition())
-            if not caught_up and (not pending or time.monotonic() - idle_since > 5.0):
+                whole.saw(msg)
+            if not caught_up and (whole.done or time.monotonic() - idle_since > 5.0):
                 caught_up = True
                 if args.active:
                     for entry in sorted(state.entries(), key=lambda e: e.alert.starts_at_us):
@@ -198,9 +191,15 @@ def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("alerts", help="deliver alerts to Alertmanager / webhooks / JSONL / console, or tail them",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    alerts_sub = p.add_subparsers(dest="alerts_command", metavar="SUBCOMMAND")
+    p = sub.add_parser(
+        "alerts", help="deliver alerts to Alertmanager / webhooks / JSONL / console, or tail them",
+        description="Send the alerts topic to Alertmanager-style receivers (deliver), or look at it (tail). "
+        "deliver runs in its own consumer group with the receivers given as flags: webhooks (Alertmanager webhook "
+        "payload, version 4), Alertmanagers (POST /api/v2/alerts), a JSONL file, the console. On start it re-reads "
+        "the alerts topic to rebuild the set of open alerts, re-sends that set, then delivers what arrived since "
+        "its last commit and re-sends open alerts every --resend-interval seconds. A new group pages nothing from "
+        "history (--from earliest delivers it all). tail prints transitions, or the open set with --active.")
+    alerts_sub = p.add_subparsers(dest="alerts_command", metavar="ACTION")
 
     d = alerts_sub.add_parser(
         "deliver", help="consume the alerts topic and deliver notifications to receivers",
@@ -244,10 +243,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--from", dest="start", choices=("latest", "earliest"), default="latest",
                    help="for a group without committed offsets: 'latest' (default) treats the whole topic as "
                    "already delivered (state only), 'earliest' delivers it all")
-    d.add_argument("--bootstrap", help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS)")
-    d.add_argument("--topic", help="alerts topic (default: $AGENTWATCH_ALERTS_TOPIC or <prefix>.alerts)")
+    add_bootstrap_servers(d, legacy_alias=True)
+    add_topic(d, "alerts")
     d.add_argument("--until-end", action="store_true", help="stop once what the topic held at start is delivered")
-    d.add_argument("--idle-timeout", type=float, default=None, help="stop after this many seconds without records")
+    d.add_argument("--idle-timeout", type=float, default=None, metavar="SECONDS",
+                   help="stop after this many seconds without records")
     d.set_defaults(func=cmd_deliver)
 
     t = alerts_sub.add_parser(
@@ -260,8 +260,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--active", action="store_true", help="print the open alerts instead of transitions")
     t.add_argument("--backfill", action="store_true", help="include backfill alerts")
     t.add_argument("--json", action="store_true", help="print alerts-topic records as JSON lines")
-    t.add_argument("--bootstrap", help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS)")
-    t.add_argument("--topic", help="alerts topic (default: $AGENTWATCH_ALERTS_TOPIC or <prefix>.alerts)")
+    add_bootstrap_servers(t, legacy_alias=True)
+    add_topic(t, "alerts")
     t.set_defaults(func=cmd_tail)
 
     def no_subcommand(args: argparse.Namespace, settings: Settings) -> int:

@@ -1,6 +1,6 @@
 """``agentwatch audit run|verify|prune|show``: the tamper-evident audit log (see :mod:`sinks.audit_log`).
 
-Configuration (flags override):
+Configuration (read by :class:`agentwatch.config.AuditSettings`; flags override):
 
 * ``AGENTWATCH_AUDIT_DIR``: the audit root (default ``$AGENTWATCH_HOME/audit``).
 * ``AGENTWATCH_AUDIT_HMAC_KEY``: the checkpoint signing key (its UTF-8 bytes, at least 16; e.g. the output of
@@ -15,50 +15,41 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from agentwatch.config import Settings
+from agentwatch.cli_flags import add_bootstrap_servers, add_topic, whole_number
+from agentwatch.config import Settings, parse_list
+from agentwatch.foreground import StatusLine, stop_on_signals
+from agentwatch.isotime import parse_utc, utc_iso
 from sinks.audit_classify import AUDIT_CLASSES, AuditPolicy, PolicyError
-from sinks.audit_format import DecryptError, RecordCipher, decode_key, event_of
+from sinks.audit_format import DecryptError, RecordCipher, event_of
 from sinks.audit_log import AuditError, AuditLog
 from sinks.audit_store import iter_records
 from sinks.audit_verify import verify_root
 
 
 @dataclass(frozen=True)
-class AuditSettings:
-    """The audit log's settings from the environment and flags."""
+class AuditOptions:
+    """``settings.audit`` with the flags applied and the policy file loaded."""
 
     root: Path
-    hmac_key: bytes | None
-    enc_key: bytes | None
+    hmac_key: bytes | None = field(repr=False)
+    enc_key: bytes | None = field(repr=False)
     policy: AuditPolicy
     max_tenant_bytes: int | None
 
     @classmethod
-    def resolve(cls, args: argparse.Namespace, settings: Settings) -> AuditSettings:
-        root = Path(getattr(args, "dir", None) or os.environ.get("AGENTWATCH_AUDIT_DIR") or settings.home / "audit")
-        hmac_text = os.environ.get("AGENTWATCH_AUDIT_HMAC_KEY") or ""
-        hmac_key = hmac_text.encode() if hmac_text else None
-        if hmac_key is not None and len(hmac_key) < 16:
-            raise SystemExit("AGENTWATCH_AUDIT_HMAC_KEY must be at least 16 bytes (try: openssl rand -base64 32)")
-        enc_text = os.environ.get("AGENTWATCH_AUDIT_ENC_KEY") or ""
-        try:
-            enc_key = decode_key(enc_text, what="AGENTWATCH_AUDIT_ENC_KEY") if enc_text else None
-        except ValueError as exc:
-            raise SystemExit(str(exc)) from None
-        policy_file = getattr(args, "policy", None) or os.environ.get("AGENTWATCH_AUDIT_POLICY")
+    def resolve(cls, args: argparse.Namespace, settings: Settings) -> AuditOptions:
+        conf = settings.audit
+        root = Path(getattr(args, "dir", None) or conf.dir or settings.home / "audit")
+        policy_file = getattr(args, "policy", None) or conf.policy_file
         try:
             data: Any = {}
             if policy_file:
@@ -66,13 +57,14 @@ class AuditSettings:
                 if not isinstance(data, dict):
                     raise PolicyError(f"{policy_file}: expected a mapping at the top level")
             policy = AuditPolicy.from_mapping(data)
-            tools = getattr(args, "business_tools", None) or os.environ.get("AGENTWATCH_AUDIT_BUSINESS_TOOLS")
-            if tools:
-                policy = policy.with_business_tools(t.strip() for t in tools.split(",") if t.strip())
+            flag_tools = getattr(args, "business_tools", None)
+            tools = parse_list(flag_tools) if flag_tools else conf.business_tools
+            if tools is not None:
+                policy = policy.with_business_tools(tools)
         except (OSError, yaml.YAMLError, PolicyError) as exc:
             raise SystemExit(f"audit policy: {exc}") from None
-        cap_text = getattr(args, "max_tenant_bytes", None) or os.environ.get("AGENTWATCH_AUDIT_MAX_TENANT_BYTES")
-        return cls(root, hmac_key, enc_key, policy, int(cap_text) if cap_text else None)
+        cap = getattr(args, "max_tenant_bytes", None) or conf.max_tenant_bytes
+        return cls(root, conf.hmac_key, conf.enc_key, policy, cap)
 
     def require_key(self) -> bytes:
         if self.hmac_key is None:
@@ -85,16 +77,7 @@ class AuditSettings:
 
 
 def _iso(us: int | None) -> str:
-    if us is None:
-        return "never"
-    return datetime.fromtimestamp(us / 1e6, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse_time(text: str) -> int:
-    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp() * 1_000_000)
+    return "never" if us is None else utc_iso(us)
 
 
 # -- run ----------------------------------------------------------------------------------------------------------
@@ -102,8 +85,8 @@ def _parse_time(text: str) -> int:
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from sinks.audit_sink import AuditSink  # confluent-kafka only for this subcommand
 
-    settings = settings.with_(bootstrap_servers=args.bootstrap)
-    conf = AuditSettings.resolve(args, settings)
+    settings = settings.with_(bootstrap_servers=args.bootstrap_servers)
+    conf = AuditOptions.resolve(args, settings)
     topic = args.topic or settings.topics.events
     try:
         log = conf.open_log(fsync=args.fsync)
@@ -115,33 +98,30 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     sink = AuditSink(settings.bootstrap_servers, topic, log, conf.policy, group_id=args.group)
     next_prune = time.monotonic() + args.prune_interval if args.prune_interval else None
 
-    shown = ""
+    status = StatusLine()
 
     def progress(stats: Any) -> None:
-        nonlocal next_prune, shown
-        if stats.line() != shown:  # idle: say nothing new
-            shown = stats.line()
-            print(f"\r  {shown}", end="", file=sys.stderr)
+        nonlocal next_prune
+        status.show(stats.line())
         if next_prune is not None and time.monotonic() >= next_prune:
             next_prune = time.monotonic() + args.prune_interval
             for p in log.prune():
                 print(f"\n  pruned {p.tenant!r}/{p.stream}/{p.segment} ({p.count} records)", file=sys.stderr)
 
-    stop = threading.Event()  # Ctrl-C / SIGTERM: finish the batch, fsync, commit, checkpoint, then exit
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        stats = sink.run(stop=stop, until_end=args.until_end, idle_timeout_s=args.idle_timeout, on_progress=progress)
-    except AuditError as exc:
-        print(f"\naudit: {exc}\nstopped without committing the current batch; it is re-delivered after a restart",
-              file=sys.stderr)
-        return 1
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        log.close()
-        for r in log.repairs:
-            print(f"\n  repaired a torn tail (crash mid-write): {r.path} cut to {r.kept_bytes} bytes "
-                  f"({r.removed_bytes} removed)", file=sys.stderr)
+    # Ctrl-C / SIGTERM: finish the batch, fsync, commit, checkpoint, then exit
+    with stop_on_signals() as stop:
+        try:
+            stats = sink.run(stop=stop, until_end=args.until_end, idle_timeout_s=args.idle_timeout,
+                             on_progress=progress)
+        except AuditError as exc:
+            print(f"\naudit: {exc}\nstopped without committing the current batch; it is re-delivered after a "
+                  "restart", file=sys.stderr)
+            return 1
+        finally:
+            log.close()
+            for r in log.repairs:
+                print(f"\n  repaired a torn tail (crash mid-write): {r.path} cut to {r.kept_bytes} bytes "
+                      f"({r.removed_bytes} removed)", file=sys.stderr)
     print(f"\r  {stats.line()}", file=sys.stderr)
     if stats.undecodable:
         print("  undecodable: " + ", ".join(f"{k}={v}" for k, v in sorted(stats.undecodable.items())),
@@ -154,7 +134,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 # -- verify -------------------------------------------------------------------------------------------------------
 
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
-    conf = AuditSettings.resolve(args, settings)
+    conf = AuditOptions.resolve(args, settings)
     report = verify_root(conf.root, conf.hmac_key, tenant=args.tenant,
                          enc_key=conf.enc_key if args.decrypt else None)
     print(report.render(heads=not args.quiet))
@@ -164,10 +144,10 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
 # -- prune --------------------------------------------------------------------------------------------------------
 
 def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
-    conf = AuditSettings.resolve(args, settings)
+    conf = AuditOptions.resolve(args, settings)
     try:
         with conf.open_log() as log:
-            pruned = log.prune(_parse_time(args.now) if args.now else None)
+            pruned = log.prune(int(parse_utc(args.now).timestamp() * 1_000_000) if args.now else None)
     except AuditError as exc:
         print(f"audit: {exc}", file=sys.stderr)
         return 1
@@ -192,7 +172,7 @@ def _shown(records: Iterator[dict[str, Any]], args: argparse.Namespace,
 
 
 def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
-    conf = AuditSettings.resolve(args, settings)
+    conf = AuditOptions.resolve(args, settings)
     cipher = RecordCipher(conf.enc_key) if conf.enc_key else None
     rows = list(_shown(iter_records(conf.root, args.tenant, args.stream), args, cipher))
     rows.sort(key=lambda r: (r[0].get("recorded_at") or 0, r[0].get("stream") or "", r[0].get("seq") or 0))
@@ -239,22 +219,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--dir", help="audit root (default: $AGENTWATCH_AUDIT_DIR or $AGENTWATCH_HOME/audit)")
-    common.add_argument("--policy", help="YAML policy file (retention_classes, audit_classes, business_tools)")
-    common.add_argument("--business-tools", help="comma-separated business tools (names or fnmatch patterns)")
+    common.add_argument("--policy", metavar="FILE", help="YAML policy file: retention_classes, audit_classes, "
+                        "business_tools (default: $AGENTWATCH_AUDIT_POLICY, else the built-in policy)")
+    common.add_argument("--business-tools", metavar="TOOL[,TOOL...]",
+                        help="comma-separated business tools, names or fnmatch patterns, replacing the policy's "
+                        "list (default: $AGENTWATCH_AUDIT_BUSINESS_TOOLS)")
     asub = p.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
 
     r = asub.add_parser("run", parents=[common], help="consume the events topic into the audit log",
                         description="Consume the events topic in its own consumer group, keep the audit events, "
                         "fsync, then commit offsets. Stops on Ctrl-C / SIGTERM, or with --until-end.")
-    r.add_argument("--bootstrap", help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS)")
-    r.add_argument("--topic", help="events topic (default: the configured events topic)")
+    add_bootstrap_servers(r, legacy_alias=True)
+    add_topic(r, "events")
     r.add_argument("--group", default="agentwatch-audit", help="consumer group (default: agentwatch-audit)")
     r.add_argument("--until-end", action="store_true", help="stop once the end offsets seen at start are reached")
-    r.add_argument("--idle-timeout", type=float, default=None, help="stop after this many seconds without data")
+    r.add_argument("--idle-timeout", type=float, default=None, metavar="SECONDS",
+                   help="stop after this many seconds without data")
     r.add_argument("--fsync", choices=("batch", "always"), default="batch",
                    help="fsync before every offset commit (batch, default) or after every record (always)")
-    r.add_argument("--max-tenant-bytes", help="per-tenant size cap; an append over it stops the sink uncommitted")
-    r.add_argument("--prune-interval", type=float, default=3600.0,
+    r.add_argument("--max-tenant-bytes", type=whole_number(1), metavar="BYTES",
+                   help="per-tenant size cap; an append over it stops the sink uncommitted "
+                   "(default: $AGENTWATCH_AUDIT_MAX_TENANT_BYTES, else none)")
+    r.add_argument("--prune-interval", type=float, default=3600.0, metavar="SECONDS",
                    help="seconds between retention prunes while running (0: never; default 3600)")
     r.set_defaults(func=cmd_run)
 
@@ -273,7 +259,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                          description="Delete closed segments whose every record has expired, recording each "
                          "deletion in the stream's chain and in a signed prune checkpoint first. Fails if "
                          "`audit run` holds the log (it prunes by itself, see --prune-interval).")
-    pr.add_argument("--now", help="pretend it is this ISO-8601 time (to preview a future prune on a copy)")
+    pr.add_argument("--now", metavar="TIME",
+                    help="pretend it is this ISO-8601 time (to preview a future prune on a copy)")
     pr.set_defaults(func=cmd_prune)
 
     s = asub.add_parser("show", parents=[common], help="list a tenant's audit records",
@@ -283,6 +270,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--class", dest="audit_class", choices=AUDIT_CLASSES + ("segment_pruned",),
                    help="only this audit class")
     s.add_argument("--stream", help="only this retention class")
-    s.add_argument("--limit", type=int, default=None, help="only the newest N records")
+    s.add_argument("--limit", type=int, default=None, metavar="N", help="only the newest N records")
     s.add_argument("--json", action="store_true", help="one JSON object per record (events decrypted when possible)")
     s.set_defaults(func=cmd_show)

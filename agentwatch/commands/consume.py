@@ -15,9 +15,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError
 
+from agentwatch.cli_flags import add_bootstrap_servers, add_topic
 from agentwatch.config import Settings
+from agentwatch.topic_reading import WholeTopic
 from schemas.codec import AvroCodec, DecodeError
 
 
@@ -54,16 +56,13 @@ def consume_all(bootstrap: str, topic: str, codec: AvroCodec, *, idle_timeout: f
     })
     tally = Tally()
     try:
-        md = consumer.list_topics(topic, timeout=10).topics[topic]
-        if md.error is not None:
-            raise SystemExit(f"topic {topic!r}: {md.error.str()}")
-        parts = [TopicPartition(topic, p) for p in md.partitions]
-        ends = {tp.partition: consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in parts}
-        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
-        done = {p for p, end in ends.items() if end == 0}
+        try:
+            whole = WholeTopic(consumer, topic)
+        except RuntimeError as exc:
+            raise SystemExit(str(exc)) from None
         last_data = time.monotonic()
         last_print = 0.0
-        while len(done) < len(ends) and time.monotonic() - last_data < idle_timeout:
+        while not whole.done and time.monotonic() - last_data < idle_timeout:
             msgs = consumer.consume(1000, timeout=0.5)
             for msg in msgs:
                 if msg.error():
@@ -78,8 +77,7 @@ def consume_all(bootstrap: str, topic: str, codec: AvroCodec, *, idle_timeout: f
                     tally.bad[exc.reason] += 1
                 else:
                     tally.add(decoded.events, decoded.is_batch, samples)
-                if msg.offset() + 1 >= ends[msg.partition()]:
-                    done.add(msg.partition())
+                whole.saw(msg)
             if progress and time.monotonic() - last_print > 1.0:
                 last_print = time.monotonic()
                 print(f"\r  consumed {tally.records:,} records, {tally.events:,} events", end="", file=sys.stderr)
@@ -113,7 +111,7 @@ def render(tally: Tally, top_types: int = 8) -> str:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    settings = settings.with_(bootstrap_servers=args.bootstrap)
+    settings = settings.with_(bootstrap_servers=args.bootstrap_servers)
     topic = args.topic or settings.topics.events
     print(f"reading {topic} at {settings.bootstrap_servers} from the beginning", file=sys.stderr)
     tally = consume_all(settings.bootstrap_servers, topic, AvroCodec(), idle_timeout=args.idle_timeout,
@@ -130,9 +128,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(batches and single events, both framings), and print counts per tenant and event type, "
         "undecodable records by reason, and a few decoded sample events.",
     )
-    p.add_argument("--bootstrap", help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS)")
-    p.add_argument("--topic", help="topic to read (default: the events topic)")
-    p.add_argument("--max-events", type=int, default=None, help="stop after this many events")
-    p.add_argument("--idle-timeout", type=float, default=5.0, help="stop after this many seconds without data")
-    p.add_argument("--samples", type=int, default=5, help="how many sample events to print")
+    add_bootstrap_servers(p, legacy_alias=True)
+    add_topic(p, "events")
+    p.add_argument("--max-events", type=int, default=None, metavar="N", help="stop after this many events")
+    p.add_argument("--idle-timeout", type=float, default=5.0, metavar="SECONDS",
+                   help="stop after this many seconds without data (default 5)")
+    p.add_argument("--samples", type=int, default=5, metavar="N", help="how many sample events to print (default 5)")
     p.set_defaults(func=run)

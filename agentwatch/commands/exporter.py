@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -19,7 +17,9 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
+from agentwatch.cli_flags import add_bootstrap_servers, add_topic
 from agentwatch.config import Settings
+from agentwatch.foreground import stop_on_signals
 from sinks.exporter import Exporter, MetricsServer, SpoolDirCollector
 from sinks.prometheus import CardinalityLimits, ExporterState
 
@@ -50,13 +50,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     settings = settings.with_(bootstrap_servers=args.bootstrap_servers)
     exporter, registry = build(args, settings)
     server = MetricsServer(registry, args.port, args.addr)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     print(f"serving http://{args.addr}:{server.port}/metrics; consuming {exporter.topic} at "
           f"{settings.bootstrap_servers} in group {args.group}", file=sys.stderr)
     try:
-        exporter.run(stop)
+        with stop_on_signals() as stop:
+            exporter.run(stop)
     finally:
         server.close()
     return 0
@@ -73,12 +71,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--port", type=int, default=9464, help="HTTP port of /metrics (default 9464; 0 = any free)")
     p.add_argument("--addr", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     p.add_argument("--group", default="agentwatch-exporter", help="consumer group (default agentwatch-exporter)")
-    p.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS)")
-    p.add_argument("--topic", help="events topic (default: the configured events topic)")
+    add_bootstrap_servers(p)
+    add_topic(p, "events")
     p.add_argument("--no-dead-letter", action="store_true", help="do not watch the dead-letter topic's size")
     p.add_argument("--spool-dir", default=None, help="a producer spool directory on this host to report the size of")
     p.add_argument("--watch-spool", action="store_true", help="report the size of $AGENTWATCH_SPOOL_DIR")
-    p.add_argument("--max-tenants", type=int, default=1000, help="tenants kept apart; the rest are 'other'")
+    p.add_argument("--max-tenants", type=int, default=1000,
+                   help="tenants kept apart; the rest are 'other' (default 1000)")
     p.add_argument("--max-values", type=int, default=50, help="distinct values per tenant and label (default 50)")
     p.add_argument("--max-tools", type=int, default=50, help="distinct tool names per tenant (default 50)")
     p.add_argument("--max-models", type=int, default=20, help="distinct models per tenant (default 20)")

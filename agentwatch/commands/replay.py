@@ -1,6 +1,6 @@
 """``agentwatch replay run|rebuild|list|show|tail|prune``: the session replay archive (see :mod:`sinks.archive`).
 
-Configuration (flags override):
+Configuration (read by :class:`agentwatch.config.ReplaySettings`; flags override):
 
 * ``AGENTWATCH_REPLAY_DIR``: the archive root (default ``$AGENTWATCH_HOME/replays``); one directory per tenant,
   one Agentao replay file per session instance in it.
@@ -18,17 +18,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
-import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agentwatch.config import Settings
+from agentwatch.cli_flags import add_bootstrap_servers, add_topic, whole_number
+from agentwatch.config import Settings, parse_flags
+from agentwatch.foreground import StatusLine, stop_on_signals
+from agentwatch.isotime import parse_utc
+from schemas.redaction import DEFAULT_CAPTURE_FLAGS
 from sinks.archive import tenant_dirname, tenant_from_dirname
 from sinks.archive_store import DEFAULT_MAX_INSTANCES, ArchiveError, ArchiveWriter, iter_files, read_rows
-from sinks.redact import DEFAULT_CAPTURE_FLAGS, capture_flags
+from sinks.redact import capture_flags
 from sinks.replay_view import (
     ReplayEntry,
     find_candidates,
@@ -41,8 +43,8 @@ from sinks.replay_view import (
 
 
 @dataclass(frozen=True)
-class ReplaySettings:
-    """The archive's settings from the environment and flags."""
+class ReplayOptions:
+    """``settings.replay`` with the flags applied: what the archive commands work with."""
 
     root: Path
     max_instances: int | None
@@ -50,42 +52,23 @@ class ReplaySettings:
     max_tenant_bytes: int | None
 
     @classmethod
-    def resolve(cls, args: argparse.Namespace, settings: Settings) -> ReplaySettings:
-        root = Path(getattr(args, "dir", None) or os.environ.get("AGENTWATCH_REPLAY_DIR") or settings.home / "replays")
-        cap_text = getattr(args, "max_instances", None)
-        if cap_text is None:
-            cap_text = os.environ.get("AGENTWATCH_REPLAY_MAX_INSTANCES") or str(DEFAULT_MAX_INSTANCES)
+    def resolve(cls, args: argparse.Namespace, settings: Settings) -> ReplayOptions:
+        conf = settings.replay
+        root = Path(getattr(args, "dir", None) or conf.dir or settings.home / "replays")
+        cap = getattr(args, "max_instances", None)
+        if cap is None:
+            cap = conf.max_instances
+        spec = ",".join(getattr(args, "capture", None) or [])
         try:
-            cap = int(cap_text)
-            if cap < 0:
-                raise ValueError
-        except ValueError:
-            raise SystemExit(f"max instances must be a whole number >= 0, not {cap_text!r}") from None
-        spec = ",".join(getattr(args, "capture", None) or []) or os.environ.get("AGENTWATCH_REPLAY_CAPTURE_FLAGS", "")
-        try:
-            flags = capture_flags(parse_flags(spec))
+            flags = capture_flags(parse_flags(spec) if spec else conf.capture_flags)
         except ValueError as exc:
             raise SystemExit(f"capture flags: {exc}") from None
-        size_text = getattr(args, "max_tenant_bytes", None) or os.environ.get("AGENTWATCH_REPLAY_MAX_TENANT_BYTES")
-        return cls(root, cap or None, flags, int(size_text) if size_text else None)
+        size = getattr(args, "max_tenant_bytes", None) or conf.max_tenant_bytes
+        return cls(root, cap or None, flags, size)
 
     def open_writer(self, root: Path | None = None, **kwargs: object) -> ArchiveWriter:
         return ArchiveWriter(root or self.root, flags=self.flags, max_instances=self.max_instances,
                              max_tenant_bytes=self.max_tenant_bytes, **kwargs)  # type: ignore[arg-type]
-
-
-def parse_flags(spec: str) -> dict[str, bool]:
-    """``"capture_full_llm_io=true,capture_llm_delta=false"`` (a bare name means true) to a dict."""
-    out: dict[str, bool] = {}
-    for item in (s.strip() for s in spec.split(",")):
-        if not item:
-            continue
-        name, _, value = item.partition("=")
-        value = value.strip().lower() or "true"
-        if value not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
-            raise ValueError(f"{name.strip()}={value}: expected true or false")
-        out[name.strip()] = value in ("true", "1", "yes", "on")
-    return out
 
 
 def parse_start(text: str) -> int | None:
@@ -93,12 +76,9 @@ def parse_start(text: str) -> int | None:
     if text.strip().lower() == "earliest":
         return None
     try:
-        dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        return int(parse_utc(text).timestamp() * 1000)
     except ValueError:
         raise SystemExit(f"--from: expected 'earliest' or an ISO-8601 time, not {text!r}") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp() * 1000)
 
 
 def progress_bar(fraction: float, records: int, total: int, rate: float, width: int = 30) -> str:
@@ -113,8 +93,8 @@ def progress_bar(fraction: float, records: int, total: int, rate: float, width: 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from sinks.archive_sink import ArchiveSink  # confluent-kafka only for the Kafka subcommands
 
-    settings = settings.with_(bootstrap_servers=args.bootstrap)
-    conf = ReplaySettings.resolve(args, settings)
+    settings = settings.with_(bootstrap_servers=args.bootstrap_servers)
+    conf = ReplayOptions.resolve(args, settings)
     topic = args.topic or settings.topics.events
     try:
         writer = conf.open_writer(fsync=not args.no_fsync)
@@ -124,29 +104,22 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     print(f"archiving {topic} at {settings.bootstrap_servers} (group {args.group}) into {conf.root}",
           file=sys.stderr)
     sink = ArchiveSink(settings.bootstrap_servers, topic, writer, group_id=args.group)
-    shown = ""
+    status = StatusLine()
 
     def progress(stats: object) -> None:
-        nonlocal shown
-        line = f"{sink.stats.line()}; {writer.stats.rows:,} rows"
-        if line != shown:
-            shown = line
-            print(f"\r  {line}", end="", file=sys.stderr)
+        status.show(f"{sink.stats.line()}; {writer.stats.rows:,} rows")
 
-    stop = threading.Event()  # Ctrl-C / SIGTERM: finish the batch, flush, commit, then exit
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     failed = False
-    try:
-        sink.run(stop=stop, until_end=args.until_end, idle_timeout_s=args.idle_timeout, on_progress=progress)
-        writer.prune()  # retention once more over everything, as a rebuild ends with
-    except ArchiveError as exc:
-        failed = True
-        print(f"\nreplay: {exc}\nstopped without committing the current batch; it is re-delivered after a restart",
-              file=sys.stderr)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        writer.close(flush=not failed)
+    with stop_on_signals() as stop:  # Ctrl-C / SIGTERM: finish the batch, flush, commit, then exit
+        try:
+            sink.run(stop=stop, until_end=args.until_end, idle_timeout_s=args.idle_timeout, on_progress=progress)
+            writer.prune()  # retention once more over everything, as a rebuild ends with
+        except ArchiveError as exc:
+            failed = True
+            print(f"\nreplay: {exc}\nstopped without committing the current batch; it is re-delivered after a "
+                  "restart", file=sys.stderr)
+        finally:
+            writer.close(flush=not failed)
     print(f"\r  {sink.stats.line()}\n  {writer.stats.line()}", file=sys.stderr)
     _print_repairs(writer)
     return 1 if failed else 0
@@ -167,8 +140,8 @@ def _print_repairs(writer: ArchiveWriter) -> None:
 def cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
     from sinks.archive_sink import Progress, rebuild_archive
 
-    settings = settings.with_(bootstrap_servers=args.bootstrap)
-    conf = ReplaySettings.resolve(args, settings)
+    settings = settings.with_(bootstrap_servers=args.bootstrap_servers)
+    conf = ReplayOptions.resolve(args, settings)
     topic = args.topic or settings.topics.events
     start_ms = parse_start(args.from_)
     out = Path(args.out)
@@ -233,14 +206,14 @@ def _tz(args: argparse.Namespace) -> object:
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
-    conf = ReplaySettings.resolve(args, settings)
+    conf = ReplayOptions.resolve(args, settings)
     entries = [e for e, _ in load_entries(conf.root, args.tenant)]
     print(render_list(entries, root=conf.root, max_instances=conf.max_instances, tz=_tz(args)), end="")
     return 0
 
 
 def _resolve(args: argparse.Namespace, settings: Settings) -> tuple[ReplayEntry, list[dict]] | int:
-    conf = ReplaySettings.resolve(args, settings)
+    conf = ReplayOptions.resolve(args, settings)
     loaded = load_entries(conf.root, args.tenant)
     candidates = find_candidates([e for e, _ in loaded], args.id)
     if not candidates:
@@ -281,7 +254,7 @@ def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
-    conf = ReplaySettings.resolve(args, settings)
+    conf = ReplayOptions.resolve(args, settings)
     if conf.max_instances is None:
         print("No retention configured (max_instances=0): nothing to prune.")
         return 0
@@ -314,15 +287,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--dir", help="archive root (default: $AGENTWATCH_REPLAY_DIR or $AGENTWATCH_HOME/replays)")
-    common.add_argument("--max-instances", help=f"instances kept per tenant, newest by last event (default: "
+    common.add_argument("--max-instances", type=whole_number(0), metavar="N",
+                        help=f"instances kept per tenant, newest by last event (default: "
                         f"$AGENTWATCH_REPLAY_MAX_INSTANCES or {DEFAULT_MAX_INSTANCES}; 0 keeps all)")
     writing = argparse.ArgumentParser(add_help=False)
-    writing.add_argument("--bootstrap", help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS)")
-    writing.add_argument("--topic", help="events topic (default: the configured events topic)")
+    add_bootstrap_servers(writing, legacy_alias=True)
+    add_topic(writing, "events")
     writing.add_argument("--capture", action="append", metavar="FLAG[=BOOL]",
                          help="Agentao capture flag, repeatable: " + ", ".join(DEFAULT_CAPTURE_FLAGS)
                          + " (default: $AGENTWATCH_REPLAY_CAPTURE_FLAGS, else Agentao's defaults)")
-    writing.add_argument("--max-tenant-bytes", help="per-tenant size cap; a row over it stops the sink uncommitted")
+    writing.add_argument("--max-tenant-bytes", type=whole_number(1), metavar="BYTES",
+                         help="per-tenant size cap; a row over it stops the sink uncommitted "
+                         "(default: $AGENTWATCH_REPLAY_MAX_TENANT_BYTES, else none)")
     reading = argparse.ArgumentParser(add_help=False)
     reading.add_argument("--tenant", help="only this tenant's replays")
     reading.add_argument("--utc", action="store_true", help="show times in UTC instead of local time")
@@ -334,7 +310,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "with --until-end / --idle-timeout.")
     r.add_argument("--group", default="agentwatch-replay", help="consumer group (default: agentwatch-replay)")
     r.add_argument("--until-end", action="store_true", help="stop once the end offsets seen at start are reached")
-    r.add_argument("--idle-timeout", type=float, default=None, help="stop after this many seconds without data")
+    r.add_argument("--idle-timeout", type=float, default=None, metavar="SECONDS",
+                   help="stop after this many seconds without data")
     r.add_argument("--no-fsync", action="store_true", help="do not fsync before committing (faster, less durable)")
     r.set_defaults(func=cmd_run)
 
@@ -345,8 +322,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "capture flags the result is byte-identical to the live archive for the same events.")
     b.add_argument("--from", dest="from_", default="earliest", metavar="earliest|TIME",
                    help="'earliest' (default) or an ISO-8601 time (UTC if no offset): seek with offsets_for_times")
-    b.add_argument("--out", required=True, help="the new archive's directory (must be empty or absent)")
-    b.add_argument("--workers", type=int, default=None,
+    b.add_argument("--out", required=True, metavar="DIR", help="the new archive's directory (must be empty or absent)")
+    b.add_argument("--workers", type=int, default=None, metavar="N",
                    help="processes sharing the partitions (default: the number of CPUs; 1 = this process)")
     b.set_defaults(func=cmd_rebuild)
 
@@ -366,7 +343,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     show.add_argument("--errors", action="store_true", help="only turns with an error or an error/cancelled status")
     show.set_defaults(func=cmd_show)
 
-    tail = rsub.add_parser("tail", parents=[common, reading], help="the last N rows of a replay (raw view)")
+    tail = rsub.add_parser("tail", parents=[common, reading], help="the last N rows of a replay (raw view)",
+                           description="Like Agentao's /replay tail: the last N rows of one replay, one line per "
+                           "row. ID as for `replay show`.")
     tail.add_argument("id", help="replay id or prefix")
     tail.add_argument("n", nargs="?", type=int, default=20, help="how many rows (default 20)")
     tail.set_defaults(func=cmd_tail)

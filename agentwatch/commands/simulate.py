@@ -16,14 +16,16 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from agentwatch.cli_flags import add_bootstrap_servers, add_topic
 from agentwatch.config import Settings
+from agentwatch.isotime import parse_utc, utc_iso
 from agentwatch.topics import default_topics, ensure_topics
+from producers.ground_truth import US, TruthCounter, write_json
 from producers.incidents import Incident, default_incidents, load_incidents, parse_duration
-from producers.simulator import DEFAULT_START_US, US, FleetSimulator, TruthCounter, write_json
+from producers.simulator import DEFAULT_START_US, FleetSimulator
 
 BACKPRESSURE_DEPTH = 50_000  # publisher buffer depth above which the simulator waits for the sender
 
@@ -93,10 +95,7 @@ def parse_start(value: str | None, realtime: bool) -> int:
         return int(time.time() * US) if realtime else DEFAULT_START_US
     if value == "now":
         return int(time.time() * US)
-    dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp() * US)
+    return int(parse_utc(value).timestamp() * US)
 
 
 def parse_tenants(value: str) -> int | list[str]:
@@ -137,7 +136,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     truth_path = Path(args.truth) if args.truth else settings.home / "simulate" / "truth.json"
     mode = "real time" if args.realtime else (f"{args.rate:g} events/s" if args.rate else "as fast as possible")
     print(f"simulating {len(sim.tenants)} tenants, {sim.duration_s:g}s of event time from "
-          f"{_iso(sim.start_us)} (~{sim.expected_rate:,.0f} events per simulated second), seed {sim.seed}, "
+          f"{utc_iso(sim.start_us)} (~{sim.expected_rate:,.0f} events per simulated second), seed {sim.seed}, "
           f"{mode}; {'dry run, no Kafka' if args.dry_run else f'topic {topic} at {settings.bootstrap_servers}'}",
           file=sys.stderr)
     for inc in sim.incidents:
@@ -228,10 +227,6 @@ def render_summary(progress: Progress, truth: dict[str, Any], stats: dict[str, i
     return "\n".join(lines)
 
 
-def _iso(t_us: int) -> str:
-    return datetime.fromtimestamp(t_us / US, tz=UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "simulate",
@@ -263,10 +258,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--truth", default=None,
                    help="where to write the ground truth JSON (default $AGENTWATCH_HOME/simulate/truth.json)")
     p.add_argument("--dry-run", action="store_true", help="generate and write the truth without Kafka")
-    p.add_argument("--bootstrap-servers", help="Kafka to publish to (default: KAFKA_BOOTSTRAP_SERVERS)")
-    p.add_argument("--topic", help="topic to publish to (default: the events topic)")
+    add_bootstrap_servers(p)
+    add_topic(p, "events", verb="publish to")
     p.add_argument("--no-create-topic", action="store_true", help="do not create the topic when it is missing")
     p.add_argument("--spool-dir", default=None, help="publisher disk spool while Kafka is away (default: none)")
-    p.add_argument("--flush-timeout", type=float, default=60.0, help="seconds to wait for delivery at the end")
+    p.add_argument("--flush-timeout", type=float, default=60.0,
+                   help="seconds to wait for delivery at the end (default 60)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     p.set_defaults(func=run)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
+from agentwatch.cli_flags import add_bootstrap_servers
 from agentwatch.config import Settings
 from agentwatch.topics import DAY_MS, TopicSpec, default_topics, ensure_topics
 
@@ -47,14 +48,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     create = sub.add_parser("create", help="create the topics that do not exist yet",
                             description="Create missing topics; existing ones are left as they are.")
     create.add_argument("--partitions", type=int,
-                        help="partitions of the events and metrics topics (default: AGENTWATCH_EVENTS_PARTITIONS, 6)")
+                        metavar="N",
+                        help="partitions of the events and metrics topics (default: $AGENTWATCH_EVENTS_PARTITIONS, "
+                        "else 6)")
     create.set_defaults(func=_create)
     listing = sub.add_parser("list", help="show the topics and their state on the broker",
                              description="Show each agentwatch topic as the broker has it: exists, missing, or "
                              "differs from the code.")
     listing.set_defaults(func=_list)
     for p in (create, listing):
-        p.add_argument("--bootstrap-servers", help="Kafka to talk to (default: KAFKA_BOOTSTRAP_SERVERS)")
+        add_bootstrap_servers(p)
         p.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the broker (default 15)")
 
 
