@@ -32,6 +32,7 @@ import confluent_kafka  # noqa: E402
 import fastavro  # noqa: E402
 from confluent_kafka import Producer  # noqa: E402
 
+from producers.mapping import payload_text  # noqa: E402
 from producers.publisher import EventPublisher  # noqa: E402
 from producers.sharding import shard_key  # noqa: E402
 from producers.stamp import Stamper  # noqa: E402
@@ -40,9 +41,16 @@ from schemas.codec import AvroCodec  # noqa: E402
 TOOLS = ["read_file", "write_file", "run_shell_command", "grep", "web_fetch"]
 
 
-def make_events(n: int, sessions: int) -> list[dict[str, Any]]:
-    """Tool and LLM events as the bridge produces them (typed fields + a small JSON payload text)."""
+def make_events(n: int, sessions: int, *, foreign_payload: bool = False) -> list[dict[str, Any]]:
+    """Tool and LLM events as the bridge produces them: typed fields + a small JSON payload text from the bridge's
+    serialiser (:func:`producers.mapping.payload_text`, which the publisher trusts); with ``foreign_payload`` the
+    same texts as plain ``str``, which the publisher parses to validate."""
     stamper = Stamper(tenant="acme", service="bench")
+    def text(payload: dict[str, Any]) -> str | None:
+        made = payload_text(payload)
+        return str(made) if foreign_payload else made
+    llm_payload = text({"attempt": 1, "first_token_ms": 210, "finish_reason_reported": True})
+    tool_payload = text({"error": None})
     out = []
     for i in range(n):
         sid = f"session-{i % sessions}"
@@ -50,12 +58,11 @@ def make_events(n: int, sessions: int) -> list[dict[str, Any]]:
             out.append(stamper.stamp("llm_call_completed", {
                 "status": "ok", "model": "gpt-4o-mini", "duration_ms": 800 + i % 400, "prompt_tokens": 2800,
                 "completion_tokens": 48, "cache_read_tokens": 1400, "cache_creation_tokens": 0,
-                "reasoning_tokens": 7, "finish_reason": "tool_calls",
-                "payload": '{"attempt":1,"first_token_ms":210,"finish_reason_reported":true}'}, session_id=sid))
+                "reasoning_tokens": 7, "finish_reason": "tool_calls", "payload": llm_payload}, session_id=sid))
         else:
             out.append(stamper.stamp("tool_complete", {
                 "tool_name": TOOLS[i % len(TOOLS)], "call_id": f"call_{i}", "status": "ok" if i % 17 else "error",
-                "duration_ms": i % 250, "payload": '{"error":null}'}, session_id=sid, turn_id=f"turn-{i // 40}"))
+                "duration_ms": i % 250, "payload": tool_payload}, session_id=sid, turn_id=f"turn-{i // 40}"))
     return out
 
 
@@ -105,6 +112,8 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, default=200)
     parser.add_argument("--batch", type=int, default=500, help="batch_max_events of the publisher (default 500)")
     parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--foreign-payload", action="store_true",
+                        help="payload texts as plain str (validated by parsing) instead of the bridge's own")
     args = parser.parse_args()
 
     from confluent_kafka.admin import AdminClient
@@ -118,7 +127,7 @@ def main() -> int:
     topics = {"publisher": f"bench-publish-{suffix}", "raw": f"bench-raw-{suffix}"}
     ensure_topics(args.bootstrap, [TopicSpec(t, args.partitions, 3_600_000) for t in topics.values()])
     n = args.events
-    events = make_events(n, args.sessions)
+    events = make_events(n, args.sessions, foreign_payload=args.foreign_payload)
     codec = AvroCodec()
     t0 = time.perf_counter()
     values = [(shard_key(e["session_id"], 64), codec.encode_event(e)) for e in events]
@@ -130,7 +139,8 @@ def main() -> int:
         AdminClient({"bootstrap.servers": args.bootstrap}).delete_topics(list(topics.values()))
     pub_rate = stats["delivered"] / pub_s
     raw_rate = raw_delivered / raw_s
-    print(f"\n{n} events, {args.sessions} sessions, {args.partitions} partitions")
+    print(f"\n{n} events, {args.sessions} sessions, {args.partitions} partitions, payload texts "
+          f"{'plain str (parsed to validate)' if args.foreign_payload else 'from the bridge serialiser (trusted)'}")
     print(f"{'what':58s} {'events/s':>10s} {'seconds':>8s}")
     print(f"{'raw confluent-kafka, pre-encoded single-event records':58s} {raw_rate:10,.0f} {raw_s:8.2f}")
     print(f"{'EventPublisher (validate + batch-encode + produce + ack)':58s} {pub_rate:10,.0f} {pub_s:8.2f}"

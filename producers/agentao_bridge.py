@@ -30,6 +30,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from enum import Enum
 from typing import Any, Protocol
 
 from producers.mapping import (
@@ -38,12 +39,18 @@ from producers.mapping import (
     fields_from_agentao,
     fields_from_host,
     host_event_dump,
+    known_types,
     payload_text,
     strip_tool_label,
 )
 from producers.stamp import Stamper
 
 ConfirmFn = Callable[[str, str, dict], bool]
+
+# The Agentao event types on_event does more for than map, stamp and publish.
+_TURN_BEGIN, _TURN_END, _LLM_STARTED, _LLM_MODEL, _CONFIRMATION = "begin", "end", "started", "model", "confirm"
+_SPECIAL = {"turn_begin": _TURN_BEGIN, "turn_end": _TURN_END, "llm_call_started": _LLM_STARTED,
+            "llm_call_completed": _LLM_MODEL, "llm_retry": _LLM_MODEL, "tool_confirmation": _CONFIRMATION}
 MaxIterationsFn = Callable[[int, list], dict]
 
 
@@ -82,6 +89,7 @@ class AgentaoBridge:
         self._agent_name = agent_name
         self._confirm_timeout_s = confirm_timeout_s
         self._defer = defer_payload
+        self._known = known_types()
         self._agent: Any = None
         self._local = threading.local()  # the tool_confirmation awaiting its confirm_tool call, per thread
         self._lock = threading.Lock()
@@ -117,24 +125,31 @@ class AgentaoBridge:
     def on_event(self, ev: Any) -> None:
         """``SdkTransport(on_event=...)``: stamp + publish; called concurrently from tool worker threads."""
         try:
-            name = getattr(ev.type, "value", ev.type)
+            t = ev.type
+            name = t if t.__class__ is str else t._value_ if isinstance(t, Enum) else getattr(t, "value", t)
             data = ev.data
+            special = _SPECIAL.get(name) if isinstance(name, str) else None
+            if special is None:  # most events (streamed text, tool output): mapping, stamp, publish
+                fields = fields_from_agentao(name, data, None, defer=self._defer)
+                self._emit(name if name in self._known else "unknown", fields, self._turn_id)
+                return
             extra = None
-            if name == "turn_begin":
+            if special is _TURN_BEGIN:
                 self._begin_turn()
-            elif name == "turn_end":
+            elif special is _TURN_END:
                 extra = self._end_turn_extra()
             fields = fields_from_agentao(name, data, extra, defer=self._defer)
             turn_id = self._turn_id
-            if name == "turn_end":
+            if special is _TURN_END:
                 if fields.get("duration_ms") is None and self._turn_t0 is not None:
                     fields["duration_ms"] = (time.monotonic_ns() - self._turn_t0) // 1_000_000
                 self._turn_id = self._turn_t0 = None
-            elif name == "llm_call_started":
+            elif special is _LLM_STARTED:
                 self._last_model = fields.get("model") or self._last_model
-            elif name in ("llm_call_completed", "llm_retry") and fields.get("model") is None:
-                fields["model"] = self._last_model
-            elif name == "tool_confirmation" and isinstance(data, dict):
+            elif special is _LLM_MODEL:
+                if fields.get("model") is None:
+                    fields["model"] = self._last_model
+            elif special is _CONFIRMATION and isinstance(data, dict):
                 self._local.pending = (data.get("tool"), data.get("call_id"))
             self._emit(event_symbol(name), fields, turn_id)
         except Exception:
@@ -304,10 +319,14 @@ class AgentaoBridge:
         agent_name = fields.pop("agent_name", None) or self._agent_name
         if self._service is not None:
             fields["service"] = self._service
-        event = self._stamper.stamp(symbol, fields, session_id=self.session_id, turn_id=turn_id,
-                                    user_id=self._user_id, tenant=self._tenant, agent_name=agent_name,
-                                    child_task_id=child)
-        self._count("published" if self._publisher.publish(event) else "rejected")
+        session_id = self._explicit_session
+        event = self._stamper.stamp(symbol, fields,
+                                    session_id=session_id if session_id is not None else self.session_id,
+                                    turn_id=turn_id, user_id=self._user_id, tenant=self._tenant,
+                                    agent_name=agent_name, child_task_id=child)
+        key = "published" if self._publisher.publish(event) else "rejected"
+        with self._lock:
+            self._counts[key] += 1
 
     def _count(self, key: str) -> None:
         with self._lock:

@@ -20,10 +20,11 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
+from producers.normalize import JsonObjectText, compact_json_encoder
 from schemas import contract
 
 ERROR_MESSAGE_MAX = 500
-_ENCODE = json.JSONEncoder(default=str, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+_ENCODE = compact_json_encoder(str)
 _LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
 
 TOKEN_FIELDS = ("prompt_tokens", "completion_tokens", "cache_read_tokens", "cache_creation_tokens",
@@ -61,6 +62,8 @@ AGENTAO_LIFTS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 """Per-type overrides of the common lifts (``_COMMON`` applies to every other type)."""
 
+_USAGE_LIFTS: tuple[tuple[str, str], ...] = tuple((f, f) for f in TOKEN_FIELDS)
+
 HOST_LIFTS: dict[str, tuple[tuple[str, str], ...]] = {
     "tool_lifecycle": (("tool_name", "tool_name"), ("tool_call_id", "call_id"), ("outcome", "status"),
                        ("error_type", "error_class")),
@@ -84,16 +87,21 @@ ERROR_CLASS_STATUS: dict[str, int] = {
 _RETRY_NON_CLASS_REASONS = frozenset({"parameter_repair", "streaming_unsupported"})
 
 
+_KNOWN: frozenset[str] = frozenset()  # known_types(), once loaded (read on the hot path without a call)
+
+
 @cache
 def known_types() -> frozenset[str]:
     """The EventType symbols of the current contract."""
-    return frozenset(contract.event_types())
+    global _KNOWN
+    _KNOWN = frozenset(contract.event_types())
+    return _KNOWN
 
 
 def event_symbol(agentao_type: Any) -> str:
     """The contract symbol for an Agentao (or host) event type; ``unknown`` for one the contract lacks yet."""
-    name = getattr(agentao_type, "value", agentao_type)
-    return name if isinstance(name, str) and name in known_types() else "unknown"
+    name = agentao_type if agentao_type.__class__ is str else getattr(agentao_type, "value", agentao_type)
+    return name if isinstance(name, str) and name in (_KNOWN or known_types()) else "unknown"
 
 
 def strip_tool_label(name: str) -> str:
@@ -130,8 +138,8 @@ def fields_from_agentao(type: str, data: Any, extra: Mapping[str, Any] | None = 
     off the agent's thread; a payload holding containers is serialised now, because Agentao may mutate them
     (message lists, args dicts) after the callback returned.
     """
-    name = getattr(type, "value", type)
-    if not isinstance(data, Mapping):
+    name = type if type.__class__ is str else getattr(type, "value", type)
+    if data.__class__ is not dict and not isinstance(data, Mapping):
         out: dict[str, Any] = {}
         rest: dict[str, Any] = {"_data": data}
     else:
@@ -147,7 +155,7 @@ def fields_from_agentao(type: str, data: Any, extra: Mapping[str, Any] | None = 
             status = http_status_from_error(out.get("error_class"), data.get("error_message"))
             if status is not None:
                 out["http_status"] = status
-    if event_symbol(name) == "unknown":
+    if not (isinstance(name, str) and name in (_KNOWN or known_types())):
         rest["_agentao_type"] = name if isinstance(name, str) else repr(name)
     if extra:
         rest.update(extra)
@@ -173,7 +181,7 @@ def fields_from_host(event_type: str, data: Any, *, defer: bool = False) -> dict
     if event_type == "subagent_lifecycle" and "usage" in rest:
         usage = rest["usage"]
         if isinstance(usage, Mapping):
-            lifted, usage_rest = _lift(usage, tuple((f, f) for f in TOKEN_FIELDS))
+            lifted, usage_rest = _lift(usage, _USAGE_LIFTS)
             out.update(lifted)
             if usage_rest:
                 rest["usage"] = usage_rest
@@ -218,17 +226,21 @@ def confirm_fields(tool: Any, call_id: Any, outcome: str | None, duration_ms: in
 
 
 def payload_text(rest: Mapping[str, Any]) -> str | None:
-    """Compact JSON object text, ``None`` when empty. Non-serialisable values become ``str()``; never raises."""
+    """Compact JSON object text, ``None`` when empty. Non-serialisable values become ``str()``; never raises.
+
+    The text is a :class:`~producers.normalize.JsonObjectText`: the publisher keeps it without parsing it again.
+    """
     if not rest:
         return None
     try:
-        return _ENCODE(rest)
+        text = _ENCODE(rest)
+        return JsonObjectText(text) if type(rest) is dict else text  # another Mapping may not encode as one
     except Exception:  # cycles, NaN, non-string keys: convert the slow way
         pass
     try:
-        return json.dumps(_jsonable(rest, 0, set()), separators=(",", ":"), ensure_ascii=False)
+        return JsonObjectText(json.dumps(_jsonable(rest, 0, set()), separators=(",", ":"), ensure_ascii=False))
     except Exception as exc:  # a key whose str() raises: keep what can be said
-        return json.dumps({"_unserialisable": type(exc).__name__})
+        return JsonObjectText(json.dumps({"_unserialisable": type(exc).__name__}))
 
 
 # -- internals ------------------------------------------------------------------------------------------------
@@ -245,35 +257,95 @@ def _all_scalars(rest: Mapping[str, Any]) -> bool:
 
 
 
+_Plan = tuple[tuple[tuple[Any, str, str], ...], bool]
+
+
+def _plan_slow(data: Mapping[str, Any], lifts: tuple[tuple[str, str], ...]) -> _Plan:
+    """The lifts of ``lifts`` whose key ``data`` has, in priority order, as (key, target, mode), and whether two
+    of them aim at the same field. Modes: ``s`` string, ``t`` tool name (label stripped), ``e`` error message
+    (capped), ``l`` long, ``i`` HTTP status."""
+    entries = tuple((key, target, _MODE[target]) for key, target in lifts if key in data)
+    return entries, len({target for _, target, _ in entries}) < len(entries)
+
+
+# Per lift table of this module (known by id: they live as long as the module), its plans memoised by the data's
+# keys: Agentao emits each event type with the same few keys, so the per-event work is a walk over the keys
+# present instead of over the whole table. Bounded.
+_PLANS: dict[int, dict[tuple[Any, ...], _Plan]] = {
+    id(t): {} for t in (_COMMON, _USAGE_LIFTS, (), *AGENTAO_LIFTS.values(), *HOST_LIFTS.values())}
+_MODE = {target: {"tool_name": "t", "error_message": "e"}.get(target, kind) for target, kind in _KIND.items()}
+
+
 def _lift(data: Mapping[str, Any], lifts: tuple[tuple[str, str], ...]) -> tuple[dict[str, Any], dict[str, Any]]:
+    plans = _PLANS.get(id(lifts)) if data.__class__ is dict else None
+    if plans is None:
+        entries, dup = _plan_slow(data, lifts)
+    else:
+        keys = tuple(data)
+        plan = plans.get(keys)
+        if plan is None:
+            plan = _plan_slow(data, lifts)
+            if len(plans) >= 256:
+                plans.clear()
+            plans[keys] = plan
+        entries, dup = plan
+    if not entries:  # nothing to lift (streamed text, most chunks): the payload is all of it
+        try:
+            return {}, dict(data.items())
+        except Exception:
+            return {}, {"_data": repr(data)}
     out: dict[str, Any] = {}
-    consumed: set[str] = set()
-    for key, target in lifts:
-        if key not in data or target in out:
+    consumed: list[Any] = []
+    for key, target, mode in entries:
+        if dup and target in out:  # an earlier key filled it: this one stays in the payload
             continue
         value = data[key]
-        kind = _KIND[target]
-        if kind == "s":
-            lifted, exact = _as_str(value)
-            if lifted is not None:
-                if target == "tool_name":
-                    stripped = strip_tool_label(lifted)
-                    exact = exact and stripped == lifted
-                    lifted = stripped
-                elif target == "error_message" and len(lifted) > ERROR_MESSAGE_MAX:
-                    lifted, exact = lifted[:ERROR_MESSAGE_MAX], False
-        else:
-            lifted, exact = _as_int(value, http=kind == "i")
-        if lifted is None and value is not None:
+        if value is None:  # lifted as null and consumed, whatever the kind
+            out[target] = None
+            consumed.append(key)
+            continue
+        cls = value.__class__
+        if cls is str:  # the usual cases first: an exact value that fits as it is
+            if mode == "s" or (mode == "t" and value[:1] != "[") or (mode == "e" and len(value) <= ERROR_MESSAGE_MAX):
+                out[target] = value
+                consumed.append(key)
+                continue
+        elif cls is int and (_LONG_MIN <= value <= _LONG_MAX if mode == "l" else mode == "i" and 100 <= value <= 599):
+            out[target] = value
+            consumed.append(key)
+            continue
+        lifted, exact = _lift_value(value, mode)
+        if lifted is None:
             continue  # cannot be represented: stays in the payload only, the field stays free
         out[target] = lifted
         if exact:
-            consumed.add(key)
+            consumed.append(key)
     try:
-        rest = {k: v for k, v in data.items() if k not in consumed}
+        if not consumed:
+            rest = dict(data.items())
+        elif len(consumed) == len(data):
+            rest = {}
+        else:
+            rest = {k: v for k, v in data.items() if k not in consumed}
     except Exception:
         rest = {"_data": repr(data)}
     return out, rest
+
+
+def _lift_value(value: Any, mode: str) -> tuple[Any, bool]:
+    """(lifted, exact) for a value the fast cases of :func:`_lift` did not take; lifted is None when it cannot be
+    represented in the field."""
+    if mode == "l" or mode == "i":
+        return _as_int(value, http=mode == "i")
+    lifted, exact = _as_str(value)
+    if lifted is None:
+        return None, False
+    if mode == "t":
+        stripped = strip_tool_label(lifted)
+        return stripped, exact and stripped == lifted
+    if mode == "e" and len(lifted) > ERROR_MESSAGE_MAX:
+        return lifted[:ERROR_MESSAGE_MAX], False
+    return lifted, exact
 
 
 def _as_str(value: Any) -> tuple[str | None, bool]:

@@ -26,10 +26,11 @@ from __future__ import annotations
 import json
 import json.scanner
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import date, datetime
 from datetime import time as dtime
 from enum import Enum
+from json.encoder import c_encode_basestring, c_make_encoder  # type: ignore[attr-defined]
 from typing import Any
 
 from producers.scrub import TRUNCATION_MARKER, Scrubber, truncate_head_tail
@@ -41,12 +42,39 @@ INVALID = "invalid"
 
 _STR, _LONG, _INT, _ENUM, _OTHER = "string", "long", "int", "enum", "other"
 _PAYLOAD = "payload"
+_UNSEEN = object()
+_is_str = str.__instancecheck__
 _I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
 _I32_MIN, _I32_MAX = -(1 << 31), (1 << 31) - 1
 _KINDS = {_STR: _STR, _LONG: _LONG, _INT: _INT, _ENUM: _ENUM}
 _INT_RANGE = {_LONG: (-(1 << 63), (1 << 63) - 1), _INT: (-(1 << 31), (1 << 31) - 1)}
 _SCAN = json.scanner.make_scanner(json.JSONDecoder())
 _DUMPS = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+def compact_json_encoder(default: Callable[[Any], Any]) -> Callable[[Any], str]:
+    """``json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=default)``, made once.
+
+    ``json.dumps`` with any argument builds a new encoder per call (a third of its cost for a small payload);
+    this keeps the C encoder. It has no cycle check (a shared one would not be thread-safe): a cycle raises
+    RecursionError where ``json.dumps`` raises ValueError; callers catch both.
+    """
+    if c_make_encoder is None:  # no C accelerator: the pure-Python encoder, cycle check included
+        return json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=default).encode
+    chunks = c_make_encoder(None, default, c_encode_basestring, None, ":", ",", False, False, False)
+
+    def encode(value: Any) -> str:
+        return "".join(chunks(value, 0))
+
+    return encode
+
+
+class JsonObjectText(str):
+    """A payload text known to be one JSON object: made by this package's own serialisers (``json`` encoding a
+    dict), so the publisher keeps it without parsing it again. Only for text the caller produced itself from a
+    dict; any other text is passed as a plain ``str`` and validated."""
+
+    __slots__ = ()
 
 
 class _Spec:
@@ -87,6 +115,26 @@ class EventNormalizer:
         self._fast["payload"] = _PAYLOAD
         self._nullable = frozenset(s.name for s in self._specs.values() if s.nullable)
         self._int32 = tuple(s.name for s in self._specs.values() if s.kind is _INT)
+        # an event's keys (in order) -> a check generated for them (see _learn), or None: such events need pass 1
+        self._checks: dict[tuple[Any, ...], Callable[[dict[str, Any]], bool] | None] = {}
+
+    def _learn(self, keys: tuple[Any, ...]) -> Callable[[dict[str, Any]], bool] | None:
+        """Pass 1 specialised to one key set: straight-line code that tells whether it would find nothing to fix.
+
+        A producer hands over a handful of key sets (one per kind of event it builds), so each is compiled once:
+        per field, the type test and bound of pass 1 with neither the per-key dispatch nor the loop. None when
+        pass 1 has work whatever the values (an unknown key, a missing required field). Bounded; any thread may
+        fill it (a lost race compiles the same function twice).
+        """
+        if len(self._checks) >= 256:
+            self._checks.clear()
+        check = None
+        if all(type(k) is str and k in self._specs or k == _PAYLOAD for k in keys) \
+                and all(name in keys for name in self._required):
+            check = _compile_check([self._specs[k] for k in keys if k != _PAYLOAD], self.max_field_chars,
+                                   self._symbols)
+        self._checks[keys] = check
+        return check
 
     def normalize(self, event: Any, counters: dict[str, int] | None = None) -> tuple[dict[str, Any] | None, str]:
         """``(clean event, OK | COERCED)`` or ``(None, INVALID)``; never raises.
@@ -102,10 +150,16 @@ class EventNormalizer:
             return None, INVALID
 
     def _normalize(self, event: Any, counters: dict[str, int] | None) -> tuple[dict[str, Any] | None, str]:
-        if not isinstance(event, Mapping):
+        if type(event) is not dict and not isinstance(event, Mapping):
             return None, INVALID
         event = dict(event)  # never touch the caller's dict: it may still be reading it on another thread
-        # Pass 1, the hot loop: recognise fields that are already right (nearly all of them, nearly always).
+        keys = tuple(event)
+        check = self._checks.get(keys, _UNSEEN)
+        if check is _UNSEEN:
+            check = self._learn(keys)
+        if check is not None and check(event):  # pass 1 would find nothing to fix
+            return self._finish(event, None, None, 0, counters)
+        # Pass 1, the generic loop: recognise fields that are already right.
         fast = self._fast
         nullable = self._nullable
         symbols = self._symbols
@@ -149,6 +203,11 @@ class EventNormalizer:
         for name in self._required:
             if name not in event:
                 return None, INVALID
+        return self._finish(event, extras, notes, truncated, counters)
+
+    def _finish(self, event: dict[str, Any], extras: dict[str, Any] | None, notes: dict[str, Any] | None,
+                truncated: int, counters: dict[str, int] | None) -> tuple[dict[str, Any], str]:
+        """Scrub, serialise the payload, count: what every valid event goes through after its fields are fixed."""
         scrubber = self.scrubber
         if scrubber is not None:
             msg = event.get("error_message")
@@ -208,6 +267,9 @@ class EventNormalizer:
         scrubber = self.scrubber
         if payload is None and extras is None and notes is None:
             return None
+        if type(payload) is JsonObjectText and extras is None and notes is None and scrubber is None \
+                and len(payload) <= self.max_payload_chars:
+            return payload  # our own serialiser's output: valid by construction
         if type(payload) is str and extras is None and notes is None and scrubber is None \
                 and len(payload) <= self.max_payload_chars:
             try:  # the C scanner directly: json.loads adds ~1 µs of Python around it
@@ -216,7 +278,11 @@ class EventNormalizer:
                     return payload  # a valid JSON object text: keep it byte for byte
             except (ValueError, RecursionError, StopIteration):
                 pass
-        pd = _as_dict(payload)
+        if type(payload) is dict and extras is None and notes is None and scrubber is None \
+                and all(map(_is_str, payload)):
+            pd = payload  # nothing will be added: serialise the caller's dict as it is, no copy
+        else:
+            pd = _as_dict(payload)
         if extras:
             for k, v in extras.items():
                 pd[k if k not in pd else f"_extra_{k}"] = v
@@ -234,6 +300,30 @@ class EventNormalizer:
             if len(text) > self.max_payload_chars:
                 text = _DUMPS({"_truncated_payload": text[: self.max_payload_chars // 8], "original_chars": len(text)})
         return text
+
+
+def _compile_check(specs: list[_Spec], cap: int, symbols: frozenset[str]) -> Callable[[dict[str, Any]], bool]:
+    """``check(event) -> bool``: pass 1's test of each of ``specs`` (fields the event has), as generated code."""
+    lines = ["def check(e):"]
+    for spec in specs:
+        lines.append(f"    v = e[{spec.name!r}]")
+        if spec.kind is _STR:
+            bad = f"type(v) is not str or len(v) > {cap}"
+        elif spec.kind is _LONG:
+            bad = f"type(v) is not int or not {_I64_MIN} <= v <= {_I64_MAX}"
+        elif spec.kind is _INT:
+            bad = f"type(v) is not int or not {_I32_MIN} <= v <= {_I32_MAX}"
+        elif spec.kind is _ENUM:
+            bad = "type(v) is not str or v not in symbols"
+        else:  # a field pass 1 always sends to pass 2
+            bad = "True"
+        if spec.nullable:
+            bad = f"v is not None and ({bad})"
+        lines.append(f"    if {bad}: return False")
+    lines.append("    return True")
+    namespace: dict[str, Any] = {"symbols": symbols}
+    exec(compile("\n".join(lines), "<event check>", "exec"), namespace)
+    return namespace["check"]
 
 
 def _note(notes: dict[str, Any] | None, key: str, name: str) -> dict[str, Any]:
@@ -335,6 +425,9 @@ def _json_default(value: Any) -> Any:
     return _text(value)
 
 
+_dumps_default = compact_json_encoder(_json_default)
+
+
 def _jsonable(value: Any, depth: int = 0, seen: set[int] | None = None) -> Any:
     """A structure ``json`` accepts: cycles and depth > 64 become markers, NaN/inf become null."""
     if value is None or isinstance(value, (str, bool, int)):
@@ -361,7 +454,7 @@ def _jsonable(value: Any, depth: int = 0, seen: set[int] | None = None) -> Any:
 def dumps_lenient(value: Any) -> str:
     """Compact JSON of ``value`` that never fails (see :func:`_jsonable` for what gets converted)."""
     try:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=_json_default)
+        return _dumps_default(value)
     except (TypeError, ValueError, RecursionError, RuntimeError):
         pass
     for _ in range(2):  # RuntimeError: the structure changed size while we walked it (another thread)

@@ -95,7 +95,6 @@ MiB = 1024 * 1024
 _PERMANENT = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE, KafkaError.RECORD_LIST_TOO_LARGE,
                         KafkaError.INVALID_RECORD, KafkaError._INVALID_ARG})
 _PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
-_EVENT_OVERHEAD = 160  # rough Avro bytes of an event without its payload, for sizing batches before encoding
 
 
 def _close_at_exit(ref: weakref.ReferenceType[EventPublisher], timeout: float) -> None:
@@ -123,6 +122,9 @@ class EventPublisher:
         self._linger_s = max(0.0, linger_ms / 1000.0)
         self._buffer_max = buffer_max_events
         self._max_record_bytes = max_record_bytes
+        # what a record's events' bodies may add up to: the framing takes the rest (largest batch_seq and count)
+        framing = len(self._codec.encode_batch(self.producer_id, 1 << 62, 1 << 62, [])) + 10
+        self._body_budget = max_record_bytes - framing
         self._stall_timeout_s = stall_timeout_s
         self._spool_window = spool_window
         self._max_drain = max(20_000, 4 * self._batch_max)
@@ -423,16 +425,23 @@ class EventPublisher:
                 self._cond.notify_all()
 
     def _drain(self) -> None:
+        """Validate and encode up to ``_max_drain`` buffered events, group them by record key, send the groups.
+
+        Each event is encoded as soon as it is validated (its Avro body, while the dict is still in the CPU
+        cache), so an event the encoder refuses is found alone and the groups hold compact bytes, not dicts.
+        """
         buf = self._buf
         n = min(len(buf), self._max_drain)
         if n == 0:
             return
         popleft = buf.popleft
         normalize = self._normalizer.normalize
+        encode = self._codec.encode_event_body
         counters = self._counters
         keys = self._key_cache
         shards = self._shards
-        groups: dict[bytes, list[dict[str, Any]]] = {}
+        now_us = time.time_ns() // 1000  # producer_time of every event of this drain, created_at of its records
+        groups: dict[bytes, list[bytes]] = {}
         invalid = 0
         for _ in range(n):
             event = popleft()
@@ -443,6 +452,13 @@ class EventPublisher:
                 continue
             if status is COERCED:
                 self._coerced += 1
+            clean["producer_time"] = now_us
+            try:
+                body = encode(clean)
+            except Exception:
+                log.debug("publisher %s: unencodable event dropped: %r", self.producer_id, clean, exc_info=True)
+                invalid += 1
+                continue
             sid = clean["session_id"]
             key = keys.get(sid)
             if key is None:
@@ -451,65 +467,49 @@ class EventPublisher:
                 key = keys[sid] = shard_key(sid, shards)
             group = groups.get(key)
             if group is None:
-                groups[key] = [clean]
+                groups[key] = [body]
             else:
-                group.append(clean)
+                group.append(body)
         if invalid:
             self._drop("invalid", invalid)
             self._settled += invalid
-        now_us = time.time_ns() // 1000
-        budget = self._max_record_bytes * 3 // 4
-        for key, events in groups.items():
-            chunk: list[dict[str, Any]] = []
-            size = 0
-            for ev in events:
-                ev["producer_time"] = now_us
-                payload = ev.get("payload")
-                est = _EVENT_OVERHEAD + (len(payload) if payload else 0)
-                if chunk and (len(chunk) >= self._batch_max or size + est > budget):
-                    self._send(key, chunk, now_us)
-                    chunk, size = [], 0
-                chunk.append(ev)
-                size += est
-            if chunk:
-                self._send(key, chunk, now_us)
+        for key, bodies in groups.items():
+            self._send(key, bodies, now_us)
 
-    def _send(self, key: bytes, events: list[dict[str, Any]], now_us: int) -> None:
-        for value, n in self._encode(events, now_us):
-            self._route(key, value, n)
+    def _send(self, key: bytes, bodies: list[bytes], now_us: int) -> None:
+        """Frame one key's event bodies, in order, as records of at most ``batch_max_events`` events and
+        ``max_record_bytes`` bytes; an event too large for a record of its own is dropped (``too_large``)."""
+        budget = self._body_budget
+        batch_max = self._batch_max
+        if len(bodies) <= batch_max and sum(map(len, bodies)) <= budget:  # the usual case: one record
+            self._frame(key, bodies, now_us)
+            return
+        chunk: list[bytes] = []
+        size = 0
+        for body in bodies:
+            n = len(body)
+            if n > budget:
+                self._drop("too_large", 1)
+                self._settled += 1
+                continue
+            if chunk and (len(chunk) >= batch_max or size + n > budget):
+                self._frame(key, chunk, now_us)
+                chunk, size = [], 0
+            chunk.append(body)
+            size += n
+        if chunk:
+            self._frame(key, chunk, now_us)
 
-    def _encode(self, events: list[dict[str, Any]], now_us: int) -> list[tuple[bytes, int]]:
-        """Encode as one batch; a bad event is isolated and dropped, an oversize batch is split."""
+    def _frame(self, key: bytes, bodies: list[bytes], now_us: int) -> None:
         self._batch_seq += 1
         try:
-            value = self._codec.encode_batch(self.producer_id, self._batch_seq, now_us, events)
-        except Exception:
-            good = []
-            for ev in events:
-                try:
-                    self._codec.encode_event(ev)
-                    good.append(ev)
-                except Exception:
-                    log.debug("publisher %s: unencodable event dropped: %r", self.producer_id, ev, exc_info=True)
-            bad = len(events) - len(good)
-            if bad:
-                self._drop("invalid", bad)
-                self._settled += bad
-            if not good or bad == 0:
-                if bad == 0:  # the batch failed though every event encodes alone: do not loop
-                    log.exception("publisher %s: batch encoding failed", self.producer_id)
-                    self._drop("internal", len(events))
-                    self._settled += len(events)
-                return []
-            return self._encode(good, now_us)
-        if len(value) <= self._max_record_bytes:
-            return [(value, len(events))]
-        if len(events) == 1:
-            self._drop("too_large", 1)
-            self._settled += 1
-            return []
-        half = len(events) // 2
-        return self._encode(events[:half], now_us) + self._encode(events[half:], now_us)
+            value = self._codec.encode_batch_bodies(self.producer_id, self._batch_seq, now_us, bodies)
+        except Exception:  # not expected: the header is the publisher's own
+            log.exception("publisher %s: batch framing failed", self.producer_id)
+            self._drop("internal", len(bodies))
+            self._settled += len(bodies)
+            return
+        self._route(key, value, len(bodies))
 
     def _route(self, key: bytes, value: bytes, n: int) -> None:
         spool = self._spool

@@ -34,6 +34,7 @@ from schemas.codegen import (  # EncodeError is part of this module's API: what 
     EncodeError,
     UnsupportedSchema,
     compile_schema,
+    varint_long,
 )
 from schemas.contract import SchemaVersion
 
@@ -152,6 +153,27 @@ class AvroCodec:
         if self._batch_codec is not None:
             return self._batch_codec.encode(batch, self._batch_prefix)
         return _fastavro_encode(self._batch_prefix, self._cur.batch_parsed, batch)
+
+    def encode_event_body(self, event: dict[str, Any]) -> bytes:
+        """One AgentEvent's Avro body, without framing: an item for :meth:`encode_batch_bodies`.
+
+        Raises :class:`EncodeError` naming the offending field.
+        """
+        if self._event_codec is not None:
+            return self._event_codec.encode(event)
+        return _fastavro_encode(b"", self._cur.event_parsed, event)
+
+    def encode_batch_bodies(self, producer_id: str, batch_seq: int, created_at: int, bodies: list[bytes]) -> bytes:
+        """The same bytes as :meth:`encode_batch` of the events ``bodies`` were encoded from.
+
+        An Avro array is written as one block (item count, the items' bodies, a 0), so a batch is its header and
+        the bodies side by side: a producer can encode each event as it validates it, while the event is still
+        in the CPU cache, find a bad one alone, and size records exactly before framing them.
+        """
+        head = self.encode_batch(producer_id, batch_seq, created_at, [])  # header + the closing 0 of the array
+        if not bodies:
+            return head
+        return b"".join((head[:-1], varint_long(len(bodies)), *bodies, head[-1:]))
 
     # -- decoding ---------------------------------------------------------------------------------------------
 
