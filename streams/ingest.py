@@ -18,6 +18,11 @@ produced *before* it writes those pairs: a meta that says "closed" must never be
 closed are not, or a crash would lose them (the replay skips what the meta holds). Keys are strings:
 ``"<partition>|m"`` for the meta, ``"<partition>|s|<pane start>|<tenant>"`` for a slot.
 
+A slot opened and closed between two flushes (the usual case when reading a backlog: a second of work covers
+minutes of event time) is never written: no final upsert, no tombstone. That is safe in both orders a crash can
+cut the flush: before the meta, the replay rebuilds the slot from the batches the old meta does not hold; after
+it, the window is closed and its partial already in Kafka. It halves the changelog records of a backfill.
+
 Label guards (which label names a window keeps when a tenant has more than ``label_limit`` tools or models) are
 learned again after a restart, not persisted: they never change a total, only which names are folded into
 ``__other__``.
@@ -98,6 +103,7 @@ class Ingest:
         self._idle_sent: set[int] = set()
         self._restored: set[int] = set()
         self._written_meta: dict[int, dict[str, Any]] = {}
+        self._stored: dict[int, set[str]] = {}  # partition -> slot keys the table holds
 
     # -- lifecycle --------------------------------------------------------------------------------------------
 
@@ -112,6 +118,7 @@ class Ingest:
         prefix = f"{partition}|"
         meta: Mapping[str, Any] | None = None
         slots = []
+        stored = self._stored[partition] = set()
         for key, value in items:
             if not isinstance(key, str) or not key.startswith(prefix) or value is None:
                 continue
@@ -119,6 +126,7 @@ class Ingest:
                 meta = value
             elif key.startswith(prefix + "s|"):
                 slots.append(value)
+                stored.add(key)
         self.engine.restore_parts(partition, meta, slots)
         self._restored.add(partition)
         self._marked.pop(partition, None)
@@ -134,6 +142,7 @@ class Ingest:
         self._marked.pop(partition, None)
         self._idle_sent.discard(partition)
         self._written_meta.pop(partition, None)
+        self._stored.pop(partition, None)
 
     # -- records ----------------------------------------------------------------------------------------------
 
@@ -189,12 +198,21 @@ class Ingest:
     def state_changes(self, partition: int) -> list[tuple[str, dict[str, Any] | None]]:
         """What to write to the table for ``partition``, in order; empty when nothing changed."""
         changes = self.engine.export_changes(partition)
-        out: list[tuple[str, dict[str, Any] | None]] = [
-            (slot_key(partition, key, pane), state) for key, pane, state in changes.upserts]
-        if out or changes.deletes or self._written_meta.get(partition) != changes.meta:
+        stored = self._stored.setdefault(partition, set())
+        deletes = [slot_key(partition, key, pane) for key, pane in changes.deletes]
+        retired = set(deletes)
+        out: list[tuple[str, dict[str, Any] | None]] = []
+        for key, pane, state in changes.upserts:
+            k = slot_key(partition, key, pane)
+            if k in stored or k not in retired:  # a slot retired before it was ever written stays unwritten
+                out.append((k, state))
+                stored.add(k)
+        deletes = [k for k in deletes if k in stored]
+        if out or deletes or self._written_meta.get(partition) != changes.meta:
             out.append((meta_key(partition), changes.meta))
             self._written_meta[partition] = changes.meta
-        out += [(slot_key(partition, key, pane), None) for key, pane in changes.deletes]
+        out += [(k, None) for k in deletes]
+        stored.difference_update(deletes)
         return out
 
     def stream_time(self, partition: int) -> int | None:

@@ -28,12 +28,14 @@ a spike baseline down.
 
 **Hopping windows** (``hop_size_s``, advancing by the tumbling size) are built from the tenant's tumbling finals:
 when the final ending at ``e`` is emitted, the hopping window ``[e - hop, e)`` is the merge of the finals in it.
-A hopping window whose last tumbling window had no events of the tenant is not emitted.
+A hopping window whose last tumbling window had no events of the tenant is not emitted. The finals inside the
+last hop are also kept parsed (not stored): one ``from_record`` per final instead of one per final per hop.
 
 State for the changelog-backed table, from :meth:`MergeStage.state_changes`, in this order: pending partial
 upserts, the partition's watermarks, tenant states, then deletes of pending partials. A crash after the tenant
 state but before the deletes leaves stale partials, dropped at restore (their window is already final); a crash
 before the tenant state leaves the partials and the old tenant state, so the replay finalizes the window again.
+A pending partial finalized before the flush after it arrived is never written (no upsert, no tombstone).
 Keys: ``"w|<q>"``, ``"t|<tenant>"``, ``"p|<tenant>|<window start>|<source partition>"``.
 """
 
@@ -78,6 +80,7 @@ def metrics_key(record: dict[str, Any]) -> bytes:
 class _Tenant:
     last_final_end: int | None = None
     recent: list[dict[str, Any]] = field(default_factory=list)  # tumbling finals inside the last hop
+    recent_aggs: list[TenantWindowAggregate] | None = None  # ``recent`` parsed (not stored; rebuilt when None)
     open_alerts: dict[str, str] = field(default_factory=dict)  # fingerprint -> alertname
     pending: dict[int, dict[int, dict[str, Any]]] = field(default_factory=dict)  # start -> source -> record
 
@@ -89,6 +92,7 @@ class _Part:
     tenants: dict[str, _Tenant] = field(default_factory=dict)
     dirty_pending: set[tuple[str, int, int]] = field(default_factory=set)
     deleted_pending: set[tuple[str, int, int]] = field(default_factory=set)
+    stored_pending: set[tuple[str, int, int]] = field(default_factory=set)  # pending keys the table holds
     dirty_tenants: set[str] = field(default_factory=set)
     dirty_watermarks: bool = False
 
@@ -150,6 +154,7 @@ class MergeStage:
                     pending.append((tenant, int(start), int(source), value))
         for tenant, start, source, record in pending:
             ts = part.tenants.setdefault(tenant, _Tenant())
+            part.stored_pending.add((tenant, start, source))
             if ts.last_final_end is not None and start + self.window_us <= ts.last_final_end:
                 part.deleted_pending.add((tenant, start, source))  # stale: its window is final already
                 continue
@@ -275,7 +280,8 @@ class MergeStage:
         for source in partials:
             k = (tenant, start, source)
             part.dirty_pending.discard(k)
-            part.deleted_pending.add(k)
+            if k in part.stored_pending:  # never written: nothing to delete
+                part.deleted_pending.add(k)
         agg: TenantWindowAggregate | None = None
         for source in sorted(partials):
             piece = TenantWindowAggregate.from_record(partials[source])
@@ -293,16 +299,22 @@ class MergeStage:
         end = start + self.window_us
         ts.last_final_end = end
         if self.hop_us:
-            ts.recent = [r for r in ts.recent if r["window_start_us"] >= end - self.hop_us] + [record]
-            out.metrics.append(self._hopping(tenant, end, ts.recent))
+            aggs = ts.recent_aggs
+            if aggs is None or len(aggs) != len(ts.recent):  # after a restore
+                aggs = [TenantWindowAggregate.from_record(r) for r in ts.recent]
+            keep = [i for i, r in enumerate(ts.recent) if r["window_start_us"] >= end - self.hop_us]
+            # parsed back from the record, as after a restore, so a restart never changes a hopping result
+            ts.recent = [ts.recent[i] for i in keep] + [record]
+            ts.recent_aggs = [aggs[i] for i in keep] + [TenantWindowAggregate.from_record(record)]
+            out.metrics.append(self._hopping(tenant, end, ts.recent[-1], ts.recent_aggs))
 
-    def _hopping(self, tenant: str, end: int, finals: list[dict[str, Any]]) -> dict[str, Any]:
+    def _hopping(self, tenant: str, end: int, last: dict[str, Any], finals: list[TenantWindowAggregate],
+                 ) -> dict[str, Any]:
         assert self.hop_us is not None
-        first = finals[-1]
-        hop = TenantWindowAggregate(tenant, end - self.hop_us, end, label_limit=int(first["label_limit"]),
-                                    relative_accuracy=float(first["turn_duration"]["relative_accuracy"]))
-        for rec in finals:
-            hop.merge(TenantWindowAggregate.from_record(rec), same_window=False)
+        hop = TenantWindowAggregate(tenant, end - self.hop_us, end, label_limit=int(last["label_limit"]),
+                                    relative_accuracy=float(last["turn_duration"]["relative_accuracy"]))
+        for agg in finals:
+            hop.merge(agg, same_window=False)
         return hop.to_record(final=True)
 
     @staticmethod
@@ -335,6 +347,8 @@ class MergeStage:
                 "last_final_end": ts.last_final_end, "recent": list(ts.recent), "open_alerts": dict(ts.open_alerts),
                 "rules": self.rules.snapshot_tenant(tenant), "spike": self.spike.snapshot_tenant(tenant)}))
         out += [(pending_key(*k), None) for k in sorted(part.deleted_pending)]
+        part.stored_pending.update(part.dirty_pending)
+        part.stored_pending.difference_update(part.deleted_pending)
         part.dirty_pending.clear()
         part.deleted_pending.clear()
         part.dirty_tenants.clear()

@@ -1,0 +1,569 @@
+"""One streams worker's throughput against the Python ceiling and Quix Streams, on the same topic in the same run.
+
+Workload: ``--events`` AgentEvents (default 300,000; synthetic, 20 tenants, 30 tools, one hour of event time, or
+``--source simulator`` for the fleet simulator's richer events), published once to a fresh topic of
+``--partitions`` partitions as ``AgentEventBatch`` records of ``--batch`` events, grouped per partition in
+event-time order (``AvroCodec.encode_batch``, produced to an explicit partition: the publisher's layout), then one
+end-of-input record per partition far past the data so every window closes. Each consumer reads the whole topic
+with a fresh consumer group:
+
+* **bare loop** (the Python ceiling): confluent-kafka ``consume(1000)`` + ``AvroCodec.decode`` + a dict counter
+  per (tenant, 1-minute window, type). Clock: first record received -> last event counted.
+* **worker**: the real ``agentwatch worker`` process (Faust; decode, window engine, partials, merge, rules, spike
+  detection, changelog writes), fresh output topics and changelogs. Clock: from the last scrape of its own
+  Prometheus counter ``agentwatch_worker_events_total`` that still read 0 (start-up and group join excluded) to
+  the timestamp of the last tumbling window on the metrics topic (end to end), and to the counter reaching N
+  (stage 1 alone). The metrics topic is then read back: its windows must hold exactly N events.
+* **Quix Streams** (``bench/quix_baseline.py``, in its own venv ``bench/.venv-quix``, created on first use from
+  ``bench/requirements-quix.txt``): decode, explode, event-time timestamps, ``group_by`` tenant, 1-minute tumbling
+  window count, ``final()``. Clock: first record decoded -> last window emitted.
+
+Goals (issue 3, section 8): worker >= 30,000 events/s, >= 0.3x the bare loop, >= 1.5x Quix Streams. The machine
+is shared and noisy: each consumer runs ``--repeat`` times (one after another, never at once) and the best and
+median are printed, with the ratios of the best. No assertions::
+
+    KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:19092 .venv/bin/python bench/bench_worker.py
+    .venv/bin/python -m agentwatch.broker -- .venv/bin/python bench/bench_worker.py --repeat 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import json
+import os
+import platform
+import shlex
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = Path(__file__).resolve().parent
+sys.path[:0] = [str(ROOT), str(BENCH)]
+
+from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
+from confluent_kafka.admin import AdminClient  # noqa: E402
+
+from agentwatch.config import Settings, TopicNames  # noqa: E402
+from agentwatch.topics import DAY_MS, TopicSpec, default_topics, ensure_topics  # noqa: E402
+from schemas.codec import AvroCodec  # noqa: E402
+from streams.metrics_codec import MetricsCodec  # noqa: E402
+
+US = 1_000_000
+MINUTE_US = 60 * US
+END_TENANT = "zz-end-of-input"  # tenants of the end-of-input records start with this; never counted
+END_TENANTS_PER_RECORD = 8  # several names, so a re-keyed stream (Quix group_by) closes windows in every partition
+QUIX_VENV = BENCH / ".venv-quix"
+QUIX_REQUIREMENTS = BENCH / "requirements-quix.txt"
+
+
+# -- workload ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Workload:
+    """Pre-encoded records ``(partition, key, value)`` and what a correct consumer must find in them."""
+
+    records: list[tuple[int, bytes, bytes]]
+    events: int
+    windows: set[tuple[str, int]]  # (tenant, 1-minute window start) pairs holding data
+    first_us: int
+    last_us: int
+    source: str
+
+    @property
+    def bytes(self) -> int:
+        return sum(len(v) for _, _, v in self.records)
+
+
+def synthetic_events(n: int, tenants: int, tools: int, partitions: int, seed: int) -> list[list[dict[str, Any]]]:
+    """Per partition, turn-shaped synthetic events over one hour (``bench_aggregate``'s generator), sorted by time."""
+    from bench_aggregate import synth_events
+
+    per_part = synth_events(n, tenants, tools, partitions, seed)
+    extra = sum(len(p) for p in per_part) - n  # the generator finishes its last turn: trim to exactly n
+    if extra > 0:
+        longest = max(per_part, key=len)
+        del longest[len(longest) - extra:]
+    return [sorted(({k: v for k, v in ev.items() if v is not None} for ev in part), key=lambda e: e["event_time"])
+            for part in per_part]
+
+
+def simulator_events(n: int, tenants: int, partitions: int, seed: int) -> list[list[dict[str, Any]]]:
+    """The fleet simulator's events (one hour at ``n``/h), partitioned by session like the publisher does."""
+    from producers.simulator import FleetSimulator
+
+    sim = FleetSimulator(seed=seed, tenants=tenants, duration_s=3600, rate=n / 3600)
+    per_part: list[list[dict[str, Any]]] = [[] for _ in range(partitions)]
+    for ev in sim.events():
+        per_part[zlib.crc32(ev["session_id"].encode()) % partitions].append(ev)
+    return per_part
+
+
+def build_workload(per_part: list[list[dict[str, Any]]], batch: int, source: str) -> Workload:
+    """Batch records of ``batch`` events per partition in event-time order, then one end-of-input record each."""
+    codec = AvroCodec()
+    created = time.time_ns() // 1000
+    records: list[tuple[int, bytes, bytes]] = []
+    windows: set[tuple[str, int]] = set()
+    first = min(p[0]["event_time"] for p in per_part if p)
+    last = max(p[-1]["event_time"] for p in per_part if p)
+    for part, events in enumerate(per_part):
+        for ev in events:
+            t = ev["event_time"]
+            windows.add((ev["tenant"], t - t % MINUTE_US))
+        key = f"bench-partition-{part}".encode()
+        for i in range(0, len(events), batch):
+            value = codec.encode_batch(f"bench-{part}", i // batch + 1, created, events[i:i + batch])
+            records.append((part, key, value))
+    end_us = last + 10 * MINUTE_US
+    for part in range(len(per_part)):
+        records.append((part, f"bench-partition-{part}".encode(), end_of_input(codec, part, end_us)))
+    return Workload(records, sum(len(p) for p in per_part), windows, first, last, source)
+
+
+def end_of_input(codec: AvroCodec, partition: int, event_time_us: int) -> bytes:
+    """A batch far past the data: closes every window of the partition (its own tenants' windows never close)."""
+    events = [{"event_id": uuid.uuid4().hex, "event_time": event_time_us, "producer_time": event_time_us,
+               "tenant": f"{END_TENANT}-{partition}-{i}", "session_id": f"end-{partition}-{i}", "seq": 1,
+               "type": "session_end"} for i in range(END_TENANTS_PER_RECORD)]
+    return codec.encode_batch(f"bench-end-{partition}-{uuid.uuid4().hex[:8]}", 1, event_time_us, events)
+
+
+# -- Kafka plumbing ----------------------------------------------------------------------------------------------
+
+
+def create_topic(bootstrap: str, name: str, partitions: int) -> str:
+    ensure_topics(bootstrap, [TopicSpec(name, partitions, DAY_MS, extra={"max.message.bytes": str(8 << 20)})])
+    return name
+
+
+def publish(bootstrap: str, topic: str, records: Iterable[tuple[int, bytes, bytes]]) -> float:
+    """Produce ``records`` to their explicit partitions; returns the seconds until all were acknowledged."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.size": 4 << 20,
+                         "message.max.bytes": 8 << 20, "enable.idempotence": True})
+    started = time.perf_counter()
+    for part, key, value in records:
+        while True:
+            try:
+                producer.produce(topic, value, key, partition=part)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+    left = producer.flush(120)
+    if left:
+        raise RuntimeError(f"{left} records not acknowledged by {bootstrap}")
+    return time.perf_counter() - started
+
+
+def delete_topics(bootstrap: str, names: Iterable[str] = (), containing: str | None = None) -> None:
+    """Best-effort clean-up: the named topics and every topic whose name contains ``containing``."""
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 2})
+    doomed = set(names)
+    if containing:
+        doomed |= {t for t in admin.list_topics(timeout=10).topics if containing in t}
+    if doomed:
+        for fut in admin.delete_topics(sorted(doomed), operation_timeout=10).values():
+            with contextlib.suppress(Exception):
+                fut.result(15)
+
+
+def read_all(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Any]:
+    """Every record of ``topic`` up to its current end."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-read-{uuid.uuid4().hex[:8]}",
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    out: list[Any] = []
+    try:
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+        todo = {p for p, end in ends.items() if end > 0}
+        consumer.assign([TopicPartition(topic, p, 0) for p in todo])
+        deadline = time.monotonic() + timeout
+        while todo and time.monotonic() < deadline:
+            for msg in consumer.consume(1000, timeout=0.5):
+                if msg.error():
+                    continue
+                out.append(msg)
+                if msg.offset() + 1 >= ends[msg.partition()]:
+                    todo.discard(msg.partition())
+        if todo:
+            raise RuntimeError(f"could not read {topic} to its end")
+    finally:
+        consumer.close()
+    return out
+
+
+# -- results -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """One consumer's run: events it accounted for over the seconds it took, plus details to print."""
+
+    name: str
+    events: int
+    seconds: float
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+# -- the bare loop -----------------------------------------------------------------------------------------------
+
+
+def run_bare(bootstrap: str, topic: str, expected: int, timeout: float = 300.0) -> Run:
+    """confluent-kafka consume + decode + counts per (tenant, minute, type): the ceiling for Python."""
+    codec = AvroCodec()
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-bare-{uuid.uuid4().hex[:8]}",
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    consumer.subscribe([topic])
+    counts: dict[tuple[str, int, str], int] = {}
+    counted = 0
+    started: float | None = None
+    deadline = time.monotonic() + timeout
+    try:
+        while counted < expected and time.monotonic() < deadline:
+            for msg in consumer.consume(1000, timeout=0.5):
+                if started is None:
+                    started = time.perf_counter()
+                if msg.error():
+                    continue
+                for ev in codec.decode(msg.value()).events:
+                    tenant = ev["tenant"]
+                    if tenant.startswith(END_TENANT):
+                        continue
+                    t = ev["event_time"]
+                    k = (tenant, t - t % MINUTE_US, ev["type"])
+                    counts[k] = counts.get(k, 0) + 1
+                    counted += 1
+        elapsed = time.perf_counter() - (started or time.perf_counter())
+    finally:
+        consumer.close()
+    return Run("bare loop", counted, elapsed, {"keys": len(counts)})
+
+
+# -- the worker --------------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def worker_settings(bootstrap: str, events_topic: str, partitions: int) -> Settings:
+    """Fresh output topics, changelogs and consumer group (app id) over an existing events topic."""
+    prefix = f"bench.{uuid.uuid4().hex[:10]}"
+    topics = TopicNames(events=events_topic, dead_letter=f"{prefix}.dlq", metrics=f"{prefix}.metrics",
+                        alerts=f"{prefix}.alerts", partials=f"{prefix}.partials")
+    return Settings(bootstrap_servers=bootstrap, topics=topics, events_partitions=partitions,
+                    app_id=f"{prefix}.streams")
+
+
+def create_worker_topics(settings: Settings) -> list[str]:
+    """Every topic of the worker but the events topic; returns their names (to delete afterwards)."""
+    specs = [s for s in default_topics(settings) if s.name != settings.topics.events]
+    ensure_topics(settings.bootstrap_servers, specs)
+    return [s.name for s in specs]
+
+
+class WorkerProcess:
+    """``agentwatch worker`` as a subprocess, with its Prometheus counters served on a port of its own."""
+
+    def __init__(self, settings: Settings, workdir: Path, *args: str) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        t = settings.topics
+        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+               "AGENTWATCH_EVENTS_TOPIC": t.events, "AGENTWATCH_DLQ_TOPIC": t.dead_letter,
+               "AGENTWATCH_METRICS_TOPIC": t.metrics, "AGENTWATCH_ALERTS_TOPIC": t.alerts,
+               "AGENTWATCH_PARTIALS_TOPIC": t.partials, "AGENTWATCH_APP_ID": settings.app_id,
+               "AGENTWATCH_HOME": str(workdir / "home"), "PYTHONUNBUFFERED": "1"}
+        self.argv = [sys.executable, "-m", "agentwatch.cli", "worker", "--workdir", str(workdir / "faust"),
+                     "--metrics-port", str(self.port), *args]
+        self.log_path = workdir / "worker.log"
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(self.argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                         start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def counters(self) -> dict[str, float] | None:
+        """The worker's counters (``name{labels}`` -> value), or None while it does not answer yet."""
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log_tail()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as resp:
+                text = resp.read().decode()
+        except OSError:
+            return None
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                with contextlib.suppress(ValueError):
+                    out[name] = float(value)
+        return out
+
+    def rss_kib(self) -> int:
+        """Resident set size from /proc/<pid>/status (VmRSS, KiB)."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS line")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+def wait_for(check: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gave up after {timeout:.0f}s")
+        time.sleep(interval)
+
+
+EVENTS = "agentwatch_worker_events_total"
+TUMBLING = 'agentwatch_worker_windows_emitted_total{kind="tumbling"}'
+
+
+def run_worker(bootstrap: str, topic: str, wl: Workload, partitions: int, workdir: Path,
+               timeout: float = 600.0) -> Run:
+    """The real worker over the topic; see the module docstring for the clock."""
+    settings = worker_settings(bootstrap, topic, partitions)
+    created = create_worker_topics(settings)
+    worker = WorkerProcess(settings, workdir)
+    samples: list[tuple[float, float, float, float]] = []  # (monotonic, epoch, events, tumbling windows)
+
+    def sample() -> tuple[float, float, float, float] | None:
+        c = worker.counters()
+        if c is None:
+            return None
+        s = (time.monotonic(), time.time(), c.get(EVENTS, 0.0), c.get(TUMBLING, 0.0))
+        samples.append(s)
+        return s
+
+    try:
+        # fine-grained until the first event is counted (that instant starts the clock), then gently: a scrape
+        # costs the worker CPU time
+        wait_for(lambda: (s := sample()) is not None and s[2] > 0, timeout, 0.02)
+        wait_for(lambda: (s := sample()) is not None and s[3] >= len(wl.windows), timeout, 0.25)
+        # the input also holds the end-of-input events: the counter includes them
+        last_zero = max((s for s in samples if s[2] == 0), key=lambda s: s[0], default=samples[0])
+        events_done = next(s for s in samples if s[2] >= wl.events)
+        windows_done = next(s for s in samples if s[3] >= len(wl.windows))
+        metrics = MetricsCodec()
+        total = 0
+        last_ts_ms = 0
+        tumbling = 0
+        for msg in read_all(bootstrap, settings.topics.metrics):
+            rec = metrics.decode(msg.value())
+            if rec["window_end_us"] - rec["window_start_us"] != MINUTE_US or rec["tenant"].startswith(END_TENANT):
+                continue
+            tumbling += 1
+            total += rec["events"]
+            last_ts_ms = max(last_ts_ms, msg.timestamp()[1])
+        seconds = last_ts_ms / 1000 - last_zero[1]
+        counters = worker.counters() or {}
+        detail = {
+            "stage1_s": events_done[0] - last_zero[0], "windows_counter_s": windows_done[0] - last_zero[0],
+            "windows": tumbling, "expected_windows": len(wl.windows), "late": counters.get(
+                "agentwatch_worker_late_events_total", 0.0), "partials": counters.get(
+                "agentwatch_worker_partials_total", 0.0), "state_writes": sum(
+                v for k, v in counters.items() if k.startswith("agentwatch_worker_state_writes_total")),
+            "rss_mib": worker.rss_kib() / 1024, "samples": len(samples)}
+        return Run("worker", total, seconds, detail)
+    finally:
+        worker.stop()
+        delete_topics(bootstrap, created)
+
+
+# -- Quix Streams -------------------------------------------------------------------------------------------------
+
+
+def quix_python(progress: Callable[[str], None] = print) -> Path:
+    """The Quix venv's interpreter; the venv is created (python3.11 -m venv + pip) when missing."""
+    python = QUIX_VENV / "bin" / "python"
+    stamp = QUIX_VENV / ".requirements-installed"
+    if python.exists() and stamp.exists() and stamp.read_text() == QUIX_REQUIREMENTS.read_text():
+        return python
+    progress(f"creating {QUIX_VENV.relative_to(ROOT)} (quixstreams and its confluent-kafka) ...")
+    if not python.exists():
+        subprocess.run(["python3.11", "-m", "venv", str(QUIX_VENV)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r",
+                    str(QUIX_REQUIREMENTS)], check=True)
+    stamp.write_text(QUIX_REQUIREMENTS.read_text())
+    return python
+
+
+def run_quix(bootstrap: str, topic: str, expected: int, grace_s: float, state_dir: Path,
+             timeout: float = 900.0) -> Run:
+    """``bench/quix_baseline.py`` in the Quix venv; it prints one JSON line with its figures."""
+    group = f"bench-quix-{uuid.uuid4().hex[:8]}"
+    argv = [str(quix_python()), str(BENCH / "quix_baseline.py"), "--bootstrap-servers", bootstrap, "--topic", topic,
+            "--group", group, "--events", str(expected), "--end-tenant", END_TENANT, "--grace", str(grace_s),
+            "--state-dir", str(state_dir), "--timeout", str(timeout)]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 60, cwd=ROOT)
+    finally:
+        delete_topics(bootstrap, containing=group)
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"quix_baseline.py failed ({done.returncode}):\n{done.stdout[-2000:]}\n"
+                           f"{done.stderr[-3000:]}")
+    doc = json.loads(lines[-1])
+    return Run("Quix Streams", int(doc["windowed_events"]), float(doc["seconds"]), doc)
+
+
+# -- reporting ---------------------------------------------------------------------------------------------------
+
+
+def versions() -> dict[str, str]:
+    import confluent_kafka
+
+    out = {"python": platform.python_version(),
+           "confluent-kafka": f"{confluent_kafka.version()} (librdkafka {confluent_kafka.libversion()[0]})"}
+    for dist in ("faust-streaming", "aiokafka", "fastavro", "prometheus-client", "uvloop"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def quix_versions(python: Path) -> str:
+    code = ("import importlib.metadata as m, confluent_kafka as c; print(f\"quixstreams {m.version('quixstreams')}, "
+            "confluent-kafka {c.version()} (librdkafka {c.libversion()[0]}), fastavro {m.version('fastavro')}\")")
+    return subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def summary(runs: list[Run]) -> tuple[Run, float]:
+    """The best run (highest rate) and the median rate."""
+    best = max(runs, key=lambda r: r.rate)
+    return best, statistics.median(r.rate for r in runs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--events", type=int, default=300_000)
+    ap.add_argument("--tenants", type=int, default=20)
+    ap.add_argument("--tools", type=int, default=30)
+    ap.add_argument("--partitions", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=500, help="events per AgentEventBatch record")
+    ap.add_argument("--source", choices=("synthetic", "simulator"), default="synthetic",
+                    help="synthetic (fast to make, 30 tools) or the fleet simulator (richer events, ~80 s to make)")
+    ap.add_argument("--repeat", type=int, default=2, help="runs of each consumer; best and median are reported")
+    ap.add_argument("--only", default="bare,worker,quix", help="comma-separated subset of bare,worker,quix")
+    ap.add_argument("--quix-grace", type=float, default=600.0,
+                    help="Quix window grace in seconds: must cover the event-time skew between the two partitions "
+                    "while its group_by merges them (default 600)")
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args(argv)
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if not bootstrap:
+        print("set KAFKA_BOOTSTRAP_SERVERS, or run under `python -m agentwatch.broker -- ...`", file=sys.stderr)
+        return 2
+    only = set(args.only.split(","))
+    command = shlex.join([Path(sys.executable).name, *sys.argv])
+    print(f"command: KAFKA_BOOTSTRAP_SERVERS={bootstrap} {command}")
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()))
+    if "quix" in only:
+        print("quix venv: " + quix_versions(quix_python()))
+
+    t0 = time.perf_counter()
+    if args.source == "synthetic":
+        per_part = synthetic_events(args.events, args.tenants, args.tools, args.partitions, args.seed)
+    else:
+        per_part = simulator_events(args.events, args.tenants, args.partitions, args.seed)
+    wl = build_workload(per_part, args.batch, args.source)
+    del per_part
+    print(f"workload: {wl.events} {wl.source} events, {args.tenants} tenants, {len(wl.windows)} tenant-minute "
+          f"windows over {(wl.last_us - wl.first_us) / 3.6e9:.2f} h of event time, {args.partitions} partitions, "
+          f"{len(wl.records)} records of <= {args.batch} events ({wl.bytes / wl.events:.0f} bytes/event); "
+          f"made in {time.perf_counter() - t0:.1f}s")
+    codec = AvroCodec()
+    t0 = time.perf_counter()
+    decoded = sum(len(codec.decode(v).events) for _, _, v in wl.records)
+    print(f"decode only (no Kafka, AvroCodec): {decoded / (time.perf_counter() - t0):,.0f} events/s")
+
+    topic = create_topic(bootstrap, f"bench.worker.{uuid.uuid4().hex[:10]}.events", args.partitions)
+    results: dict[str, list[Run]] = {"bare": [], "worker": [], "quix": []}
+    try:
+        print(f"published to {topic} in {publish(bootstrap, topic, wl.records):.1f}s")
+        with tempfile.TemporaryDirectory(prefix="bench-worker-") as tmp:
+            for i in range(args.repeat):
+                for kind in ("bare", "worker", "quix"):
+                    if kind not in only:
+                        continue
+                    if kind == "bare":
+                        run = run_bare(bootstrap, topic, wl.events)
+                    elif kind == "worker":
+                        run = run_worker(bootstrap, topic, wl, args.partitions, Path(tmp) / f"worker-{i}")
+                    else:
+                        run = run_quix(bootstrap, topic, wl.events, args.quix_grace, Path(tmp) / f"quix-{i}")
+                    results[kind].append(run)
+                    extra = ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
+                                      for k, v in run.detail.items() if k != "versions")
+                    print(f"  run {i + 1} {run.name:<13} {run.rate:>9,.0f} events/s  ({run.events} events in "
+                          f"{run.seconds:.2f}s; {extra})", flush=True)
+    finally:
+        delete_topics(bootstrap, [topic])
+
+    print(f"\nresults (best of {args.repeat}, median in brackets), {wl.events} events:")
+    best: dict[str, Run] = {}
+    for kind, runs in results.items():
+        if not runs:
+            continue
+        top, median = summary(runs)
+        best[kind] = top
+        counted = "" if top.events == wl.events else f"  [accounted for {top.events} of {wl.events} events]"
+        print(f"  {top.name:<13} {top.rate:>9,.0f} events/s ({median:,.0f}){counted}")
+        if kind == "worker":
+            stage1 = wl.events / top.detail["stage1_s"]
+            print(f"  {'':<13} stage 1 alone (events counter reaching N): {stage1:,.0f} events/s; "
+                  f"{top.detail['windows']} of {top.detail['expected_windows']} windows on the metrics topic")
+    if "worker" in best:
+        w = best["worker"].rate
+        print(f"  worker >= 30,000 events/s: {w:,.0f} ({'met' if w >= 30_000 else 'missed'})")
+        if "bare" in best:
+            r = w / best["bare"].rate
+            print(f"  worker / bare loop = {r:.2f} (goal >= 0.3: {'met' if r >= 0.3 else 'missed'})")
+        if "quix" in best:
+            r = w / best["quix"].rate
+            print(f"  worker / Quix Streams = {r:.2f} (goal >= 1.5: {'met' if r >= 1.5 else 'missed'})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,168 @@
+"""Resident size of one streams worker holding the window state of ``--tenants`` tenants x ``--tools`` tools.
+
+One window's worth of ``tool_complete`` events (every tenant calls each of its tools ``--calls`` times; a tenant's
+events all go to one partition, so each tenant has exactly one open window slot of ``--tools`` tools), stamped
+with the current time, is published to a fresh 2-partition topic while the real ``agentwatch worker`` runs with
+1-hour windows (``--window 3600``, hopping off), so the window stays open while it is measured. The bench waits
+until the worker has counted every event and written its state (two flush intervals), then reads ``VmRSS`` (and
+the peak, ``VmHWM``) from ``/proc/<pid>/status``.
+
+Baseline: the same worker's RSS after it joined its group, before any event (an empty worker). Also measured, in
+this process: the RSS growth of the window engine alone (``streams.ingest.Ingest`` fed the same records, no Faust,
+no table copy). Figures printed, no assertions::
+
+    KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:19092 .venv/bin/python bench/bench_worker_memory.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import random
+import shlex
+import sys
+import tempfile
+import time
+import uuid
+import zlib
+from pathlib import Path
+from typing import Any
+
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+
+from bench_worker import (  # noqa: E402
+    EVENTS,
+    WorkerProcess,
+    create_topic,
+    create_worker_topics,
+    delete_topics,
+    publish,
+    versions,
+    wait_for,
+    worker_settings,
+)
+
+from schemas.codec import AvroCodec  # noqa: E402
+from streams.ingest import Ingest  # noqa: E402
+
+US = 1_000_000
+PARTITIONS = 2
+WINDOW_S = 3600
+
+
+def rss_kib(pid: int | str = "self", field: str = "VmRSS") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/{pid}/status")
+
+
+def window_records(tenants: int, tools: int, calls: int, batch: int, now_us: int, seed: int,
+                   ) -> list[tuple[int, bytes, bytes]]:
+    """``(partition, key, value)`` batch records: every tenant's tool calls, a tenant in one partition."""
+    codec = AvroCodec()
+    rng = random.Random(seed)
+    per_part: list[list[dict[str, Any]]] = [[] for _ in range(PARTITIONS)]
+    seq = 0
+    for t in range(tenants):
+        tenant = f"tenant-{t:05d}"
+        part = zlib.crc32(tenant.encode()) % PARTITIONS
+        for k in range(tools):
+            for _ in range(calls):
+                seq += 1
+                per_part[part].append({
+                    "event_id": f"{rng.getrandbits(128):032x}", "event_time": now_us - rng.randrange(US),
+                    "producer_time": now_us, "tenant": tenant, "session_id": f"{tenant}-s{k % 4}", "seq": seq,
+                    "type": "tool_complete", "tool_name": f"tool_{k:02d}",
+                    "status": "error" if rng.random() < 0.05 else "ok",
+                    "duration_ms": int(rng.lognormvariate(5, 1.5)) + 1})
+    records = []
+    for part, events in enumerate(per_part):
+        events.sort(key=lambda e: e["event_time"])
+        for i in range(0, len(events), batch):
+            value = codec.encode_batch(f"bench-mem-{part}", i // batch + 1, now_us, events[i:i + batch])
+            records.append((part, f"mem-{part}".encode(), value))
+    return records
+
+
+def engine_alone(records: list[tuple[int, bytes, bytes]]) -> tuple[int, int]:
+    """RSS growth (KiB) of an ``Ingest`` (window engine + aggregates) fed the records in this process; open slots."""
+    gc.collect()
+    before = rss_kib()
+    ingest = Ingest(AvroCodec(), WINDOW_S, 10.0, None, 50)
+    for offset, (part, _key, value) in enumerate(records):
+        ingest.handle(part, offset, value)
+    gc.collect()
+    grown = rss_kib() - before
+    slots = sum(ingest.counters(p)["open_panes"] for p in range(PARTITIONS))
+    return grown, slots
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tenants", type=int, default=10_000)
+    ap.add_argument("--tools", type=int, default=50)
+    ap.add_argument("--calls", type=int, default=1, help="calls per tenant and tool (default 1)")
+    ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--seed", type=int, default=3)
+    args = ap.parse_args(argv)
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if not bootstrap:
+        print("set KAFKA_BOOTSTRAP_SERVERS, or run under `python -m agentwatch.broker -- ...`", file=sys.stderr)
+        return 2
+    print(f"command: KAFKA_BOOTSTRAP_SERVERS={bootstrap} {shlex.join([Path(sys.executable).name, *sys.argv])}")
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()))
+    n = args.tenants * args.tools * args.calls
+
+    # the events must stay inside one open window until measured: not within 3 minutes of its end
+    left = WINDOW_S - time.time() % WINDOW_S
+    if left < 180:
+        print(f"waiting {left:.0f}s for the next {WINDOW_S}s window to start", flush=True)
+        time.sleep(left + 1)
+    t0 = time.perf_counter()
+    records = window_records(args.tenants, args.tools, args.calls, args.batch, time.time_ns() // 1000, args.seed)
+    print(f"{n} events ({args.tenants} tenants x {args.tools} tools x {args.calls}) in {len(records)} records, "
+          f"made in {time.perf_counter() - t0:.1f}s", flush=True)
+
+    topic = create_topic(bootstrap, f"bench.memory.{uuid.uuid4().hex[:10]}.events", PARTITIONS)
+    settings = worker_settings(bootstrap, topic, PARTITIONS)
+    created = create_worker_topics(settings)
+    with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
+        worker = WorkerProcess(settings, Path(tmp), "--window", str(WINDOW_S), "--hop", "0")
+        try:
+            # the empty worker: joined its group, both partitions assigned, nothing to read
+            wait_for(lambda: (worker.counters() or {}).get('agentwatch_worker_partitions{role="events"}', 0)
+                     == PARTITIONS, 120, 0.2)
+            time.sleep(3)
+            baseline = worker.rss_kib()
+            started = time.perf_counter()
+            publish(bootstrap, topic, records)
+            wait_for(lambda: (worker.counters() or {}).get(EVENTS, 0) >= n, 900, 0.5)
+            consumed_s = time.perf_counter() - started
+            time.sleep(3)  # two flush intervals: the state is in the changelog table too
+            loaded, peak = worker.rss_kib(), rss_kib(worker.pid, "VmHWM")
+            counters = worker.counters() or {}
+        finally:
+            worker.stop()
+            delete_topics(bootstrap, [topic, *created])
+    windows = counters.get('agentwatch_worker_windows_emitted_total{kind="tumbling"}', 0.0)
+    grown, slots = engine_alone(records)
+
+    mib = 1024.0
+    held = loaded - baseline
+    print(f"\nworker ({n} events consumed in {consumed_s:.1f}s; {windows:.0f} windows emitted, so the state is "
+          f"still open):")
+    print(f"  empty worker RSS (baseline)      {baseline / mib:8.1f} MiB")
+    print(f"  holding the window state         {loaded / mib:8.1f} MiB  (peak {peak / mib:.1f} MiB); "
+          f"ratio to baseline {loaded / baseline:.2f}x")
+    print(f"  state held = difference          {held / mib:8.1f} MiB = {held / args.tenants:.1f} KiB per tenant, "
+          f"{held * 1024 / (args.tenants * args.tools):.0f} B per (tenant, tool)")
+    print(f"engine alone, in this process (no Faust, no table copy): {grown / mib:.1f} MiB RSS growth for "
+          f"{slots} open tenant windows = {grown / args.tenants:.1f} KiB per tenant "
+          f"({grown / max(held, 1):.2f}x of the worker's)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
