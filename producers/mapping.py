@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -257,10 +257,11 @@ def _all_scalars(rest: Mapping[str, Any]) -> bool:
 
 
 
-_Plan = tuple[tuple[tuple[Any, str, str], ...], bool]
+_Entries = tuple[tuple[Any, str, str], ...]
+_Lifter = Callable[[dict[str, Any]], tuple[dict[str, Any], dict[str, Any]]]
 
 
-def _plan_slow(data: Mapping[str, Any], lifts: tuple[tuple[str, str], ...]) -> _Plan:
+def _plan_slow(data: Mapping[str, Any], lifts: tuple[tuple[str, str], ...]) -> tuple[_Entries, bool]:
     """The lifts of ``lifts`` whose key ``data`` has, in priority order, as (key, target, mode), and whether two
     of them aim at the same field. Modes: ``s`` string, ``t`` tool name (label stripped), ``e`` error message
     (capped), ``l`` long, ``i`` HTTP status."""
@@ -268,32 +269,75 @@ def _plan_slow(data: Mapping[str, Any], lifts: tuple[tuple[str, str], ...]) -> _
     return entries, len({target for _, target, _ in entries}) < len(entries)
 
 
-# Per lift table of this module (known by id: they live as long as the module), its plans memoised by the data's
-# keys: Agentao emits each event type with the same few keys, so the per-event work is a walk over the keys
-# present instead of over the whole table. Bounded.
-_PLANS: dict[int, dict[tuple[Any, ...], _Plan]] = {
+# Per lift table of this module (known by id: they live as long as the module), a lifter per key tuple of the
+# data: Agentao emits each event type with the same few keys, so :func:`_lift` runs code generated for exactly
+# those keys (see _compile_lifter) instead of walking the table. Bounded.
+_LIFTERS: dict[int, dict[tuple[Any, ...], _Lifter]] = {
     id(t): {} for t in (_COMMON, _USAGE_LIFTS, (), *AGENTAO_LIFTS.values(), *HOST_LIFTS.values())}
 _MODE = {target: {"tool_name": "t", "error_message": "e"}.get(target, kind) for target, kind in _KIND.items()}
+# per mode, the test of a value that is lifted as it is (and consumed): the common case, inline
+_AS_IS = {"s": "v.__class__ is str", "t": "v.__class__ is str and v[:1] != '['",
+          "e": f"v.__class__ is str and len(v) <= {ERROR_MESSAGE_MAX}",
+          "l": f"v.__class__ is int and {_LONG_MIN} <= v <= {_LONG_MAX}",
+          "i": "v.__class__ is int and 100 <= v <= 599"}
 
 
 def _lift(data: Mapping[str, Any], lifts: tuple[tuple[str, str], ...]) -> tuple[dict[str, Any], dict[str, Any]]:
-    plans = _PLANS.get(id(lifts)) if data.__class__ is dict else None
-    if plans is None:
-        entries, dup = _plan_slow(data, lifts)
-    else:
+    lifters = _LIFTERS.get(id(lifts)) if data.__class__ is dict else None
+    if lifters is not None:
         keys = tuple(data)
-        plan = plans.get(keys)
-        if plan is None:
-            plan = _plan_slow(data, lifts)
-            if len(plans) >= 256:
-                plans.clear()
-            plans[keys] = plan
-        entries, dup = plan
-    if not entries:  # nothing to lift (streamed text, most chunks): the payload is all of it
+        lifter = lifters.get(keys)
+        if lifter is None:
+            lifter = _compile_lifter(data, lifts, keys)
+            if len(lifters) >= 256:
+                lifters.clear()
+            lifters[keys] = lifter
         try:
-            return {}, dict(data.items())
-        except Exception:
-            return {}, {"_data": repr(data)}
+            return lifter(data)  # type: ignore[arg-type]
+        except Exception:  # the dict changed under us (another thread): the generic walk copes
+            pass
+    return _lift_generic(data, _plan_slow(data, lifts))
+
+
+def _compile_lifter(data: Mapping[str, Any], lifts: tuple[tuple[str, str], ...], keys: tuple[Any, ...]) -> _Lifter:
+    """:func:`_lift_generic` for dicts with exactly ``keys`` (in this order), as straight-line code: per lifted
+    key a test of the common case inline, per key of the data whether it stays in the payload."""
+    entries, dup = _plan_slow(data, lifts)
+    if dup or not all(type(k) is str for k in keys):  # rare shapes: the generic walk
+        return lambda d: _lift_generic(d, (entries, dup))
+    lines = ["def lift(data):", "    out = {}"]
+    consumed_flag = {}
+    for i, (key, target, mode) in enumerate(entries):
+        consumed_flag[key] = f"c{i}"
+        lines += [f"    v = data[{key!r}]",
+                  f"    if v is None or {_AS_IS[mode]}:",
+                  f"        out[{target!r}] = v",
+                  f"        c{i} = True",
+                  "    else:",
+                  f"        c{i} = _lift_other(out, {target!r}, v, {mode!r})"]
+    lines.append("    rest = {}")
+    for key in keys:
+        flag = consumed_flag.get(key)
+        lines.append(f"    {'if not ' + flag + ': ' if flag else ''}rest[{key!r}] = data[{key!r}]")
+    lines.append("    return out, rest")
+    namespace: dict[str, Any] = {"_lift_other": _lift_other}
+    exec(compile("\n".join(lines), "<agentao lift>", "exec"), namespace)
+    return namespace["lift"]  # type: ignore[no-any-return]
+
+
+def _lift_other(out: dict[str, Any], target: str, value: Any, mode: str) -> bool:
+    """Lift a value the inline test did not take (coerced, cut, or not representable); True if consumed."""
+    lifted, exact = _lift_value(value, mode)
+    if lifted is None:
+        return False  # cannot be represented: stays in the payload only, the field stays free
+    out[target] = lifted
+    return exact
+
+
+def _lift_generic(data: Mapping[str, Any], plan: tuple[_Entries, bool]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Typed fields lifted from ``data`` by ``plan`` (priority order: the first key that fills a field wins), and
+    the rest: every key not consumed (a value lifted exactly)."""
+    entries, dup = plan
     out: dict[str, Any] = {}
     consumed: list[Any] = []
     for key, target, mode in entries:
@@ -303,30 +347,10 @@ def _lift(data: Mapping[str, Any], lifts: tuple[tuple[str, str], ...]) -> tuple[
         if value is None:  # lifted as null and consumed, whatever the kind
             out[target] = None
             consumed.append(key)
-            continue
-        cls = value.__class__
-        if cls is str:  # the usual cases first: an exact value that fits as it is
-            if mode == "s" or (mode == "t" and value[:1] != "[") or (mode == "e" and len(value) <= ERROR_MESSAGE_MAX):
-                out[target] = value
-                consumed.append(key)
-                continue
-        elif cls is int and (_LONG_MIN <= value <= _LONG_MAX if mode == "l" else mode == "i" and 100 <= value <= 599):
-            out[target] = value
-            consumed.append(key)
-            continue
-        lifted, exact = _lift_value(value, mode)
-        if lifted is None:
-            continue  # cannot be represented: stays in the payload only, the field stays free
-        out[target] = lifted
-        if exact:
+        elif _lift_other(out, target, value, mode):
             consumed.append(key)
     try:
-        if not consumed:
-            rest = dict(data.items())
-        elif len(consumed) == len(data):
-            rest = {}
-        else:
-            rest = {k: v for k, v in data.items() if k not in consumed}
+        rest = {k: v for k, v in data.items() if k not in consumed} if consumed else dict(data.items())
     except Exception:
         rest = {"_data": repr(data)}
     return out, rest

@@ -881,4 +881,99 @@ def compile_schema(schema_json: Any) -> CompiledCodec:
     }
     label = root if isinstance(root, str) else "union" if isinstance(root, list) else root["type"]
     exec(compile(source, f"<avro codec {label}>", "exec"), namespace)
-    return CompiledCodec(namespace["encode"], namespace["decode"], source)
+    encode = namespace["encode"]
+    node = schema.resolve(root)
+    if isinstance(node, dict) and node["type"] == "record":
+        encode = _keyed_encoder(schema, node, namespace, encode)
+    return CompiledCodec(encode, namespace["decode"], source)
+
+
+_KEYED_AFTER = 8  # a key set is compiled once seen this often (a stream of ever new key sets stays generic)
+_KEYED_MAX = 256  # compiled key sets kept per codec (then the cache starts over)
+
+
+def _keyed_encoder(schema: _Schema, node: dict[str, Any], namespace: dict[str, Any],
+                   generic: Callable[..., bytes]) -> Callable[..., bytes]:
+    """``encode`` for a record root, specialised per key set of the datum dict.
+
+    A producer hands over dicts of a handful of shapes (one per kind of event), each with the same keys in the
+    same order, and an AgentEvent has 33 fields of which a dozen are usually absent. For a key set seen often,
+    code generated for exactly those keys fetches the present fields with ``d[name]`` and writes the absent
+    ones as one constant (the null branch, what fastavro writes for a missing nullable field); the type checks
+    of present fields are the generic ones, so the bytes are the same. Anything else (not a dict, a key set not
+    seen often yet, a missing field that is required or has a non-null default, a value the code rejects)
+    goes through the generic encoder, which also produces the diagnosis.
+    """
+    compiled: dict[tuple[Any, ...], Callable[..., bytes] | None] = {}
+    seen: dict[tuple[Any, ...], int] = {}
+
+    def encode(datum: Any, head: bytes = b"") -> bytes:
+        if datum.__class__ is dict:
+            keys = tuple(datum)
+            fn = compiled.get(keys)
+            if fn is not None:
+                try:
+                    return fn(datum, head)  # type: ignore[no-any-return]
+                except Exception:  # let the generic encoder raise the diagnosed EncodeError
+                    return generic(datum, head)
+            if keys not in compiled:
+                n = seen.get(keys, 0) + 1
+                if n < _KEYED_AFTER:
+                    if len(seen) >= 16 * _KEYED_MAX:
+                        seen.clear()
+                    seen[keys] = n
+                else:
+                    seen.pop(keys, None)
+                    if len(compiled) >= _KEYED_MAX:
+                        compiled.clear()
+                    compiled[keys] = _compile_keyed(schema, node, keys, namespace)
+        return generic(datum, head)
+
+    return encode
+
+
+def _compile_keyed(schema: _Schema, node: dict[str, Any], keys: tuple[Any, ...],
+                   base: dict[str, Any]) -> Callable[..., bytes] | None:
+    """The encoder of ``node`` for dicts with exactly ``keys``, or None when the generic one must run."""
+    present = {k for k in keys if isinstance(k, str)}
+    e = _Emitter()
+    e.line(0, "def encode(d, head):")
+    e.line(1, "out = [head]")
+    e.line(1, "ap = out.append")
+    run: list[dict[str, Any]] = []  # consecutive present fields, chunked like the generic encoder's
+    constant = bytearray()  # what absent fields write, between present ones
+
+    def flush_run() -> None:
+        for group in _chunks(run):
+            names = [e.var("v") for _ in group]
+            for field, v in zip(group, names, strict=True):
+                e.line(1, f"{v} = d[{field['name']!r}]")
+            depth = 1
+            if len(group) > 1:
+                e.line(1, f"if {' and '.join(f'{v} is None' for v in names)}:")
+                e.line(2, f"ap({bytes(len(group))!r})")
+                e.line(1, "else:")
+                depth = 2
+            for field, v in zip(group, names, strict=True):
+                _enc_value(schema, e, field["type"], v, depth)
+        run.clear()
+
+    for field in node["fields"]:
+        t = field["type"]
+        if field["name"] in present:
+            if constant:
+                e.line(1, f"ap({bytes(constant)!r})")
+                constant.clear()
+            run.append(field)
+            continue
+        if field.get("default") is not None or not (isinstance(t, list) and "null" in t):
+            return None  # a missing field that takes a value: the generic encoder handles (or rejects) it
+        flush_run()
+        constant += _U[2 * t.index("null")]
+    flush_run()
+    if constant:
+        e.line(1, f"ap({bytes(constant)!r})")
+    e.line(1, "return b''.join(out)")
+    namespace = {**base, **e.consts}
+    exec(compile("\n".join(e.lines) + "\n", "<avro codec keyed>", "exec"), namespace)
+    return namespace["encode"]  # type: ignore[no-any-return]
