@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import shlex
 import statistics
 import sys
 import tempfile
@@ -39,6 +38,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 from bench_worker import (  # noqa: E402
     EVENTS,
     WorkerProcess,
+    command_line,
     create_topic,
     create_worker_topics,
     delete_topics,
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     if not bootstrap:
         print("set KAFKA_BOOTSTRAP_SERVERS, or run under `python -m agentwatch.broker -- ...`", file=sys.stderr)
         return 2
-    print(f"command: KAFKA_BOOTSTRAP_SERVERS={bootstrap} {shlex.join([Path(sys.executable).name, *sys.argv])}")
+    print(f"command: {command_line(bootstrap)}")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()))
     w_us = args.window * US
     topic = create_topic(bootstrap, f"bench.latency.{uuid.uuid4().hex[:10]}.events", PARTITIONS)

@@ -16,7 +16,8 @@ with a fresh consumer group:
   (stage 1 alone). The metrics topic is then read back: its windows must hold exactly N events.
 * **Quix Streams** (``bench/quix_baseline.py``, in its own venv ``bench/.venv-quix``, created on first use from
   ``bench/requirements-quix.txt``): decode, explode, event-time timestamps, ``group_by`` tenant, 1-minute tumbling
-  window count, ``final()``. Clock: first record decoded -> last window emitted.
+  window count. Clock: first record decoded -> last event counted into its window (``current()``; why not
+  ``final()`` is in that file's docstring). That leaves out emitting final windows, so it flatters Quix a little.
 
 Goals (issue 3, section 8): worker >= 30,000 events/s, >= 0.3x the bare loop, >= 1.5x Quix Streams. The machine
 is shared and noisy: each consumer runs ``--repeat`` times (one after another, never at once) and the best and
@@ -443,7 +444,7 @@ def run_quix(bootstrap: str, topic: str, expected: int, grace_s: float, state_di
         raise RuntimeError(f"quix_baseline.py failed ({done.returncode}):\n{done.stdout[-2000:]}\n"
                            f"{done.stderr[-3000:]}")
     doc = json.loads(lines[-1])
-    return Run("Quix Streams", int(doc["windowed_events"]), float(doc["seconds"]), doc)
+    return Run("Quix Streams", int(doc["counted_events"]), float(doc["seconds"]), doc)
 
 
 # -- reporting ---------------------------------------------------------------------------------------------------
@@ -468,6 +469,11 @@ def quix_versions(python: Path) -> str:
     return subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True).stdout.strip()
 
 
+def command_line(bootstrap: str) -> str:
+    """This process's command line as one can paste it (the interpreter relative to the working directory)."""
+    return f"KAFKA_BOOTSTRAP_SERVERS={bootstrap} " + shlex.join([os.path.relpath(sys.executable), *sys.argv])
+
+
 def summary(runs: list[Run]) -> tuple[Run, float]:
     """The best run (highest rate) and the median rate."""
     best = max(runs, key=lambda r: r.rate)
@@ -485,9 +491,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="synthetic (fast to make, 30 tools) or the fleet simulator (richer events, ~80 s to make)")
     ap.add_argument("--repeat", type=int, default=2, help="runs of each consumer; best and median are reported")
     ap.add_argument("--only", default="bare,worker,quix", help="comma-separated subset of bare,worker,quix")
-    ap.add_argument("--quix-grace", type=float, default=600.0,
-                    help="Quix window grace in seconds: must cover the event-time skew between the two partitions "
-                    "while its group_by merges them (default 600)")
+    ap.add_argument("--quix-grace", type=float, default=3600.0,
+                    help="Quix window grace in seconds: must cover the event-time skew between the partitions while "
+                    "its group_by merges them; a smaller one drops events as late (default 3600)")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args(argv)
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
@@ -495,8 +501,7 @@ def main(argv: list[str] | None = None) -> int:
         print("set KAFKA_BOOTSTRAP_SERVERS, or run under `python -m agentwatch.broker -- ...`", file=sys.stderr)
         return 2
     only = set(args.only.split(","))
-    command = shlex.join([Path(sys.executable).name, *sys.argv])
-    print(f"command: KAFKA_BOOTSTRAP_SERVERS={bootstrap} {command}")
+    print(f"command: {command_line(bootstrap)}")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()))
     if "quix" in only:
         print("quix venv: " + quix_versions(quix_python()))

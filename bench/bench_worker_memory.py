@@ -3,7 +3,7 @@
 One window's worth of ``tool_complete`` events (every tenant calls each of its tools ``--calls`` times; a tenant's
 events all go to one partition, so each tenant has exactly one open window slot of ``--tools`` tools), stamped
 with the current time, is published to a fresh 2-partition topic while the real ``agentwatch worker`` runs with
-1-hour windows (``--window 3600``, hopping off), so the window stays open while it is measured. The bench waits
+1-day windows (``--window 86400``, hopping off), so the window stays open while it is measured. The bench waits
 until the worker has counted every event and written its state (two flush intervals), then reads ``VmRSS`` (and
 the peak, ``VmHWM``) from ``/proc/<pid>/status``.
 
@@ -20,10 +20,10 @@ import argparse
 import gc
 import os
 import random
-import shlex
 import sys
 import tempfile
 import time
+import tracemalloc
 import uuid
 import zlib
 from pathlib import Path
@@ -34,6 +34,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 from bench_worker import (  # noqa: E402
     EVENTS,
     WorkerProcess,
+    command_line,
     create_topic,
     create_worker_topics,
     delete_topics,
@@ -48,7 +49,7 @@ from streams.ingest import Ingest  # noqa: E402
 
 US = 1_000_000
 PARTITIONS = 2
-WINDOW_S = 3600
+WINDOW_S = 86400  # one open window for the whole measurement (a day: a boundary is rarely near)
 
 
 def rss_kib(pid: int | str = "self", field: str = "VmRSS") -> int:
@@ -86,17 +87,36 @@ def window_records(tenants: int, tools: int, calls: int, batch: int, now_us: int
     return records
 
 
-def engine_alone(records: list[tuple[int, bytes, bytes]]) -> tuple[int, int]:
-    """RSS growth (KiB) of an ``Ingest`` (window engine + aggregates) fed the records in this process; open slots."""
-    gc.collect()
-    before = rss_kib()
+def feed(records: list[tuple[int, bytes, bytes]]) -> Ingest:
     ingest = Ingest(AvroCodec(), WINDOW_S, 10.0, None, 50)
     for offset, (part, _key, value) in enumerate(records):
         ingest.handle(part, offset, value)
+    return ingest
+
+
+def engine_alone(records: list[tuple[int, bytes, bytes]]) -> tuple[int, int, int]:
+    """An ``Ingest`` (window engine + aggregates) fed the records in this process: its RSS growth (KiB), the
+    Python heap its window state holds (KiB, tracemalloc over a second run that folds events decoded beforehand:
+    tracing the decode too would take minutes) and its open slots."""
+    gc.collect()
+    before = rss_kib()
+    ingest = feed(records)
     gc.collect()
     grown = rss_kib() - before
     slots = sum(ingest.counters(p)["open_panes"] for p in range(PARTITIONS))
-    return grown, slots
+    del ingest
+    codec = AvroCodec()
+    decoded = [(part, codec.decode(value)) for part, _key, value in records]
+    engine = Ingest(codec, WINDOW_S, 10.0, None, 50).engine
+    gc.collect()
+    tracemalloc.start()
+    heap_before = tracemalloc.get_traced_memory()[0]
+    for part, batch in decoded:
+        engine.process(part, batch.events, batch.producer_id, batch.batch_seq)
+    gc.collect()
+    held = tracemalloc.get_traced_memory()[0] - heap_before
+    tracemalloc.stop()
+    return grown, held // 1024, slots
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     if not bootstrap:
         print("set KAFKA_BOOTSTRAP_SERVERS, or run under `python -m agentwatch.broker -- ...`", file=sys.stderr)
         return 2
-    print(f"command: KAFKA_BOOTSTRAP_SERVERS={bootstrap} {shlex.join([Path(sys.executable).name, *sys.argv])}")
+    print(f"command: {command_line(bootstrap)}")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()))
     n = args.tenants * args.tools * args.calls
 
@@ -147,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             worker.stop()
             delete_topics(bootstrap, [topic, *created])
     windows = counters.get('agentwatch_worker_windows_emitted_total{kind="tumbling"}', 0.0)
-    grown, slots = engine_alone(records)
+    grown, heap, slots = engine_alone(records)
 
     mib = 1024.0
     held = loaded - baseline
@@ -158,9 +178,9 @@ def main(argv: list[str] | None = None) -> int:
           f"ratio to baseline {loaded / baseline:.2f}x")
     print(f"  state held = difference          {held / mib:8.1f} MiB = {held / args.tenants:.1f} KiB per tenant, "
           f"{held * 1024 / (args.tenants * args.tools):.0f} B per (tenant, tool)")
-    print(f"engine alone, in this process (no Faust, no table copy): {grown / mib:.1f} MiB RSS growth for "
-          f"{slots} open tenant windows = {grown / args.tenants:.1f} KiB per tenant "
-          f"({grown / max(held, 1):.2f}x of the worker's)")
+    print(f"engine alone, in this process (no Faust, no table copy), {slots} open tenant windows: RSS growth "
+          f"{grown / mib:.1f} MiB = {grown / args.tenants:.1f} KiB per tenant ({grown / max(held, 1):.2f}x of the "
+          f"worker's); Python heap held {heap / mib:.1f} MiB = {heap / args.tenants:.1f} KiB per tenant")
     return 0
 
 
