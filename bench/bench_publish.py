@@ -69,19 +69,22 @@ def make_events(n: int, sessions: int, *, foreign_payload: bool = False) -> list
 def run_publisher(bootstrap: str, topic: str, events: list[dict[str, Any]], batch: int) -> tuple[float, dict]:
     with EventPublisher(bootstrap, topic, batch_max_events=batch, buffer_max_events=len(events) + 1) as pub:
         t0 = time.perf_counter()
+        c0 = time.process_time()
         publish = pub.publish
         for e in events:
             publish(e)
         enqueued_s = time.perf_counter() - t0
         ok = pub.flush(300)
         elapsed = time.perf_counter() - t0
+        cpu = time.process_time() - c0
         stats = pub.stats
     stats["flushed"] = ok
     stats["enqueue_s"] = enqueued_s
+    stats["cpu_s"] = cpu
     return elapsed, stats
 
 
-def run_raw(bootstrap: str, topic: str, values: list[tuple[bytes, bytes]]) -> tuple[float, int]:
+def run_raw(bootstrap: str, topic: str, values: list[tuple[bytes, bytes]]) -> tuple[float, int, float]:
     delivered = 0
 
     def on_delivery(err: Any, msg: Any) -> None:
@@ -93,6 +96,7 @@ def run_raw(bootstrap: str, topic: str, values: list[tuple[bytes, bytes]]) -> tu
                          "compression.type": "lz4", "linger.ms": 5, "partitioner": "murmur2_random",
                          "queue.buffering.max.messages": 1_000_000})
     t0 = time.perf_counter()
+    c0 = time.process_time()
     for key, value in values:
         while True:
             try:
@@ -102,7 +106,7 @@ def run_raw(bootstrap: str, topic: str, values: list[tuple[bytes, bytes]]) -> tu
                 producer.poll(0.01)
         producer.poll(0)
     producer.flush(300)
-    return time.perf_counter() - t0, delivered
+    return time.perf_counter() - t0, delivered, time.process_time() - c0
 
 
 def main() -> int:
@@ -133,7 +137,7 @@ def main() -> int:
     values = [(shard_key(e["session_id"], 64), codec.encode_event(e)) for e in events]
     encode_s = time.perf_counter() - t0
     try:
-        raw_s, raw_delivered = run_raw(args.bootstrap, topics["raw"], values)
+        raw_s, raw_delivered, raw_cpu = run_raw(args.bootstrap, topics["raw"], values)
         pub_s, stats = run_publisher(args.bootstrap, topics["publisher"], events, args.batch)
     finally:
         AdminClient({"bootstrap.servers": args.bootstrap}).delete_topics(list(topics.values()))
@@ -141,10 +145,12 @@ def main() -> int:
     raw_rate = raw_delivered / raw_s
     print(f"\n{n} events, {args.sessions} sessions, {args.partitions} partitions, payload texts "
           f"{'plain str (parsed to validate)' if args.foreign_payload else 'from the bridge serialiser (trusted)'}")
-    print(f"{'what':58s} {'events/s':>10s} {'seconds':>8s}")
-    print(f"{'raw confluent-kafka, pre-encoded single-event records':58s} {raw_rate:10,.0f} {raw_s:8.2f}")
+    print(f"{'what':58s} {'events/s':>10s} {'seconds':>8s} {'CPU µs/event':>13s}")
+    print(f"{'raw confluent-kafka, pre-encoded single-event records':58s} {raw_rate:10,.0f} {raw_s:8.2f}"
+          f" {raw_cpu / n * 1e6:13.1f}")
     print(f"{'EventPublisher (validate + batch-encode + produce + ack)':58s} {pub_rate:10,.0f} {pub_s:8.2f}"
-          f"   {pub_rate / raw_rate:.2f}x raw")
+          f" {stats['cpu_s'] / n * 1e6:13.1f}   {pub_rate / raw_rate:.2f}x raw")
+    print("(CPU: this process, all threads, while the run lasted; less sensitive to other load than events/s)")
     print(f"\n(encoding single events alone, outside the raw timing: {n / encode_s:,.0f} events/s)")
     print(f"publisher: delivered={stats['delivered']} flushed={stats['flushed']} records={stats['batches']} "
           f"(~{stats['delivered'] / max(1, stats['batches']):.0f} events/record) dropped={stats['dropped']} "

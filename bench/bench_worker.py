@@ -46,7 +46,7 @@ import time
 import urllib.request
 import uuid
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -360,11 +360,11 @@ TUMBLING = 'agentwatch_worker_windows_emitted_total{kind="tumbling"}'
 
 
 def run_worker(bootstrap: str, topic: str, wl: Workload, partitions: int, workdir: Path,
-               timeout: float = 600.0) -> Run:
+               timeout: float = 600.0, worker_args: Sequence[str] = ()) -> Run:
     """The real worker over the topic; see the module docstring for the clock."""
     settings = worker_settings(bootstrap, topic, partitions)
     created = create_worker_topics(settings)
-    worker = WorkerProcess(settings, workdir)
+    worker = WorkerProcess(settings, workdir, *worker_args)
     samples: list[tuple[float, float, float, float]] = []  # (monotonic, epoch, events, tumbling windows)
 
     def sample() -> tuple[float, float, float, float] | None:
@@ -495,6 +495,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="Quix window grace in seconds: must cover the event-time skew between the partitions while "
                     "its group_by merges them; a smaller one drops events as late (default 3600)")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--worker-args", default="",
+                    help="extra flags for `agentwatch worker`, e.g. '--gc-threshold 0' or '--hop 0'")
     args = ap.parse_args(argv)
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if not bootstrap:
@@ -534,7 +536,8 @@ def main(argv: list[str] | None = None) -> int:
                     if kind == "bare":
                         run = run_bare(bootstrap, topic, wl.events)
                     elif kind == "worker":
-                        run = run_worker(bootstrap, topic, wl, args.partitions, Path(tmp) / f"worker-{i}")
+                        run = run_worker(bootstrap, topic, wl, args.partitions, Path(tmp) / f"worker-{i}",
+                                         worker_args=shlex.split(args.worker_args))
                     else:
                         run = run_quix(bootstrap, topic, wl.events, args.quix_grace, Path(tmp) / f"quix-{i}")
                     results[kind].append(run)

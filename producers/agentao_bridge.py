@@ -46,12 +46,12 @@ from producers.mapping import (
 from producers.stamp import Stamper
 
 ConfirmFn = Callable[[str, str, dict], bool]
+MaxIterationsFn = Callable[[int, list], dict]
 
-# The Agentao event types on_event does more for than map, stamp and publish.
+# The Agentao event types on_event does more for than map, stamp and publish (one dict lookup tells the others).
 _TURN_BEGIN, _TURN_END, _LLM_STARTED, _LLM_MODEL, _CONFIRMATION = "begin", "end", "started", "model", "confirm"
 _SPECIAL = {"turn_begin": _TURN_BEGIN, "turn_end": _TURN_END, "llm_call_started": _LLM_STARTED,
             "llm_call_completed": _LLM_MODEL, "llm_retry": _LLM_MODEL, "tool_confirmation": _CONFIRMATION}
-MaxIterationsFn = Callable[[int, list], dict]
 
 
 class PublisherLike(Protocol):
@@ -131,7 +131,8 @@ class AgentaoBridge:
             special = _SPECIAL.get(name) if isinstance(name, str) else None
             if special is None:  # most events (streamed text, tool output): mapping, stamp, publish
                 fields = fields_from_agentao(name, data, None, defer=self._defer)
-                self._emit(name if name in self._known else "unknown", fields, self._turn_id)
+                self._emit(name if name.__class__ is str and name in self._known else event_symbol(name), fields,
+                           self._turn_id)
                 return
             extra = None
             if special is _TURN_BEGIN:

@@ -155,7 +155,7 @@ def fields_from_agentao(type: str, data: Any, extra: Mapping[str, Any] | None = 
             status = http_status_from_error(out.get("error_class"), data.get("error_message"))
             if status is not None:
                 out["http_status"] = status
-    if not (isinstance(name, str) and name in (_KNOWN or known_types())):
+    if not (name.__class__ is str and name in (_KNOWN or known_types())) and event_symbol(name) == "unknown":
         rest["_agentao_type"] = name if isinstance(name, str) else repr(name)
     if extra:
         rest.update(extra)
@@ -256,7 +256,6 @@ def _all_scalars(rest: Mapping[str, Any]) -> bool:
     return True
 
 
-
 _Entries = tuple[tuple[Any, str, str], ...]
 _Lifter = Callable[[dict[str, Any]], tuple[dict[str, Any], dict[str, Any]]]
 
@@ -274,6 +273,8 @@ def _plan_slow(data: Mapping[str, Any], lifts: tuple[tuple[str, str], ...]) -> t
 # those keys (see _compile_lifter) instead of walking the table. Bounded.
 _LIFTERS: dict[int, dict[tuple[Any, ...], _Lifter]] = {
     id(t): {} for t in (_COMMON, _USAGE_LIFTS, (), *AGENTAO_LIFTS.values(), *HOST_LIFTS.values())}
+_SEEN: dict[tuple[int, tuple[Any, ...]], int] = {}  # (table, keys) not compiled yet, and how often they came
+_COMPILE_AFTER = 8
 _MODE = {target: {"tool_name": "t", "error_message": "e"}.get(target, kind) for target, kind in _KIND.items()}
 # per mode, the test of a value that is lifted as it is (and consumed): the common case, inline
 _AS_IS = {"s": "v.__class__ is str", "t": "v.__class__ is str and v[:1] != '['",
@@ -287,15 +288,22 @@ def _lift(data: Mapping[str, Any], lifts: tuple[tuple[str, str], ...]) -> tuple[
     if lifters is not None:
         keys = tuple(data)
         lifter = lifters.get(keys)
-        if lifter is None:
-            lifter = _compile_lifter(data, lifts, keys)
-            if len(lifters) >= 256:
-                lifters.clear()
-            lifters[keys] = lifter
-        try:
-            return lifter(data)  # type: ignore[arg-type]
-        except Exception:  # the dict changed under us (another thread): the generic walk copes
-            pass
+        if lifter is not None:
+            try:
+                return lifter(data)  # type: ignore[arg-type]
+            except Exception:  # the dict changed under us (another thread): the generic walk copes
+                pass
+        else:
+            seen = _SEEN.get((id(lifts), keys), 0) + 1
+            if seen < _COMPILE_AFTER:  # a stream of ever new key sets stays on the generic walk
+                if len(_SEEN) >= 4096:
+                    _SEEN.clear()
+                _SEEN[(id(lifts), keys)] = seen
+            else:
+                _SEEN.pop((id(lifts), keys), None)
+                if len(lifters) >= 256:
+                    lifters.clear()
+                lifters[keys] = _compile_lifter(data, lifts, keys)
     return _lift_generic(data, _plan_slow(data, lifts))
 
 

@@ -13,12 +13,17 @@ tested in tests/test_publisher.py):
 * A required envelope field (event_id, event_time, producer_time, tenant, session_id, seq) that is missing or
   cannot be coerced makes the event invalid: it is dropped with reason ``invalid``. Guessing a session or a time
   would put the event in the wrong place, which is worse than a counted drop.
-* ``payload`` may be a dict (serialised here), a JSON object text (validated), or anything else (wrapped as
+* ``payload`` may be a dict (serialised here), a JSON object text (validated by parsing it, unless it is a
+  :class:`JsonObjectText`, which this package's own serialisers make), or anything else (wrapped as
   ``{"_value": ...}``). Values JSON cannot hold (bytes, sets, datetimes, arbitrary objects, NaN, cycles) are
   converted (text, list, ISO time, ``str()``, null, a marker) instead of failing.
 * Sizes are bounded so one event always fits in a record: typed strings are cut at ``max_field_chars``; a
   payload whose JSON is longer than ``max_payload_chars`` has its long strings cut at ``max_payload_string_chars``
   (Agentao's head/tail marker), and if it is still too long it is replaced by a marker holding its head.
+
+Cost: the sender pays this for every event, so the common case (an event that needs no fixing, from a producer
+that builds each kind of event with the same keys) runs a check generated per key set (see
+:meth:`EventNormalizer._learn`) instead of the generic per-field loop; the result is the same either way.
 """
 
 from __future__ import annotations
@@ -43,7 +48,8 @@ INVALID = "invalid"
 _STR, _LONG, _INT, _ENUM, _OTHER = "string", "long", "int", "enum", "other"
 _PAYLOAD = "payload"
 _UNSEEN = object()
-_is_str = str.__instancecheck__
+_COMPILE_AFTER = 8  # events of one key set before its check is generated (see EventNormalizer._learn)
+_is_str = str.__instancecheck__  # isinstance(x, str) as a one-argument callable, for map()
 _I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
 _I32_MIN, _I32_MAX = -(1 << 31), (1 << 31) - 1
 _KINDS = {_STR: _STR, _LONG: _LONG, _INT: _INT, _ENUM: _ENUM}
@@ -117,20 +123,29 @@ class EventNormalizer:
         self._int32 = tuple(s.name for s in self._specs.values() if s.kind is _INT)
         # an event's keys (in order) -> a check generated for them (see _learn), or None: such events need pass 1
         self._checks: dict[tuple[Any, ...], Callable[[dict[str, Any]], bool] | None] = {}
+        self._seen: dict[tuple[Any, ...], int] = {}  # key sets not compiled yet, and how often they came
 
     def _learn(self, keys: tuple[Any, ...]) -> Callable[[dict[str, Any]], bool] | None:
         """Pass 1 specialised to one key set: straight-line code that tells whether it would find nothing to fix.
 
-        A producer hands over a handful of key sets (one per kind of event it builds), so each is compiled once:
+        A producer hands over a handful of key sets (one per kind of event it builds), so each is compiled once it
+        came ``_COMPILE_AFTER`` times (a stream of ever new key sets stays on pass 1 instead of compiling for each):
         per field, the type test and bound of pass 1 with neither the per-key dispatch nor the loop. None when
-        pass 1 has work whatever the values (an unknown key, a missing required field). Bounded; any thread may
-        fill it (a lost race compiles the same function twice).
+        pass 1 has work whatever the values (an unknown key, a missing required field), or the key set is not
+        compiled yet. Bounded; any thread may fill it (a lost race compiles the same function twice).
         """
+        seen = self._seen.get(keys, 0) + 1
+        if seen < _COMPILE_AFTER:
+            if len(self._seen) >= 4096:
+                self._seen.clear()
+            self._seen[keys] = seen
+            return None
+        self._seen.pop(keys, None)
         if len(self._checks) >= 256:
             self._checks.clear()
         check = None
-        if all(type(k) is str and k in self._specs or k == _PAYLOAD for k in keys) \
-                and all(name in keys for name in self._required):
+        if all(k == _PAYLOAD or type(k) is str and k in self._specs and self._specs[k].kind is not _OTHER
+               for k in keys) and all(name in keys for name in self._required):
             check = _compile_check([self._specs[k] for k in keys if k != _PAYLOAD], self.max_field_chars,
                                    self._symbols)
         self._checks[keys] = check
@@ -209,6 +224,13 @@ class EventNormalizer:
                 truncated: int, counters: dict[str, int] | None) -> tuple[dict[str, Any], str]:
         """Scrub, serialise the payload, count: what every valid event goes through after its fields are fixed."""
         scrubber = self.scrubber
+        if scrubber is None and extras is None and notes is None:
+            payload = event.get("payload")
+            if payload is None or (payload.__class__ is JsonObjectText and len(payload) <= self.max_payload_chars):
+                event["payload"] = payload  # nothing to add; our own serialiser's text is valid by construction
+                if counters is not None and truncated:
+                    counters["truncated"] = counters.get("truncated", 0) + truncated
+                return event, OK
         if scrubber is not None:
             msg = event.get("error_message")
             if msg:
@@ -267,9 +289,6 @@ class EventNormalizer:
         scrubber = self.scrubber
         if payload is None and extras is None and notes is None:
             return None
-        if type(payload) is JsonObjectText and extras is None and notes is None and scrubber is None \
-                and len(payload) <= self.max_payload_chars:
-            return payload  # our own serialiser's output: valid by construction
         if type(payload) is str and extras is None and notes is None and scrubber is None \
                 and len(payload) <= self.max_payload_chars:
             try:  # the C scanner directly: json.loads adds ~1 µs of Python around it
@@ -313,10 +332,8 @@ def _compile_check(specs: list[_Spec], cap: int, symbols: frozenset[str]) -> Cal
             bad = f"type(v) is not int or not {_I64_MIN} <= v <= {_I64_MAX}"
         elif spec.kind is _INT:
             bad = f"type(v) is not int or not {_I32_MIN} <= v <= {_I32_MAX}"
-        elif spec.kind is _ENUM:
+        else:  # _ENUM (_learn compiles no check for a key set with a field of another kind)
             bad = "type(v) is not str or v not in symbols"
-        else:  # a field pass 1 always sends to pass 2
-            bad = "True"
         if spec.nullable:
             bad = f"v is not None and ({bad})"
         lines.append(f"    if {bad}: return False")

@@ -9,13 +9,14 @@ callback delays the turn by exactly its duration. So the design splits the work:
   sender pop without a lock). No counter is touched: "enqueued" is derived as popped + depth. It never raises:
   anything unexpected is counted as dropped (reason ``internal``) and ``False`` is returned.
 * One daemon sender thread does everything else: validation and coercion (:mod:`producers.normalize`), the
-  optional :class:`~producers.scrub.Scrubber`, grouping by record key (a CRC-32 shard of the session id,
-  :mod:`producers.sharding`), encoding each group as one ``AgentEventBatch`` (``producer_id`` unique per
-  publisher instance, ``batch_seq`` strictly increasing in the order records are handed to Kafka), and producing
-  with a confluent-kafka idempotent producer (``enable.idempotence``, ``acks=all``, lz4, a short ``linger.ms``
-  since batching already happened here). Delivery callbacks run on the same thread (it calls ``poll``), so the
-  counters each have a single writer. The W3C ``traceparent`` travels in each event's own field, not in record
-  headers: a batch mixes spans.
+  optional :class:`~producers.scrub.Scrubber`, encoding each event's Avro body right after (while the dict is
+  still in the CPU cache; an event the encoder refuses is dropped alone as ``invalid``), grouping the bodies by
+  record key (a CRC-32 shard of the session id, :mod:`producers.sharding`), framing each group as one
+  ``AgentEventBatch`` sized exactly (``producer_id`` unique per publisher instance, ``batch_seq`` strictly
+  increasing in the order records are handed to Kafka), and producing with a confluent-kafka idempotent producer
+  (``enable.idempotence``, ``acks=all``, lz4, a short ``linger.ms`` since batching already happened here).
+  Delivery callbacks run on the same thread (it calls ``poll``), so the counters each have a single writer. The
+  W3C ``traceparent`` travels in each event's own field, not in record headers: a batch mixes spans.
 * Per-session order holds end to end: one session -> one key -> one partition; the sender produces in arrival
   order and the idempotent producer keeps per-partition order across retries.
 

@@ -131,12 +131,11 @@ def current_traceparent() -> str | None:
 # -- the stamper ----------------------------------------------------------------------------------------------------
 
 
-_time_ns = time.time_ns
 _NO_FIELDS: dict[str, Any] = {}  # never written: stamp() only reads ``fields``
 
 
 def _now_us() -> int:
-    return _time_ns() // 1000
+    return time.time_ns() // 1000
 
 
 class Stamper:
@@ -180,8 +179,8 @@ class Stamper:
                 counter = self._seqs.setdefault(session_id, itertools.count(1))
         if event_time_us is not None:
             now = event_time_us
-        elif self._clock_us is _now_us:
-            now = _time_ns() // 1000
+        elif self._clock_us is _now_us:  # the default clock, inline
+            now = time.time_ns() // 1000
         else:
             now = self._clock_us()
         traceparent = f.get("traceparent")

@@ -598,8 +598,12 @@ class TenantWindowAggregate:
 
     # -- records --------------------------------------------------------------------------------------------------
 
-    def to_record(self, final: bool = True) -> dict[str, Any]:
-        """A ``WindowedMetrics`` dict (schemas/windowed_metrics.avsc); deterministic: maps and arrays sorted."""
+    def to_record(self, final: bool = True, quantiles: bool = True) -> dict[str, Any]:
+        """A ``WindowedMetrics`` dict (schemas/windowed_metrics.avsc); deterministic: maps and arrays sorted.
+
+        ``quantiles=False`` leaves the ``p50``/``p95``/``p99`` of every duration out (then the dict is not a valid
+        Avro record): for partials, which stage 2 merges and computes the quantiles of once.
+        """
         usage = self.usage_totals()
         tool = self.tool_totals()
         total_tokens = usage.total_tokens
@@ -617,18 +621,18 @@ class TenantWindowAggregate:
             "incomplete_reasons": dict(sorted(self.incomplete_reasons.items())),
             "max_iterations_hits": self.max_iterations_hits,
             "tokens_per_turn": total_tokens / self.turns if self.turns else None,
-            "turn_duration": _duration_record(self.turn_duration),
+            "turn_duration": _duration_record(self.turn_duration, quantiles),
             "tool_calls": tool.calls,
             "tool_failures": tool.failures,
             "tool_cancelled": tool.cancelled,
-            "tool_duration": _duration_record(tool.duration),
+            "tool_duration": _duration_record(tool.duration, quantiles),
             "tools": [
                 {
                     "tool": name,
                     "calls": s.calls,
                     "failures": s.failures,
                     "cancelled": s.cancelled,
-                    "duration": _duration_record(s.duration),
+                    "duration": _duration_record(s.duration, quantiles),
                 }
                 for name, s in sorted(self.tools.items())
             ],
@@ -639,7 +643,7 @@ class TenantWindowAggregate:
             "llm_attempts": usage.llm_calls + self.llm_retries,
             "llm_5xx": usage.llm_errors_5xx + self.llm_retries_5xx,
             "llm_failed_attempts_by_status": {k: c.n for k, c in sorted(self.failed_attempts.items())},
-            "llm_duration": _duration_record(self.llm_duration),
+            "llm_duration": _duration_record(self.llm_duration, quantiles),
             "tokens_by_model": {name: s.total_tokens for name, s in sorted(self.models.items())},
             "tokens_by_skill": {name: s.total_tokens for name, s in sorted(self.skills.items())},
             "models": [_usage_record(name, s) for name, s in sorted(self.models.items())],
@@ -753,8 +757,8 @@ class TenantWindowAggregate:
         return f"TenantWindowAggregate({self.tenant!r}, [{self.window_start}, {self.window_end}), events={self.events})"
 
 
-def _duration_record(sketch: DurationSketch) -> dict[str, Any]:
-    return sketch.to_dict(QUANTILES)
+def _duration_record(sketch: DurationSketch, quantiles: bool = True) -> dict[str, Any]:
+    return sketch.to_dict(QUANTILES if quantiles else ())
 
 
 def _usage_record(label: str, stats: UsageStats) -> dict[str, Any]:

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import weakref
@@ -45,6 +44,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import faust
+import orjson
 from faust.streams import _current_event  # the context variable behind faust.current_event()
 from faust.types import TP, EventT
 
@@ -67,8 +67,9 @@ FLUSH_BACKOFF = 3.0  # the next flush waits at least this many times the last on
 
 
 def encode_state(value: Any) -> bytes:
-    """A table value as stored: compact JSON."""
-    return json.dumps(value, separators=(",", ":")).encode()
+    """A table value as stored: compact JSON (orjson: about a tenth of the stdlib's cost for these nested
+    aggregates; integer dict keys become strings, as with the stdlib)."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
 
 
 def decoded_items(items: Iterable[tuple[Any, Any]], prefix: str = "") -> Iterator[tuple[Any, Any]]:
@@ -77,7 +78,7 @@ def decoded_items(items: Iterable[tuple[Any, Any]], prefix: str = "") -> Iterato
     for key, value in items:
         if prefix and not (isinstance(key, str) and key.startswith(prefix)):
             continue
-        yield key, (json.loads(value) if isinstance(value, (bytes, str)) else value)
+        yield key, (orjson.loads(value) if isinstance(value, (bytes, str)) else value)
 
 
 def _now_us() -> int:
@@ -198,6 +199,8 @@ class WorkerShell:
             self._generation += 1
             self._pending.clear()
             self._futures.clear()
+            self.window_table.take_sent()  # that flush is void: the next owner replays its records
+            self.tenant_table.take_sent()
             for tp in revoked:
                 if tp.topic == self.options.events_topic:
                     self.ingest.drop(tp.partition)

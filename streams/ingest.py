@@ -181,7 +181,7 @@ class Ingest:
 
     def _close(self, partition: int, out: Outcome) -> None:
         for cw in self.engine.close_due(partition):
-            out.partials.append(Partial(partition, cw.aggregate.to_record(final=False)))
+            out.partials.append(Partial(partition, cw.aggregate.to_record(final=False, quantiles=False)))
         st = self.engine.stream_time(partition)
         if st is None:
             return

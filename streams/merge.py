@@ -303,9 +303,11 @@ class MergeStage:
             if aggs is None or len(aggs) != len(ts.recent):  # after a restore
                 aggs = [TenantWindowAggregate.from_record(r) for r in ts.recent]
             keep = [i for i, r in enumerate(ts.recent) if r["window_start_us"] >= end - self.hop_us]
-            # parsed back from the record, as after a restore, so a restart never changes a hopping result
+            # as if parsed back from the record (as after a restore), so a restart never changes a hopping result:
+            # the merged aggregate is that already unless it folded label names (a record keeps only their count)
+            parsed = agg if not any(agg.folded.values()) else TenantWindowAggregate.from_record(record)
             ts.recent = [ts.recent[i] for i in keep] + [record]
-            ts.recent_aggs = [aggs[i] for i in keep] + [TenantWindowAggregate.from_record(record)]
+            ts.recent_aggs = [aggs[i] for i in keep] + [parsed]
             out.metrics.append(self._hopping(tenant, end, ts.recent[-1], ts.recent_aggs))
 
     def _hopping(self, tenant: str, end: int, last: dict[str, Any], finals: list[TenantWindowAggregate],

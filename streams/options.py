@@ -53,6 +53,7 @@ class WorkerOptions:
     metrics_port: int | None = None
     max_record_bytes: int | None = None  # None: the codec's default limit
     loglevel: str = "info"
+    gc_threshold: int = 50_000  # allocations between young GC collections (0: Python's default of 700)
 
     def __post_init__(self) -> None:
         if self.window_s <= 0:
@@ -65,6 +66,8 @@ class WorkerOptions:
             raise ValueError("topics need at least one partition")
         if self.flush_interval_s <= 0 or self.heartbeat_s <= 0 or self.flush_records < 1:
             raise ValueError("flush interval, heartbeat and flush records must be positive")
+        if self.gc_threshold < 0:
+            raise ValueError("gc threshold must be >= 0")
         if not self.store.startswith(("memory://", "rocksdb://", "rocksdict://")):
             raise ValueError(f"store must be memory://, rocksdb:// or rocksdict://, got {self.store!r}")
 

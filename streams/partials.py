@@ -6,7 +6,7 @@ partition of the partials topic: "source partition ``p`` has closed (and sent) e
 ``watermark_us``", or "source partition ``p`` is idle" (empty and caught up: do not wait for it). Stage 2
 (keyed by tenant) merges a window's partials once every non-idle source partition's watermark has passed its end.
 
-Records are small JSON documents (the aggregate is a ``WindowedMetrics`` dict, see
+Records are small JSON documents (the aggregate is a ``WindowedMetrics`` dict without the duration quantiles, see
 :meth:`streams.aggregate.TenantWindowAggregate.to_record`): internal, so readable beats compact. Partials are
 sent to an explicit partition, a stable hash of the tenant (:func:`tenant_partition`), so every worker sends one
 tenant's partials to the same place whatever its client's partitioner, and stage 2 can tell from a tenant name
@@ -15,10 +15,11 @@ which partition's state it belongs to.
 
 from __future__ import annotations
 
-import json
 import zlib
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 PARTIAL = "partial"
 MARKER = "marker"
@@ -71,14 +72,14 @@ def encode_partial(partial: Partial) -> tuple[bytes, bytes]:
     """(key, value) of a partial record; the key is the tenant."""
     doc = {"v": FORMAT_VERSION, "type": PARTIAL, "source_partition": partial.source_partition,
            "record": partial.record}
-    return partial.tenant.encode("utf-8"), json.dumps(doc, separators=(",", ":")).encode("utf-8")
+    return partial.tenant.encode("utf-8"), orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS)
 
 
 def encode_marker(marker: Marker) -> tuple[bytes, bytes]:
     """(key, value) of a marker record (sent to every partition; the key names the source partition)."""
     doc = {"v": FORMAT_VERSION, "type": MARKER, "source_partition": marker.source_partition,
            "watermark_us": marker.watermark_us, "idle": marker.idle}
-    return f"@marker/{marker.source_partition}".encode(), json.dumps(doc, separators=(",", ":")).encode("utf-8")
+    return f"@marker/{marker.source_partition}".encode(), orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS)
 
 
 def decode(value: bytes | None) -> Partial | Marker:
@@ -86,7 +87,7 @@ def decode(value: bytes | None) -> Partial | Marker:
     if not value:
         raise PartialsFormatError("empty partials record")
     try:
-        doc = json.loads(value)
+        doc = orjson.loads(value)
     except ValueError as exc:
         raise PartialsFormatError(f"not JSON: {exc}") from exc
     if not isinstance(doc, dict) or doc.get("v") != FORMAT_VERSION:

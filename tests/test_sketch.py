@@ -127,3 +127,13 @@ def test_from_dict_rejects_inconsistent_counts() -> None:
     d["count"] = 4
     with pytest.raises(ValueError):
         DurationSketch.from_dict(d)
+
+
+def test_from_dict_rejects_duplicate_keys_and_drops_empty_buckets() -> None:
+    d = sketch_of([1, 2, 3]).to_dict()
+    dup = dict(d, bucket_keys=[d["bucket_keys"][0]] * 3)
+    with pytest.raises(ValueError, match="duplicate"):
+        DurationSketch.from_dict(dup)
+    padded = dict(d, bucket_keys=[*d["bucket_keys"], 999], bucket_counts=[*d["bucket_counts"], 0])
+    back = DurationSketch.from_dict(padded)
+    assert back == sketch_of([1, 2, 3]) and 999 not in back.bins
