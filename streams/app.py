@@ -254,21 +254,26 @@ class WorkerShell:
                 t.late_events.inc(out.late)
             if out.duplicate:
                 t.duplicate_records.inc()
-        self._route_stage1(out)
+        self._route_stage1(p, out)
         self._pending.append(event)
         self._last_event[("ingest", p)] = event
         self._last_offset[p] = msg.offset
 
-    def _route_stage1(self, out: Outcome) -> None:
+    def _route_stage1(self, source: int, out: Outcome) -> None:
+        """One partials record per partials partition with anything to say: its tenants' partials, then the
+        markers (which every partition gets)."""
+        if not out.partials and not out.markers:
+            return
         n = self.options.partials_partitions
+        per_partition: list[list[partials_format.Partial | partials_format.Marker]] = [[] for _ in range(n)]
         for partial in out.partials:
-            key, value = partials_format.encode_partial(partial)
-            self._send(self.partials_topic, key, value, partials_format.tenant_partition(partial.tenant, n))
-        self.telemetry.partials.inc(len(out.partials))
-        for marker in out.markers:
-            key, value = partials_format.encode_marker(marker)
-            for q in range(n):
+            per_partition[partials_format.tenant_partition(partial.tenant, n)].append(partial)
+        for q, items in enumerate(per_partition):
+            items += out.markers
+            if items:
+                key, value = partials_format.encode_items(source, items)
                 self._send(self.partials_topic, key, value, q)
+        self.telemetry.partials.inc(len(out.partials))
 
     # -- stage 2 ----------------------------------------------------------------------------------------------
 
@@ -290,11 +295,12 @@ class WorkerShell:
         q = msg.partition
         self._restore_partials_partition(q)
         try:
-            item = partials_format.decode(msg.value)
+            items = partials_format.decode_items(msg.value)
         except partials_format.PartialsFormatError as exc:
             log.error("partials %s[%d]@%d skipped: %s", msg.topic, q, msg.offset, exc)
         else:
-            self._route_stage2(self.merge.handle(q, item))
+            for item in items:
+                self._route_stage2(self.merge.handle(q, item))
         self._pending.append(event)
         self._last_event[("merge", q)] = event
 
@@ -410,7 +416,7 @@ class WorkerShell:
                     marker = self.ingest.idle_marker(p)
                     if marker is not None:
                         out.markers.append(marker)
-                self._route_stage1(out)
+                self._route_stage1(p, out)
                 st = self.ingest.stream_time(p)
                 if st is not None:
                     self.telemetry.stream_time.labels(str(p)).set(st / 1e6)

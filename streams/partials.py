@@ -6,7 +6,12 @@ partition of the partials topic: "source partition ``p`` has closed (and sent) e
 ``watermark_us``", or "source partition ``p`` is idle" (empty and caught up: do not wait for it). Stage 2
 (keyed by tenant) merges a window's partials once every non-idle source partition's watermark has passed its end.
 
-Records are small JSON documents (the aggregate is a ``WindowedMetrics`` dict without the duration quantiles, see
+Stage 1 sends what one events record (or heartbeat) caused to one partials partition as **one** record: a batch
+of items in order, the partials of that partition's tenants first, then the marker, so the marker still follows the
+partials it covers (format 2; format 1 records, one item each, are still read). Kafka and Faust pay per record,
+and a closing window boundary of a busy partition closes one window per tenant at once.
+
+Items are small JSON documents (the aggregate is a ``WindowedMetrics`` dict without the duration quantiles, see
 :meth:`streams.aggregate.TenantWindowAggregate.to_record`): internal, so readable beats compact. Partials are
 sent to an explicit partition, a stable hash of the tenant (:func:`tenant_partition`), so every worker sends one
 tenant's partials to the same place whatever its client's partitioner, and stage 2 can tell from a tenant name
@@ -16,6 +21,7 @@ which partition's state it belongs to.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +29,7 @@ import orjson
 
 PARTIAL = "partial"
 MARKER = "marker"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # a batch of items; 1: a single item (still read)
 
 
 def tenant_partition(tenant: str, partitions: int) -> int:
@@ -68,30 +74,66 @@ class PartialsFormatError(ValueError):
     """A record on the partials topic that is not a partial or a marker of this format."""
 
 
+def _partial_doc(partial: Partial) -> dict[str, Any]:
+    return {"type": PARTIAL, "source_partition": partial.source_partition, "record": partial.record}
+
+
+def _marker_doc(marker: Marker) -> dict[str, Any]:
+    return {"type": MARKER, "source_partition": marker.source_partition, "watermark_us": marker.watermark_us,
+            "idle": marker.idle}
+
+
+def _dumps(doc: dict[str, Any]) -> bytes:
+    return orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS)
+
+
+def encode_items(source_partition: int, items: Sequence[Partial | Marker]) -> tuple[bytes, bytes]:
+    """(key, value) of one record carrying ``items`` in order (all from ``source_partition``)."""
+    docs = [_partial_doc(i) if isinstance(i, Partial) else _marker_doc(i) for i in items]
+    return f"@stage1/{source_partition}".encode(), _dumps({"v": FORMAT_VERSION, "items": docs})
+
+
 def encode_partial(partial: Partial) -> tuple[bytes, bytes]:
-    """(key, value) of a partial record; the key is the tenant."""
-    doc = {"v": FORMAT_VERSION, "type": PARTIAL, "source_partition": partial.source_partition,
-           "record": partial.record}
-    return partial.tenant.encode("utf-8"), orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS)
+    """(key, value) of a single-partial record; the key is the tenant."""
+    return partial.tenant.encode("utf-8"), _dumps({"v": FORMAT_VERSION, "items": [_partial_doc(partial)]})
 
 
 def encode_marker(marker: Marker) -> tuple[bytes, bytes]:
-    """(key, value) of a marker record (sent to every partition; the key names the source partition)."""
-    doc = {"v": FORMAT_VERSION, "type": MARKER, "source_partition": marker.source_partition,
-           "watermark_us": marker.watermark_us, "idle": marker.idle}
-    return f"@marker/{marker.source_partition}".encode(), orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS)
+    """(key, value) of a single-marker record (the key names the source partition)."""
+    return f"@marker/{marker.source_partition}".encode(), _dumps({"v": FORMAT_VERSION, "items": [_marker_doc(marker)]})
 
 
 def decode(value: bytes | None) -> Partial | Marker:
-    """A partials-topic record value; raises :class:`PartialsFormatError`."""
+    """A partials-topic record holding exactly one item; raises :class:`PartialsFormatError`."""
+    items = decode_items(value)
+    if len(items) != 1:
+        raise PartialsFormatError(f"expected one item, found {len(items)}")
+    return items[0]
+
+
+def decode_items(value: bytes | None) -> list[Partial | Marker]:
+    """The items of a partials-topic record, in order (format 2, or a format-1 single item); raises
+    :class:`PartialsFormatError` (the whole record is skipped: items are never half applied)."""
     if not value:
         raise PartialsFormatError("empty partials record")
     try:
         doc = orjson.loads(value)
     except ValueError as exc:
         raise PartialsFormatError(f"not JSON: {exc}") from exc
-    if not isinstance(doc, dict) or doc.get("v") != FORMAT_VERSION:
-        raise PartialsFormatError(f"unknown partials format {doc.get('v') if isinstance(doc, dict) else doc!r}")
+    version = doc.get("v") if isinstance(doc, dict) else None
+    if version == 1:
+        return [_item(doc)]
+    if version != FORMAT_VERSION:
+        raise PartialsFormatError(f"unknown partials format {version if isinstance(doc, dict) else doc!r}")
+    items = doc.get("items")
+    if not isinstance(items, list):
+        raise PartialsFormatError("a partials batch needs a list of items")
+    return [_item(item) for item in items]
+
+
+def _item(doc: Any) -> Partial | Marker:
+    if not isinstance(doc, dict):
+        raise PartialsFormatError(f"a partials item must be an object, not {type(doc).__name__}")
     try:
         source = int(doc["source_partition"])
         if doc["type"] == PARTIAL:

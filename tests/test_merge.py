@@ -15,6 +15,8 @@ from streams.partials import (
     Partial,
     PartialsFormatError,
     decode,
+    decode_items,
+    encode_items,
     encode_marker,
     encode_partial,
     tenant_partition,
@@ -50,7 +52,16 @@ def test_partials_and_markers_round_trip() -> None:
     m = Marker(2, T0, idle=False)
     assert decode(encode_marker(m)[1]) == m
     assert decode(encode_marker(Marker(0, None, idle=True))[1]) == Marker(0, None, idle=True)
-    for bad in (b"", b"{", b'{"v": 9}', b'{"v": 1, "type": "x", "source_partition": 0}'):
+    # one record per partials partition: its partials, then the marker, in order
+    key, value = encode_items(1, [p, partial(1, T0, tenant="beta"), m])
+    assert key == b"@stage1/1" and decode_items(value) == [p, partial(1, T0, tenant="beta"), m]
+    # format 1 (one item per record, before batching) is still read
+    v1 = json.dumps({"v": 1, "type": "marker", "source_partition": 2, "watermark_us": T0, "idle": False})
+    assert decode_items(v1.encode()) == [m]
+    with pytest.raises(PartialsFormatError, match="one item"):
+        decode(value)
+    for bad in (b"", b"{", b'{"v": 9}', b'{"v": 1, "type": "x", "source_partition": 0}', b'{"v": 2}',
+                b'{"v": 2, "items": [1]}', b'{"v": 2, "items": [{"type": "marker"}]}'):
         with pytest.raises(PartialsFormatError):
             decode(bad)
     assert {tenant_partition("acme", 6) for _ in range(3)} == {tenant_partition("acme", 6)}

@@ -164,7 +164,9 @@ def test_two_workers_in_one_group_give_the_same_results(outputs: Settings, fleet
     finally:
         codes = [w.stop() for w in workers]
     assert codes == [0, 0], [w.log()[-2000:] for w in workers]
-    assert count_mismatches(metrics, fleet.truth, WINDOW_S) == []
+    # on a mismatch, say what each worker owned and restored when (the order of rebalances explains most)
+    story = [[line for line in w.log().splitlines() if "agentwatch worker:" in line] for w in workers]
+    assert count_mismatches(metrics, fleet.truth, WINDOW_S) == [], story
     _check_alerts(alerts, fleet.truth)
     last_assignment = [[line for line in w.log().splitlines() if "assigned: events partitions" in line][-1]
                        for w in workers]
