@@ -549,6 +549,15 @@ def _enc_value(schema: _Schema, e: _Emitter, s: Any, v: str, depth: int) -> None
             e.line(depth + 2, f"{schema.function('enc', item['name'])}({x}, {o}.append)")
             e.line(depth + 2, f"ap(b''.join({o}))")
             e.line(depth + 2, f"{o}.clear()")
+        elif t == "array" and item in ("int", "long"):
+            # Arrays of small ints (a sketch's bucket keys and counts: dozens per duration, hundreds per window
+            # record) in one C-level pass through the zig-zag table when every item is a plain int in its range;
+            # anything else (bools, floats, big values) takes the per-item code, which checks and reports.
+            e.line(depth + 1, f"if {{*map(type, {v})}} == _INT_ONLY and -{_HALF} <= min({v}) and max({v}) < {_HALF}:")
+            e.line(depth + 2, f"ap(b''.join(map(_ZZ.__getitem__, {v})))")
+            e.line(depth + 1, "else:")
+            e.line(depth + 2, f"for {x} in {v}:")
+            _enc_value(schema, e, node["items"], x, depth + 3)
         elif t == "array":
             e.line(depth + 1, f"for {x} in {v}:")
             _enc_value(schema, e, node["items"], x, depth + 2)
@@ -858,6 +867,7 @@ def compile_schema(schema_json: Any) -> CompiledCodec:
     namespace: dict[str, Any] = {
         "_U": _U,
         "_ZZ": _ZZ,
+        "_INT_ONLY": {int},
         "_ZZ_DEC": _ZZ_DEC,
         "_ZZ_DEC2": _ZZ_DEC2,
         "_LEN1": _LEN1,

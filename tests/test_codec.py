@@ -269,6 +269,25 @@ def test_codegen_covers_the_other_avro_types() -> None:
     assert info.value.field == "nested.x"
 
 
+@pytest.mark.parametrize("items", ["int", "long"])
+def test_int_arrays_take_the_table_path_only_when_every_item_fits(items: str) -> None:
+    """Arrays of small ints are joined from the zig-zag table in one pass; the bytes equal fastavro's either way,
+    and an item that is not a plain int in range falls back to the per-item code and its checks."""
+    schema = {"type": "record", "name": "A", "fields": [{"name": "xs", "type": {"type": "array", "items": items}}]}
+    parsed = fastavro.parse_schema(schema)
+    codec = compile_schema(schema)
+    big = 2**31 - 1 if items == "int" else 2**62
+    for xs in ([0], [1, -1, 63, 64, -64, -65, 8191, -8192], [8192, -8193, 0], [big, -big, 5], list(range(-300, 300)),
+               [3, 7, 8191, 8192]):
+        body = codec.encode({"xs": xs})
+        assert body == fastavro_body(parsed, {"xs": xs}), xs
+        assert codec.decode(body)[0] == {"xs": xs}
+    for bad in ([1, True], [1, 2.0], [1, "2"], [1, None]):
+        with pytest.raises(EncodeError) as info:
+            codec.encode({"xs": bad})
+        assert info.value.field.startswith("xs"), bad
+
+
 # -- framings ----------------------------------------------------------------------------------------------------
 
 
