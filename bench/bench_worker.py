@@ -564,12 +564,17 @@ def main(argv: list[str] | None = None) -> int:
     if "worker" in best:
         w = best["worker"].rate
         print(f"  worker >= 30,000 events/s: {w:,.0f} ({'met' if w >= 30_000 else 'missed'})")
-        if "bare" in best:
-            r = w / best["bare"].rate
-            print(f"  worker / bare loop = {r:.2f} (goal >= 0.3: {'met' if r >= 0.3 else 'missed'})")
-        if "quix" in best:
-            r = w / best["quix"].rate
-            print(f"  worker / Quix Streams = {r:.2f} (goal >= 1.5: {'met' if r >= 1.5 else 'missed'})")
+        for kind, label, goal in (("bare", "bare loop", 0.3), ("quix", "Quix Streams", 1.5)):
+            if kind not in best:
+                continue
+            r = w / best[kind].rate
+            # each round runs the consumers back to back, so a round's ratio sees the same machine load; on
+            # shared cores the median of those is steadier than best over best
+            rounds = [a.rate / b.rate for a, b in zip(results["worker"], results[kind], strict=False)]
+            per_round = statistics.median(rounds)
+            print(f"  worker / {label} = {r:.2f} best over best; per round {', '.join(f'{x:.2f}' for x in rounds)}"
+                  f" (median {per_round:.2f}) (goal >= {goal}: {'met' if min(r, per_round) >= goal else 'missed'}"
+                  f"{'' if min(r, per_round) >= goal or max(r, per_round) < goal else ' by one measure'})")
     return 0
 
 

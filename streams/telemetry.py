@@ -26,6 +26,12 @@ class WorkerTelemetry:
         self.late_events = Counter("agentwatch_worker_late_events",
                                    "(event, window) pairs that arrived after their window closed (dropped).",
                                    registry=r)
+        self.gap_recoveries = Counter("agentwatch_worker_gap_recoveries",
+                                      "Times an events partition skipped offsets and the worker sought back to them.",
+                                      registry=r)
+        self.skipped_offsets = Counter("agentwatch_worker_skipped_offsets",
+                                       "Events-topic offsets that never arrived even after seeking back (taken as "
+                                       "holding no record).", registry=r)
         self.partials = Counter("agentwatch_worker_partials", "Partial window aggregates sent by stage 1.",
                                 registry=r)
         self.late_partials = Counter("agentwatch_worker_late_partials",

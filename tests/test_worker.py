@@ -27,6 +27,7 @@ from worker_support import (
     read_metrics,
     read_topic,
     start_worker,
+    stop_all,
     tumbling,
     wait_until,
 )
@@ -148,7 +149,10 @@ def test_worker_killed_mid_run_resumes_with_exact_counts(outputs: Settings, flee
         alerts = read_alerts(outputs)
     finally:
         assert second.stop() == 0, second.log()[-3000:]
-    assert count_mismatches(metrics, fleet.truth, WINDOW_S) == []
+    story = [[line for line in w.log().splitlines() if "agentwatch worker:" in line] for w in (first, second)]
+    mismatches = count_mismatches(metrics, fleet.truth, WINDOW_S)
+    print("\n".join(mismatches))  # all of them (the assertion's diff is cut)
+    assert mismatches == [], story
     _check_alerts(alerts, fleet.truth)
     # the second worker resumed from the first one's changelog (open windows and detector state included)
     restored = [line for line in second.log().splitlines() if "restored from the table" in line]
@@ -162,11 +166,13 @@ def test_two_workers_in_one_group_give_the_same_results(outputs: Settings, fleet
         time.sleep(3)
         alerts = read_alerts(outputs)
     finally:
-        codes = [w.stop() for w in workers]
+        codes = stop_all(workers)
     assert codes == [0, 0], [w.log()[-2000:] for w in workers]
     # on a mismatch, say what each worker owned and restored when (the order of rebalances explains most)
     story = [[line for line in w.log().splitlines() if "agentwatch worker:" in line] for w in workers]
-    assert count_mismatches(metrics, fleet.truth, WINDOW_S) == [], story
+    mismatches = count_mismatches(metrics, fleet.truth, WINDOW_S)
+    print("\n".join(mismatches))  # all of them (the assertion's diff is cut)
+    assert mismatches == [], story
     _check_alerts(alerts, fleet.truth)
     last_assignment = [[line for line in w.log().splitlines() if "assigned: events partitions" in line][-1]
                        for w in workers]

@@ -231,6 +231,15 @@ class WorkerProcess:
         self.proc.wait(10)
 
 
+def stop_all(workers: list[WorkerProcess], timeout: float = 30.0) -> list[int]:
+    """SIGTERM every worker at once, then wait for each (as a deployment stops a group: stopping them one by one
+    makes the last ones rebalance again and again on their way out)."""
+    for w in workers:
+        if w.proc.poll() is None:
+            w.proc.send_signal(signal.SIGTERM)
+    return [w.stop(timeout) for w in workers]
+
+
 def start_worker(settings: Settings, workdir: Path, *args: str, name: str = "worker") -> WorkerProcess:
     """``agentwatch worker`` as a subprocess with the test's topics (its own process group, output to a file)."""
     workdir.mkdir(parents=True, exist_ok=True)

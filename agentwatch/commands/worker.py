@@ -10,7 +10,10 @@ import argparse
 import gc
 import importlib.util
 import logging
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
@@ -56,6 +59,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                         "window objects that each full collection walks, so a high threshold after freezing the "
                         f"start-up heap saves about a third of its CPU; 0 keeps Python's defaults "
                         f"(default {WorkerOptions.gc_threshold})")
+    parser.add_argument("--stop-timeout", type=float, default=20.0,
+                        help="seconds a graceful stop (SIGTERM/SIGINT) may take before the worker exits anyway; "
+                        "Faust's shutdown can hang (e.g. a signal during a rebalance), and exiting is safe: "
+                        "offsets are committed only after the state they cover (default 20; 0: wait forever)")
     parser.add_argument("--create-topics", action="store_true",
                         help="create missing topics first (the same as `agentwatch topics create`)")
     parser.set_defaults(func=run)
@@ -82,6 +89,31 @@ def build_options(args: argparse.Namespace, settings: Settings, events_partition
         flush_interval_s=args.flush_interval, gc_threshold=args.gc_threshold,
         loglevel="info" if logging.getLogger().isEnabledFor(logging.DEBUG) else "warning",
     )
+
+
+def _bounded_stop_worker_class() -> type:
+    """faust.Worker with a deadline on the graceful stop (built late: Faust pulls in a lot, and
+    `agentwatch --help` should stay fast)."""
+    import faust
+
+    class BoundedStopWorker(faust.Worker):  # type: ignore[misc]
+        stop_timeout_s: float = 20.0
+
+        def _schedule_shutdown(self, signum: signal.Signals) -> None:
+            if self.stop_timeout_s > 0 and not self._signal_stop_time:
+                timer = threading.Timer(self.stop_timeout_s, _exit_after_deadline, (self.stop_timeout_s,))
+                timer.daemon = True
+                timer.start()
+            super()._schedule_shutdown(signum)
+
+    return BoundedStopWorker
+
+
+def _exit_after_deadline(seconds: float) -> None:
+    print(f"agentwatch worker: graceful stop did not finish within {seconds:g}s; exiting now. Nothing is lost: "
+          "offsets are committed only after the state and outputs they cover, so the partitions' next owner "
+          "resumes from there.", file=sys.stderr, flush=True)
+    os._exit(0)
 
 
 def tune_gc(threshold: int) -> None:
@@ -130,8 +162,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         uvloop.install()
         loop_kind = "uvloop"
 
-    import faust  # imported late: Faust pulls in a lot, and `agentwatch --help` should stay fast
-
     from streams.app import create_app
     from streams.telemetry import WorkerTelemetry
 
@@ -156,7 +186,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"  metrics    http://0.0.0.0:{options.metrics_port}/metrics", flush=True)
     if options.web_port is not None:
         print(f"  web        http://0.0.0.0:{options.web_port}/", flush=True)
-    worker = faust.Worker(app, loglevel=options.loglevel, quiet=True, redirect_stdouts=False)
+    worker = _bounded_stop_worker_class()(app, loglevel=options.loglevel, quiet=True, redirect_stdouts=False)
+    worker.stop_timeout_s = args.stop_timeout
     # Faust's terminal spinner sets the root logger to DEBUG to spin on every record: every debug call of
     # aiokafka then builds a LogRecord (5-8 % of the worker's CPU), and the spinner is invisible here anyway.
     worker.spinner = None

@@ -1,0 +1,101 @@
+"""The worker process around the Faust app: bounded graceful stop, GC tuning (no Kafka needed)."""
+
+from __future__ import annotations
+
+import gc
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_a_graceful_stop_that_hangs_ends_after_the_deadline() -> None:
+    # A Faust worker whose stop never completes (its loop never runs the stop task): the watchdog armed by the
+    # signal exits the process after --stop-timeout, with a message saying why nothing is lost.
+    script = textwrap.dedent("""
+        import signal, time
+        import faust
+        from agentwatch.commands.worker import _bounded_stop_worker_class
+        app = faust.App("stop-test", broker="kafka://127.0.0.1:1", autodiscover=False)
+        worker = _bounded_stop_worker_class()(app, quiet=True, redirect_stdouts=False)
+        worker.stop_timeout_s = 0.5
+        worker._schedule_shutdown(signal.SIGTERM)
+        time.sleep(30)
+        raise SystemExit(3)
+    """)
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - started < 25
+    assert "graceful stop did not finish within 0.5s" in done.stderr
+
+
+def test_gc_tuning_freezes_the_start_up_heap_and_raises_the_young_threshold() -> None:
+    from agentwatch.commands.worker import tune_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_gc(50_000)
+        assert gc.get_threshold()[0] == 50_000 and gc.get_freeze_count() > 0
+        tune_gc(0)  # 0 leaves the settings alone
+        assert gc.get_threshold()[0] == 50_000
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+
+def _shell(tmp_path: Path):  # type: ignore[no-untyped-def]
+    from streams.app import create_app
+    from streams.options import WorkerOptions
+
+    options = WorkerOptions(app_id="gap-test", bootstrap_servers="127.0.0.1:1", events_topic="ev",
+                            dead_letter_topic="dlq", partials_topic="pa", metrics_topic="me", alerts_topic="al",
+                            events_partitions=2, partials_partitions=2, datadir=tmp_path)
+    _app, shell = create_app(options)
+    return shell
+
+
+class _Seeks:
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, int]] = []
+
+    async def seek(self, tp: Any, offset: int) -> None:
+        self.calls.append((tp, offset))
+
+
+def _event(partition: int, offset: int) -> Any:
+    from types import SimpleNamespace
+
+    return SimpleNamespace(message=SimpleNamespace(partition=partition, offset=offset, tp=("ev", partition)))
+
+
+def test_a_hole_in_an_events_partition_is_sought_back_and_a_permanent_one_accepted(tmp_path: Path) -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    from streams.app import MAX_GAP_SEEKS
+
+    shell = _shell(tmp_path)
+    seeks = _Seeks()
+    shell.app = SimpleNamespace(consumer=seeks)
+    # the first record of an assignment is never a hole (retention may have moved the start)
+    assert shell._missing_before(_event(0, 500)) is None
+    shell._last_offset[0] = 440
+    assert shell._missing_before(_event(0, 441)) is None
+    assert shell._missing_before(_event(1, 9)) is None  # another partition
+    assert shell._missing_before(_event(0, 442)) == 441
+    # a hole: the record is left alone and the consumer sought back, again for each stale record drained after it
+    assert asyncio.run(shell._recover_gap(_event(0, 442), 441)) is True
+    assert asyncio.run(shell._recover_gap(_event(0, 443), 441)) is True
+    assert seeks.calls == [(("ev", 0), 441), (("ev", 0), 441)]
+    assert shell.telemetry.gap_recoveries._value.get() == 1
+    # offsets that never come (a transactional topic's control records): accepted after MAX_GAP_SEEKS seeks
+    for _ in range(MAX_GAP_SEEKS - 2):
+        assert asyncio.run(shell._recover_gap(_event(0, 442), 441)) is True
+    assert asyncio.run(shell._recover_gap(_event(0, 442), 441)) is False
+    assert shell.telemetry.skipped_offsets._value.get() == 1
+    assert len(seeks.calls) == MAX_GAP_SEEKS
