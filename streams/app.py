@@ -34,7 +34,7 @@ module only moves records between Kafka and them, and keeps the at-least-once pr
    a fetch made before seeking to the committed offset, books the offsets in between as a gap and then discards
    them as already read (found with the restart tests, whose counts came out short by one record's events). The
    ingest agent checks each record against the last offset it handled; on a hole it leaves the record unhandled
-   and unacked and seeks back to the first missing offset (see ``_recover_gap``).
+   and unacked and seeks back to the first missing offset (see ``_in_order``).
 6. The heartbeat (``heartbeat_s``) lets stream time of a *caught-up* events partition follow the wall clock so
    its windows close without new records (:meth:`streams.windows.WindowEngine.advance_idle`), and declares a
    caught-up partition that never had data idle, so stage 2 does not wait for it. A partition with records still
@@ -75,7 +75,7 @@ from streams.telemetry import WorkerTelemetry
 log = logging.getLogger(__name__)
 MiB = 1024 * 1024
 FLUSH_BACKOFF = 3.0  # the next flush waits at least this many times the last one's duration
-MAX_GAP_SEEKS = 100  # seeks back to one missing events offset before it is taken as holding no record
+MAX_SEEK_RESTARTS = 3  # refetches starting at the same offset past a hole before the hole is taken as empty
 
 
 def encode_state(value: Any) -> bytes:
@@ -187,7 +187,8 @@ class WorkerShell:
         self._pending: list[EventT] = []  # handled, not yet acked
         self._last_event: dict[tuple[str, int], EventT] = {}  # (stage, partition) -> an event of it
         self._last_offset: dict[int, int] = {}  # events partition -> last offset handled
-        self._gap_seeks: dict[int, tuple[int, int]] = {}  # events partition -> (offset sought back to, seeks)
+        # events partition -> (offset sought back to, newest offset skipped, restarts at restart_at, restart_at)
+        self._seeking: dict[int, tuple[int, int, int, int]] = {}
         self._caught_up_since: dict[int, float] = {}
         self._last_flush = time.monotonic()
         self._flush_spacing = options.flush_interval_s
@@ -219,7 +220,7 @@ class WorkerShell:
                     self.ingest.drop(tp.partition)
                     self._last_event.pop(("ingest", tp.partition), None)
                     self._last_offset.pop(tp.partition, None)
-                    self._gap_seeks.pop(tp.partition, None)
+                    self._seeking.pop(tp.partition, None)
                     self._caught_up_since.pop(tp.partition, None)
                 elif tp.topic == self.options.partials_topic:
                     self.merge.drop(tp.partition)
@@ -242,8 +243,7 @@ class WorkerShell:
             async with self.lock:
                 if generation != self._generation:
                     continue  # taken before a revocation (module docstring, point 4)
-                missing_from = self._missing_before(event)
-                if missing_from is not None and await self._recover_gap(event, missing_from):
+                if not await self._in_order(event):
                     continue
                 self._handle_event_record(event)
                 if self._should_flush():
@@ -255,42 +255,55 @@ class WorkerShell:
             _say(f"events partition {partition} restored from the table ({slots} open slots, stream time "
                  f"{self.ingest.stream_time(partition)})")
 
-    def _missing_before(self, event: EventT) -> int | None:
-        """The first offset of ``event``'s partition that should have come before it and did not, or None.
+    async def _in_order(self, event: EventT) -> bool:
+        """Whether ``event`` is the next record of its events partition; otherwise seek back and skip it.
 
-        The events topic has contiguous offsets (no transactions, no compaction), so a jump means records were
-        never delivered. Faust's consumer does this after some rebalances: it drains a fetch made before the seek
-        to the committed offset, takes the offsets in between for a gap (acked), and then drops them as already
-        read. Each lost record would be missing from its windows (seen as short counts in the restart tests).
-        Only checked within one assignment (after the partition's first record): the first record after a
-        rebalance may legitimately start past the committed offset when retention deleted what lay before.
+        The events topic has contiguous offsets (no transactions, no compaction), so an offset past the last one
+        handled plus one is a hole: records never delivered. Faust's consumer does this after some rebalances: it
+        drains a fetch made before its seek to the committed offset, books the offsets in between as a gap (acked)
+        and then discards them as already read; each lost record would be missing from its windows (seen as short
+        counts in the restart tests). On a hole the record is left unhandled and unacked and the consumer sought
+        back to the first missing offset; records fetched before that seek still come first, with ever higher
+        offsets, and are skipped too, until the sequence starts again: at the missing offset (the hole is filled),
+        or past it, when Faust dropped the refetch as well (seek again), or when those offsets hold no records (a
+        transactional topic's control records: the refetch starts at the same place ``MAX_SEEK_RESTARTS`` times;
+        taken as such, and counted). Checked only after the partition's first record of an assignment: that one may
+        legitimately start past the committed offset when retention deleted what lay before.
         """
         msg = event.message
-        last = self._last_offset.get(msg.partition)
-        return last + 1 if last is not None and msg.offset > last + 1 else None
-
-    async def _recover_gap(self, event: EventT, missing_from: int) -> bool:
-        """Skip ``event`` (unhandled, unacked) and seek back, so the records Faust dropped come again in order;
-        True when it did. After ``MAX_GAP_SEEKS`` seeks to the same offset without it arriving (records fetched
-        before the seek are still drained first, each looking like the same gap), the offsets are taken to hold
-        no records (a topic written with transactions has control records there) and False is returned."""
-        msg = event.message
-        p = msg.partition
-        last_seek = self._gap_seeks.get(p)
-        seeks = last_seek[1] + 1 if last_seek is not None and last_seek[0] == missing_from else 1
-        if seeks > MAX_GAP_SEEKS:
-            _say(f"events partition {p}: offsets {missing_from}..{msg.offset - 1} never came after {MAX_GAP_SEEKS} "
-                 "seeks; taking them as holding no records (transaction markers?) and going on")
-            del self._gap_seeks[p]
-            self.telemetry.skipped_offsets.inc(msg.offset - missing_from)
+        p, offset = msg.partition, msg.offset
+        seeking = self._seeking.get(p)
+        if seeking is not None:
+            target, newest, restarts, restart_at = seeking
+            if offset <= target:  # the refetch (or an older redelivery, which dedup absorbs)
+                if offset == target:
+                    del self._seeking[p]
+                return True
+            if offset <= newest:
+                # The sequence started again, but past the target. Either Faust dropped the refetch too (records
+                # of its stale fetch kept coming after our seek and moved its read offset up again): seek again;
+                # or nothing lives at target..offset-1 (a transactional topic's control records): the same
+                # restart point several times over means that.
+                if offset == restart_at and restarts >= MAX_SEEK_RESTARTS:
+                    del self._seeking[p]
+                    self.telemetry.skipped_offsets.inc(offset - target)
+                    _say(f"events partition {p}: offsets {target}..{offset - 1} hold no records; going on at "
+                         f"{offset}")
+                    return True
+                self._seeking[p] = (target, offset, restarts + 1 if offset == restart_at else 1, offset)
+                await self.app.consumer.seek(msg.tp, target)
+                return False
+            self._seeking[p] = (target, offset, restarts, restart_at)  # fetched before the seek: skip
             return False
-        self._gap_seeks[p] = (missing_from, seeks)
-        if seeks == 1:
-            self.telemetry.gap_recoveries.inc()
-            _say(f"events partition {p}: offset {msg.offset} arrived but {missing_from}..{msg.offset - 1} never did;"
-                 f" seeking back to {missing_from}")
-        await self.app.consumer.seek(msg.tp, missing_from)
-        return True
+        last = self._last_offset.get(p)
+        if last is None or offset <= last + 1:
+            return True
+        self._seeking[p] = (last + 1, offset, 0, -1)
+        self.telemetry.gap_recoveries.inc()
+        _say(f"events partition {p}: offset {offset} arrived but {last + 1}..{offset - 1} never did; seeking back "
+             f"to {last + 1}")
+        await self.app.consumer.seek(msg.tp, last + 1)
+        return False
 
     def _handle_event_record(self, event: EventT) -> None:
         msg = event.message
@@ -317,7 +330,6 @@ class WorkerShell:
         self._pending.append(event)
         self._last_event[("ingest", p)] = event
         self._last_offset[p] = msg.offset
-        self._gap_seeks.pop(p, None)
 
     def _route_stage1(self, source: int, out: Outcome) -> None:
         """One partials record per partials partition with anything to say: its tenants' partials, then the

@@ -77,25 +77,37 @@ def test_a_hole_in_an_events_partition_is_sought_back_and_a_permanent_one_accept
     import asyncio
     from types import SimpleNamespace
 
-    from streams.app import MAX_GAP_SEEKS
+    from streams.app import MAX_SEEK_RESTARTS
 
     shell = _shell(tmp_path)
     seeks = _Seeks()
     shell.app = SimpleNamespace(consumer=seeks)
+
+    def in_order(offset: int, partition: int = 0) -> bool:
+        return asyncio.run(shell._in_order(_event(partition, offset)))
+
     # the first record of an assignment is never a hole (retention may have moved the start)
-    assert shell._missing_before(_event(0, 500)) is None
+    assert in_order(500)
     shell._last_offset[0] = 440
-    assert shell._missing_before(_event(0, 441)) is None
-    assert shell._missing_before(_event(1, 9)) is None  # another partition
-    assert shell._missing_before(_event(0, 442)) == 441
-    # a hole: the record is left alone and the consumer sought back, again for each stale record drained after it
-    assert asyncio.run(shell._recover_gap(_event(0, 442), 441)) is True
-    assert asyncio.run(shell._recover_gap(_event(0, 443), 441)) is True
-    assert seeks.calls == [(("ev", 0), 441), (("ev", 0), 441)]
-    assert shell.telemetry.gap_recoveries._value.get() == 1
-    # offsets that never come (a transactional topic's control records): accepted after MAX_GAP_SEEKS seeks
-    for _ in range(MAX_GAP_SEEKS - 2):
-        assert asyncio.run(shell._recover_gap(_event(0, 442), 441)) is True
-    assert asyncio.run(shell._recover_gap(_event(0, 442), 441)) is False
-    assert shell.telemetry.skipped_offsets._value.get() == 1
-    assert len(seeks.calls) == MAX_GAP_SEEKS
+    assert in_order(441) and in_order(9, partition=1) and in_order(300)  # next, another partition, a redelivery
+    # a hole: 442 is skipped and the consumer sought back to 441; records fetched before the seek are skipped too
+    assert not in_order(442)
+    assert seeks.calls == [(("ev", 0), 441)]
+    assert not in_order(443) and not in_order(444)
+    assert in_order(441)  # the refetch: the hole is filled
+    assert 0 not in shell._seeking and shell.telemetry.skipped_offsets._value.get() == 0
+    # Faust dropped the refetch too (stale records moved its read offset to 445): seek again, then filled
+    shell._last_offset[0] = 440
+    assert not in_order(443) and not in_order(444) and not in_order(445)
+    assert not in_order(445)  # the sequence starts again past the target
+    assert seeks.calls[-1] == (("ev", 0), 441) and len(seeks.calls) == 3
+    assert in_order(441)
+    assert shell.telemetry.skipped_offsets._value.get() == 0
+    # a permanent hole (no records at 445..446): every refetch starts at 447; taken after MAX_SEEK_RESTARTS
+    shell._last_offset[0] = 444
+    assert not in_order(447) and not in_order(448)
+    for _ in range(MAX_SEEK_RESTARTS):
+        assert not in_order(447) and not in_order(448)
+    assert in_order(447)
+    assert shell.telemetry.skipped_offsets._value.get() == 2
+    assert shell.telemetry.gap_recoveries._value.get() == 3
