@@ -20,6 +20,7 @@ import argparse
 import gc
 import os
 import random
+import shlex
 import sys
 import tempfile
 import time
@@ -126,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calls", type=int, default=1, help="calls per tenant and tool (default 1)")
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--seed", type=int, default=3)
+    ap.add_argument("--worker-args", default="", help="extra flags for `agentwatch worker`, e.g. '--gc-threshold 0'")
     args = ap.parse_args(argv)
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if not bootstrap:
@@ -149,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = worker_settings(bootstrap, topic, PARTITIONS)
     created = create_worker_topics(settings)
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
-        worker = WorkerProcess(settings, Path(tmp), "--window", str(WINDOW_S), "--hop", "0")
+        worker = WorkerProcess(settings, Path(tmp), "--window", str(WINDOW_S), "--hop", "0",
+                               *shlex.split(args.worker_args))
         try:
             # the empty worker: joined its group, both partitions assigned, nothing to read
             wait_for(lambda: (worker.counters() or {}).get('agentwatch_worker_partitions{role="events"}', 0)
