@@ -292,7 +292,7 @@ class WorkerShell:
                          f"{offset}")
                     return True
                 self._seeking[p] = (target, offset, restarts + 1 if offset == restart_at else 1, offset)
-                await self.app.consumer.seek(msg.tp, target)
+                await self._seek(msg.tp, target)
                 return False
             self._seeking[p] = (target, offset, restarts, restart_at)  # fetched before the seek: skip
             return False
@@ -303,7 +303,7 @@ class WorkerShell:
         self.telemetry.gap_recoveries.inc()
         _say(f"events partition {p}: offset {offset} arrived but {last + 1}..{offset - 1} never did; seeking back "
              f"to {last + 1}")
-        await self.app.consumer.seek(msg.tp, last + 1)
+        await self._seek(msg.tp, last + 1)
         return False
 
     def _handle_event_record(self, event: EventT) -> None:
@@ -331,6 +331,22 @@ class WorkerShell:
         self._pending.append(event)
         self._last_event[("ingest", p)] = event
         self._last_offset[p] = msg.offset
+
+    async def _seek(self, tp: TP, offset: int) -> None:
+        """Seek the events consumer, on the consumer's own thread.
+
+        Faust's ``Consumer.seek`` calls into the thread that runs aiokafka directly, racing its fetcher (seen in CI
+        as a ``KeyError`` in aiokafka's ``fetched_records`` that crashed the worker). The seek runs through the
+        thread's call queue instead; then Faust's read offset is reset, as its ``seek`` does, so the refetched
+        records are not dropped as already read.
+        """
+        consumer = self.app.consumer
+        thread = getattr(consumer, "_thread", None)
+        if thread is None or not hasattr(thread, "call_thread"):
+            await consumer.seek(tp, offset)
+            return
+        await thread.call_thread(thread.seek, tp, offset)
+        consumer._read_offset[tp] = offset if offset else None
 
     def _say_now_and_then(self, topic: tuple[str, int], text: str) -> None:
         """``_say`` at most once a minute per topic (late data can come steadily; the counters have every one)."""

@@ -111,3 +111,25 @@ def test_a_hole_in_an_events_partition_is_sought_back_and_a_permanent_one_accept
     assert in_order(447)
     assert shell.telemetry.skipped_offsets._value.get() == 2
     assert shell.telemetry.gap_recoveries._value.get() == 3
+
+
+def test_the_seek_runs_on_the_consumer_thread_and_resets_fausts_read_offset(tmp_path: Path) -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    calls: list[tuple[str, Any]] = []
+
+    class Thread:
+        def seek(self, tp: Any, offset: int) -> None:
+            calls.append(("seek", (tp, offset)))
+
+        async def call_thread(self, method: Any, *args: Any) -> Any:
+            calls.append(("call_thread", method.__name__))
+            return method(*args)
+
+    consumer = SimpleNamespace(_thread=Thread(), _read_offset={("ev", 0): 500})
+    shell = _shell(tmp_path)
+    shell.app = SimpleNamespace(consumer=consumer)
+    asyncio.run(shell._seek(("ev", 0), 441))
+    assert calls == [("call_thread", "seek"), ("seek", (("ev", 0), 441))]
+    assert consumer._read_offset[("ev", 0)] == 441
