@@ -403,6 +403,19 @@ def _chunks(fields: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return groups
 
 
+def _enc_group(schema: _Schema, e: _Emitter, group: list[dict[str, Any]], names: list[str]) -> None:
+    """Code writing one chunk of fields (see :func:`_chunks`) whose values are in the variables ``names``: a run
+    of optional fields that are all None is one constant; otherwise each field's own code."""
+    depth = 1
+    if len(group) > 1:
+        e.line(1, f"if {' and '.join(f'{v} is None' for v in names)}:")
+        e.line(2, f"ap({bytes(len(group))!r})")
+        e.line(1, "else:")
+        depth = 2
+    for field, v in zip(group, names, strict=True):
+        _enc_value(schema, e, field["type"], v, depth)
+
+
 def _gen_encoder(schema: _Schema, e: _Emitter) -> None:
     """One function per record. Field values are fetched with ``d.get(name)`` (a specialised method call, no
     bound-method object); a missing required field comes back as None, which every type but ``null`` rejects,
@@ -417,15 +430,7 @@ def _gen_encoder(schema: _Schema, e: _Emitter) -> None:
             _enc_fetch(schema, e, field, v)
         by_field = {id(f): v for f, v in zip(fields, names, strict=True)}
         for group in _chunks(fields):
-            group_names = [by_field[id(f)] for f in group]
-            depth = 1
-            if len(group) > 1:
-                e.line(1, f"if {' and '.join(f'{v} is None' for v in group_names)}:")
-                e.line(2, f"ap({bytes(len(group))!r})")
-                e.line(1, "else:")
-                depth = 2
-            for field, v in zip(group, group_names, strict=True):
-                _enc_value(schema, e, field["type"], v, depth)
+            _enc_group(schema, e, group, [by_field[id(f)] for f in group])
         e.line(1, "return None")
         e.line(0, "")
 
@@ -965,14 +970,7 @@ def _compile_keyed(schema: _Schema, node: dict[str, Any], keys: tuple[Any, ...],
             names = [e.var("v") for _ in group]
             for field, v in zip(group, names, strict=True):
                 e.line(1, f"{v} = d[{field['name']!r}]")
-            depth = 1
-            if len(group) > 1:
-                e.line(1, f"if {' and '.join(f'{v} is None' for v in names)}:")
-                e.line(2, f"ap({bytes(len(group))!r})")
-                e.line(1, "else:")
-                depth = 2
-            for field, v in zip(group, names, strict=True):
-                _enc_value(schema, e, field["type"], v, depth)
+            _enc_group(schema, e, group, names)
         run.clear()
 
     for field in node["fields"]:
