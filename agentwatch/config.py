@@ -88,10 +88,14 @@ class TopicNames:
     alerts: str = "agentwatch.alerts"
     # The streams worker's internal topic between its two stages; "" means "<events>.partials".
     partials: str = ""
+    # Events later than the worker's allowed lateness (and partials of sealed windows); "" means "<events>.late".
+    late: str = ""
 
     def __post_init__(self) -> None:
         if not self.partials:
             object.__setattr__(self, "partials", f"{self.events}.partials")
+        if not self.late:
+            object.__setattr__(self, "late", f"{self.events}.late")
 
     @classmethod
     def from_env(cls) -> TopicNames:
@@ -102,6 +106,7 @@ class TopicNames:
             metrics=_env("AGENTWATCH_METRICS_TOPIC", f"{prefix}.metrics"),
             alerts=_env("AGENTWATCH_ALERTS_TOPIC", f"{prefix}.alerts"),
             partials=_env("AGENTWATCH_PARTIALS_TOPIC", f"{prefix}.events.partials"),
+            late=_env("AGENTWATCH_LATE_TOPIC", ""),  # "": "<events>.late"
         )
 
 

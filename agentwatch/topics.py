@@ -38,6 +38,8 @@ def default_topics(settings: Settings) -> list[TopicSpec]:
         # Keyed by session shard: one session's events stay in order in one partition.
         TopicSpec(t.events, p, 7 * DAY_MS, extra={"max.message.bytes": str(8 * 1024 * 1024)}),
         TopicSpec(t.dead_letter, 1, 14 * DAY_MS, extra={"max.message.bytes": str(8 * 1024 * 1024)}),
+        # Events later than the worker's allowed lateness, kept (never silently dropped) for a backfill run.
+        TopicSpec(t.late, 1, 14 * DAY_MS, extra={"max.message.bytes": str(8 * 1024 * 1024)}),
         TopicSpec(t.metrics, p, 30 * DAY_MS),
         TopicSpec(t.alerts, 1, 90 * DAY_MS),
         # The streams worker's internals: partial window aggregates + watermark markers between its two stages,

@@ -272,7 +272,7 @@ def worker_settings(bootstrap: str, events_topic: str, partitions: int) -> Setti
     """Fresh output topics, changelogs and consumer group (app id) over an existing events topic."""
     prefix = f"bench.{uuid.uuid4().hex[:10]}"
     topics = TopicNames(events=events_topic, dead_letter=f"{prefix}.dlq", metrics=f"{prefix}.metrics",
-                        alerts=f"{prefix}.alerts", partials=f"{prefix}.partials")
+                        alerts=f"{prefix}.alerts", partials=f"{prefix}.partials", late=f"{prefix}.late")
     return Settings(bootstrap_servers=bootstrap, topics=topics, events_partitions=partitions,
                     app_id=f"{prefix}.streams")
 
@@ -294,7 +294,8 @@ class WorkerProcess:
         env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
                "AGENTWATCH_EVENTS_TOPIC": t.events, "AGENTWATCH_DLQ_TOPIC": t.dead_letter,
                "AGENTWATCH_METRICS_TOPIC": t.metrics, "AGENTWATCH_ALERTS_TOPIC": t.alerts,
-               "AGENTWATCH_PARTIALS_TOPIC": t.partials, "AGENTWATCH_APP_ID": settings.app_id,
+               "AGENTWATCH_PARTIALS_TOPIC": t.partials, "AGENTWATCH_LATE_TOPIC": t.late,
+               "AGENTWATCH_APP_ID": settings.app_id,
                "AGENTWATCH_HOME": str(workdir / "home"), "PYTHONUNBUFFERED": "1"}
         self.argv = [sys.executable, "-m", "agentwatch.cli", "worker", "--workdir", str(workdir / "faust"),
                      "--metrics-port", str(self.port), *args]

@@ -653,6 +653,8 @@ class TenantWindowAggregate:
             "confirm_rejects": self.confirm_rejects,
             "confirm_timeouts": self.confirm_timeouts,
             "folded_label_values": {dim: len(self.folded[dim]) + self.folded_extra[dim] for dim in DIMENSIONS},
+            "revision": 0,
+            "sealed": False,
         }
 
     @classmethod

@@ -63,7 +63,7 @@ from schemas.codegen import EncodeError, UnsupportedSchema, compile_schema
 from schemas.contract import strip_logical_types
 from streams import partials as partials_format
 from streams.alerts import AlertCodec
-from streams.ingest import Ingest, Outcome, dead_letter_headers
+from streams.ingest import DeadLetter, Ingest, Outcome, dead_letter_headers
 from streams.merge import MergeStage, Output, metrics_key
 from streams.metrics_codec import MetricsCodec, schema_json
 from streams.options import TENANT_TABLE, WINDOW_TABLE, WorkerOptions
@@ -163,12 +163,14 @@ class WorkerShell:
         self.app = app
         self.options = options
         self.telemetry = telemetry
-        codec = AvroCodec(max_record_bytes=options.max_record_bytes or DEFAULT_MAX_RECORD_BYTES)
-        self.ingest = Ingest(codec, options.window_s, options.grace_s, options.max_future_s, options.label_limit)
+        codec = self.codec = AvroCodec(max_record_bytes=options.max_record_bytes or DEFAULT_MAX_RECORD_BYTES)
+        self.ingest = Ingest(codec, options.window_s, options.grace_s, options.max_future_s, options.label_limit,
+                             allowed_lateness_s=options.allowed_lateness_s, max_age_s=options.max_event_age_s)
         rules = load_rules(options.rules_file)
         self.merge = MergeStage(options.window_s, options.events_partitions, options.partials_partitions,
                                 RuleEngine(rules), SpikeDetector(load_spike_config(options.rules_file)),
-                                hop_size_s=options.hop_size_s, backfill=options.backfill)
+                                hop_size_s=options.hop_size_s, backfill=options.backfill,
+                                allowed_lateness_s=options.allowed_lateness_s)
         self.metrics_codec = MetricsCodec()
         self.encode_metrics = metrics_encoder(self.metrics_codec)
         self.alert_codec = AlertCodec()
@@ -176,6 +178,7 @@ class WorkerShell:
         self.events_topic = app.topic(options.events_topic, **raw)
         self.partials_topic = app.topic(options.partials_topic, **raw)
         self.dead_letter_topic = app.topic(options.dead_letter_topic, **raw)
+        self.late_topic = app.topic(options.late_topic, **raw)
         self.metrics_topic = app.topic(options.metrics_topic, **raw)
         self.alerts_topic = app.topic(options.alerts_topic, **raw)
         self.window_table = _table(app, WINDOW_TABLE, options.events_partitions,
@@ -313,24 +316,76 @@ class WorkerShell:
         out = self.ingest.handle(p, msg.offset, msg.value, _now_us())
         t = self.telemetry
         t.records.inc()
+        where = f"{msg.topic}[{p}]@{msg.offset}"
         if out.dead_letter is not None:
-            headers = dead_letter_headers(out.dead_letter, msg.topic, p, msg.offset, _timestamp_ms(msg),
+            dead = out.dead_letter
+            headers = dead_letter_headers(dead, msg.topic, p, msg.offset, _timestamp_ms(msg),
                                           _headers(msg.headers), self.worker_name)
             self._send(self.dead_letter_topic, msg.key, msg.value, None, headers)
-            t.dead_letters.labels(out.dead_letter.reason).inc()
+            t.dead_letters.labels(dead.reason).inc()
+            if dead.reason == "processing_error":
+                t.processing_errors.labels("ingest").inc()
+                log.error("%s (tenant %s): processing error, record sent to %s: %s", where, out.tenant,
+                          self.options.dead_letter_topic, dead.detail)
+            else:
+                self._say_now_and_then(("dead letter", dead.reason), f"{where} (tenant {out.tenant}): record sent "
+                                       f"to the dead-letter topic: {dead.reason}: {dead.detail[:200]}")
         else:
             t.events.inc(out.events)
             t.events_folded.inc(out.folded)
+            if out.rejected:
+                self._reject_events(msg, out)
             if out.late:
                 t.late_events.inc(out.late)
-                self._say_now_and_then(("late", p), f"events partition {p} offset {msg.offset}: {out.late} late "
-                                       f"(event, window) pairs, stream time {self.ingest.stream_time(p)}")
+            if out.too_late:
+                self._send_too_late(msg, out)
+            if out.revised:
+                t.revised_events.inc(out.revised)
             if out.duplicate:
                 t.duplicate_records.inc()
         self._route_stage1(p, out)
         self._pending.append(event)
         self._last_event[("ingest", p)] = event
         self._last_offset[p] = msg.offset
+
+    def _reject_events(self, msg: Any, out: Outcome) -> None:
+        """Each event outside its valid range to the dead-letter topic, alone, with its reason and whereabouts."""
+        base = _headers(msg.headers)
+        for ev, rejection in out.rejected:
+            dead = DeadLetter(rejection.reason, rejection.detail)
+            headers = dead_letter_headers(dead, msg.topic, msg.partition, msg.offset, _timestamp_ms(msg), base,
+                                          self.worker_name)
+            headers += [("dlq.event_index", str(rejection.index).encode()),
+                        ("dlq.event_id", str(ev.get("event_id", "")).encode()),
+                        ("dlq.tenant", str(ev.get("tenant", ""))[:256].encode("utf-8", "replace"))]
+            self._send(self.dead_letter_topic, msg.key, self._single_event(ev, msg.value), None, headers)
+            self.telemetry.dead_letters.labels(rejection.reason).inc()
+            self._say_now_and_then(("rejected", rejection.reason), f"{msg.topic}[{msg.partition}]@{msg.offset} "
+                                   f"event {rejection.index} (tenant {str(ev.get('tenant'))[:80]!r}) rejected: "
+                                   f"{rejection.reason}: {rejection.detail}")
+
+    def _send_too_late(self, msg: Any, out: Outcome) -> None:
+        """Events later than the allowed lateness to the late side topic (one record each), never dropped."""
+        p = msg.partition
+        st = self.ingest.stream_time(p)
+        for ev in out.too_late:
+            headers = [("late.reason", b"beyond_allowed_lateness"), ("late.source.topic", msg.topic.encode()),
+                       ("late.source.partition", str(p).encode()), ("late.source.offset", str(msg.offset).encode()),
+                       ("late.stream_time_us", str(st).encode()), ("late.worker", self.worker_name.encode())]
+            self._send(self.late_topic, msg.key, self._single_event(ev, msg.value), None, headers)
+        self.telemetry.late_side_records.labels("event").inc(len(out.too_late))
+        self._say_now_and_then(("late", p), f"{msg.topic}[{p}]@{msg.offset} (tenant {out.tenant}): "
+                               f"{len(out.too_late)} events later than the allowed lateness "
+                               f"({self.options.allowed_lateness_s:g} s after the grace; stream time {st}) sent to "
+                               f"{self.options.late_topic}")
+
+    def _single_event(self, ev: dict[str, Any], record: bytes) -> bytes:
+        """One event as a single-event record (what the dead-letter and late topics hold per event); the whole
+        source record if it cannot be encoded alone (its headers then say which event is meant)."""
+        try:
+            return self.codec.encode_event(ev)
+        except Exception:
+            return record
 
     async def _seek(self, tp: TP, offset: int) -> None:
         """Seek the events consumer, on the consumer's own thread.
@@ -399,20 +454,45 @@ class WorkerShell:
             log.error("partials %s[%d]@%d skipped: %s", msg.topic, q, msg.offset, exc)
         else:
             for item in items:
-                out = self.merge.handle(q, item)
+                try:
+                    out = self.merge.handle(q, item)
+                except Exception as exc:  # a bug: this item goes aside, the worker goes on
+                    self._merge_failed(msg, item, exc)
+                    continue
                 if out.late_partials and isinstance(item, partials_format.Partial):
                     self._say_now_and_then(
-                        ("late partial", q), f"partials partition {q} offset {msg.offset}: late partial of "
+                        ("late partial", q), f"partials partition {q} offset {msg.offset}: partial of "
                         f"{item.tenant} window {item.window_start_us} from events partition {item.source_partition} "
-                        "(window already final: a redelivery after a restart, or a source that was idle)")
-                self._route_stage2(out)
+                        f"arrived after the window was sealed (a source that was idle woke up with old data); sent "
+                        f"to {self.options.late_topic}")
+                self._route_stage2(out, msg)
         self._pending.append(event)
         self._last_event[("merge", q)] = event
 
-    def _route_stage2(self, out: Output) -> None:
+    def _merge_failed(self, msg: Any, item: partials_format.Partial | partials_format.Marker, exc: Exception) -> None:
+        tenant = item.tenant if isinstance(item, partials_format.Partial) else None
+        detail = f"{type(exc).__name__}: {exc}"
+        log.error("%s[%d]@%d (tenant %s, source partition %d): processing error, item sent to %s: %s", msg.topic,
+                  msg.partition, msg.offset, tenant, item.source_partition, self.options.dead_letter_topic, detail)
+        key, value = partials_format.encode_items(item.source_partition, [item])
+        headers = dead_letter_headers(DeadLetter("processing_error", detail), msg.topic, msg.partition, msg.offset,
+                                      _timestamp_ms(msg), [("dlq.exception", detail[:1000].encode())],
+                                      self.worker_name)
+        self._send(self.dead_letter_topic, key, value, None, headers)
+        self.telemetry.dead_letters.labels("processing_error").inc()
+        self.telemetry.processing_errors.labels("merge").inc()
+
+    def _route_stage2(self, out: Output, msg: Any = None) -> None:
         t = self.telemetry
         for record in out.metrics:
-            self._send(self.metrics_topic, metrics_key(record), self.encode_metrics(record), None)
+            try:
+                value = self.encode_metrics(record)
+            except Exception as exc:  # cannot happen with checked inputs (streams/validation.py); never fatal
+                log.error("metrics record of tenant %s window %s..%s not encodable, dropped: %s", record.get("tenant"),
+                          record.get("window_start_us"), record.get("window_end_us"), exc)
+                t.processing_errors.labels("encode").inc()
+                continue
+            self._send(self.metrics_topic, metrics_key(record), value, None)
             kind = "tumbling" if record["window_end_us"] - record["window_start_us"] == self._window_us else "hopping"
             t.windows.labels(kind).inc()
         for alert in out.alerts:
@@ -420,6 +500,18 @@ class WorkerShell:
             t.alerts.labels(alert.status).inc()
         if out.late_partials:
             t.late_partials.inc(out.late_partials)
+        if out.revisions:
+            t.revisions.inc(out.revisions)
+        for partial in out.too_late:
+            key, value = partials_format.encode_items(partial.source_partition, [partial])
+            headers = [("late.reason", b"window_sealed"), ("late.kind", b"partial"),
+                       ("late.tenant", partial.tenant.encode("utf-8", "replace"))]
+            if msg is not None:
+                headers += [("late.source.topic", msg.topic.encode()), ("late.source.partition",
+                                                                         str(msg.partition).encode()),
+                            ("late.source.offset", str(msg.offset).encode())]
+            self._send(self.late_topic, key, value, None, headers)
+            t.late_side_records.labels("partial").inc()
 
     @property
     def _window_us(self) -> int:

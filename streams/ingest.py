@@ -3,9 +3,17 @@
 The Faust shell (:mod:`streams.app`) hands every record of its events partitions to :meth:`Ingest.handle`:
 
 * a value that does not decode becomes a :class:`DeadLetter` (reason, detail, source coordinates as headers);
-* a decoded record is folded by the :class:`~streams.windows.WindowEngine` in one tight loop over its events,
-  deduplicated by ``(producer_id, batch_seq)`` for batches and by the Kafka offset for single-event records
-  (``producer_id="@offset"``, ``batch_seq=offset``: a partition's offsets only grow);
+* each event of a decoded record is checked against its valid ranges (:mod:`streams.validation`); an event
+  outside them is *rejected* (``Outcome.rejected``: the shell sends it to the dead-letter topic as a single-event
+  record with the reason) and the rest of the record is folded;
+* the valid events are folded by the :class:`~streams.windows.WindowEngine` in one tight loop, deduplicated by
+  ``(producer_id, batch_seq)`` for batches, and for single-event records by the Kafka offset (``producer_id=
+  "@offset"``, ``batch_seq=offset``: a partition's offsets only grow; a redelivery of the same record) and by
+  ``event_id`` (the same event sent again as another record, e.g. by a retrying proxy);
+* events later than the allowed lateness for every window they belong to are not folded: ``Outcome.too_late``
+  has them, for the late side topic;
+* anything unexpected while handling one record (a bug, not bad data: the checks above keep bad data out) makes
+  that record a :class:`DeadLetter` with reason ``processing_error``: the worker never stops on one record;
 * windows closed by the new stream time become :class:`~streams.partials.Partial` records (the tenant's aggregate
   of that window from this partition), followed by a :class:`~streams.partials.Marker` once the partition's
   watermark crosses a window boundary: ``watermark = stream_time - grace``, and every window ending at or before
@@ -37,6 +45,7 @@ from typing import Any
 from schemas.codec import AvroCodec, DecodeError
 from streams.aggregate import TenantWindowAggregate, TenantWindowOps
 from streams.partials import Marker, Partial
+from streams.validation import EventBounds, Rejection, check_events
 from streams.windows import TumblingWindows, WindowEngine
 
 OFFSET_PRODUCER = "@offset"
@@ -71,11 +80,15 @@ def dead_letter_headers(dead: DeadLetter, topic: str, partition: int, offset: in
 class Outcome:
     """What one record (or one heartbeat) produced."""
 
-    dead_letter: DeadLetter | None = None
+    dead_letter: DeadLetter | None = None  # the whole record goes to the dead-letter topic
     events: int = 0  # events in the record
-    folded: int = 0  # of which folded (not late, not duplicate)
-    late: int = 0  # (event, window) pairs found late
+    folded: int = 0  # of which folded (not rejected, not too late, not duplicate)
+    late: int = 0  # (event, window) pairs later than the allowed lateness (not folded)
+    revised: int = 0  # (event, window) pairs folded into a closed window (it is emitted again)
     duplicate: bool = False  # the whole record was a redelivery
+    tenant: str | None = None  # the first event's tenant, for log lines
+    rejected: list[tuple[dict[str, Any], Rejection]] = field(default_factory=list)  # events out of range
+    too_late: list[dict[str, Any]] = field(default_factory=list)  # events for the late side topic
     partials: list[Partial] = field(default_factory=list)
     markers: list[Marker] = field(default_factory=list)
 
@@ -92,11 +105,14 @@ class Ingest:
     """The per-partition window state of one worker plus the record handling around it (one task, no threads)."""
 
     def __init__(self, codec: AvroCodec, window_s: float = 60, grace_s: float = 10.0,
-                 max_future_s: float | None = 300.0, label_limit: int = 50) -> None:
+                 max_future_s: float | None = 300.0, label_limit: int = 50, *, allowed_lateness_s: float = 0.0,
+                 max_age_s: float | None = None) -> None:
         self.codec = codec
         self.ops = TenantWindowOps(label_limit)
+        self.bounds = EventBounds(max_future_s=max_future_s, max_age_s=max_age_s)
         self.engine: WindowEngine[str, TenantWindowAggregate] = WindowEngine(
-            TumblingWindows(window_s), self.ops, grace_s, max_future_s=max_future_s)
+            TumblingWindows(window_s), self.ops, grace_s, max_future_s=max_future_s,
+            allowed_lateness_s=allowed_lateness_s)
         self.size_us = self.engine.windows.size_us
         self.grace_us = self.engine.grace_us
         self._marked: dict[int, int] = {}  # partition -> last watermark sent in a marker
@@ -147,23 +163,40 @@ class Ingest:
     # -- records ----------------------------------------------------------------------------------------------
 
     def handle(self, partition: int, offset: int, value: bytes | None, now_us: int | None = None) -> Outcome:
-        """Decode and fold one record of ``partition`` at ``offset``; never raises on a bad value."""
+        """Decode, check and fold one record of ``partition`` at ``offset``; never raises."""
         try:
             decoded = self.codec.decode(value)
         except DecodeError as exc:
             return Outcome(dead_letter=DeadLetter(exc.reason, exc.detail))
-        if decoded.is_batch:
-            producer_id, seq = decoded.producer_id, decoded.batch_seq
-        else:
+        events = decoded.events
+        out = Outcome(events=len(events), tenant=events[0].get("tenant") if events else None)
+        try:
+            self._fold(partition, offset, decoded.is_batch, decoded.producer_id, decoded.batch_seq, events, now_us,
+                       out)
+        except Exception as exc:  # a bug, not bad data: this record goes aside, the worker goes on
+            return Outcome(dead_letter=DeadLetter("processing_error", f"{type(exc).__name__}: {exc}"),
+                           events=len(events), tenant=out.tenant)
+        return out
+
+    def _fold(self, partition: int, offset: int, is_batch: bool, producer_id: str | None, seq: int | None,
+              events: list[dict[str, Any]], now_us: int | None, out: Outcome) -> None:
+        rejections = check_events(events, self.bounds, now_us)
+        if rejections:
+            rejected = {r.index for r in rejections}
+            out.rejected = [(events[r.index], r) for r in rejections]
+            events = [ev for i, ev in enumerate(events) if i not in rejected]
+        if not is_batch:
             producer_id, seq = OFFSET_PRODUCER, offset
         engine = self.engine
-        late_before = engine.counters(partition)["late"]
-        events = decoded.events
-        folded = engine.process(partition, events, producer_id, seq, now_us)
-        out = Outcome(events=len(events), folded=folded, late=engine.counters(partition)["late"] - late_before)
+        before = engine.counters(partition)
+        folded = engine.process(partition, events, producer_id, seq, now_us, event_ids=not is_batch,
+                                too_late=out.too_late)
+        after = engine.counters(partition)
+        out.folded = folded
+        out.late = after["late"] - before["late"]
+        out.revised = after["revised"] - before["revised"]
         out.duplicate = folded == 0 and out.late == 0 and len(events) > 0
         self._close(partition, out)
-        return out
 
     def heartbeat(self, partition: int, wall_clock_us: int) -> Outcome:
         """A quiet, caught-up partition: let stream time follow the wall clock (see ``advance_idle``)."""

@@ -16,8 +16,24 @@ record sent to the metrics topic, keyed ``tenant|window_start_us|window_end_us``
 window and series; a re-emit after a crash carries the same content). The final then goes to the rule engine and
 the spike detector (windows in order per tenant), and their transitions to the alerts topic.
 
-A partial for a window already finalized is late (only possible for a source partition that was idle and woke up,
-or a redelivery after a crash, whose content was already counted): it is counted and dropped.
+**Late data and revisions** (``allowed_lateness_s``). A final window is kept (its partials per source) until the
+watermark passes ``end + allowed_lateness``. A partial for it in that time (stage 1 folded late events into the
+window in its partition and sent the window again, holding everything so far) *replaces* that source's partial; if
+the content changed, the window is merged again and emitted as the next **revision** (``revision`` 1, 2, ... on the
+same metrics key, so compaction keeps the newest), and the hopping windows containing it too. A partial whose
+content equals the one held is a redelivery: nothing is emitted. When the watermark passes ``end +
+allowed_lateness`` the window is **sealed**: its newest revision is sent once more with ``sealed=true`` (nothing can
+change it any more) and its state is dropped (kept a hop longer when hopping windows still need it).
+
+A partial for a window already sealed is late beyond the allowed lateness (only possible from a source partition
+that was idle and woke up with old data: every other source drops such events in stage 1): it is counted and
+returned in ``Output.too_late`` for the late side topic, never silently dropped.
+
+**Detectors and revisions.** The rules and the spike detector see every window once, in order, at revision 0 (or as
+an empty window while an alert is open): their persistence and hysteresis state moves forward only. A revision is
+judged on its own by :meth:`streams.rules.RuleEngine.revision_alerts`: where late data changed whether the window
+breaches a rule's fire threshold, one backfill-marked alert records it (recorded, never paged). The spike detector
+does not look at revisions (its baseline is the median of past windows as they were first seen).
 
 **Quiet tenants.** A tenant that stops sending has no partials, so no final: an open alert would never see the
 windows that resolve it. When the watermark passes windows of a tenant with *open alerts*, each missing window is
@@ -31,11 +47,12 @@ when the final ending at ``e`` is emitted, the hopping window ``[e - hop, e)`` i
 A hopping window whose last tumbling window had no events of the tenant is not emitted. The finals inside the
 last hop are also kept parsed (not stored): one ``from_record`` per final instead of one per final per hop.
 
-State for the changelog-backed table, from :meth:`MergeStage.state_changes`, in this order: pending partial
-upserts, the partition's watermarks, tenant states, then deletes of pending partials. A crash after the tenant
-state but before the deletes leaves stale partials, dropped at restore (their window is already final); a crash
-before the tenant state leaves the partials and the old tenant state, so the replay finalizes the window again.
-A pending partial finalized before the flush after it arrived is never written (no upsert, no tombstone).
+State for the changelog-backed table, from :meth:`MergeStage.state_changes`, in this order: partial upserts, the
+partition's watermarks, tenant states, then deletes of partials. A crash after the tenant state but before the
+deletes leaves stale partials, dropped at restore (the tenant state no longer lists their window); a crash before
+the tenant state leaves the partials and the old tenant state, so the replay finalizes (or revises) the window
+again with the same content and revision number. A partial whose window is dropped before the flush after it
+arrived is never written (no upsert, no tombstone).
 Keys: ``"w|<q>"``, ``"t|<tenant>"``, ``"p|<tenant>|<window start>|<source partition>"``.
 """
 
@@ -45,6 +62,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
+from schemas import keys
 from streams.aggregate import TenantWindowAggregate
 from streams.alerts import FIRING, Alert
 from streams.partials import Marker, Partial, tenant_partition
@@ -63,17 +83,40 @@ class Output:
     alerts: list[Alert] = field(default_factory=list)
     late_partials: int = 0
     finals: int = 0
+    revisions: int = 0  # of the metrics, re-emissions caused by late data
+    too_late: list[Partial] = field(default_factory=list)  # partials of sealed windows, for the late side topic
 
     def extend(self, other: Output) -> None:
         self.metrics += other.metrics
         self.alerts += other.alerts
         self.late_partials += other.late_partials
         self.finals += other.finals
+        self.revisions += other.revisions
+        self.too_late += other.too_late
 
 
 def metrics_key(record: dict[str, Any]) -> bytes:
-    """The metrics-topic key: one per tenant, window and window size (compaction keeps the last)."""
-    return f"{record['tenant']}|{record['window_start_us']}|{record['window_end_us']}".encode()
+    """The metrics-topic key: one per tenant, window and window size (compaction keeps the last revision);
+    unambiguous for any tenant string (:mod:`schemas.keys`)."""
+    return keys.metrics_key(record["tenant"], record["window_start_us"], record["window_end_us"])
+
+
+@dataclass(slots=True)
+class _Closed:
+    """A final tumbling window kept for late data: its partials per source and the revision last emitted."""
+
+    revision: int
+    parts: dict[int, dict[str, Any]]  # source -> partial record
+    sealed: bool = False  # its sealed record went out; kept only because a hopping window still needs it
+    last: bytes | None = None  # the record last emitted (orjson; not stored: rebuilt after a restore)
+
+
+@dataclass(slots=True)
+class _Hop:
+    """A hopping window emitted (ending at its key in ``_Tenant.hops``) and not sealed yet."""
+
+    revision: int
+    last: bytes | None = None
 
 
 @dataclass(slots=True)
@@ -83,6 +126,8 @@ class _Tenant:
     recent_aggs: list[TenantWindowAggregate] | None = None  # ``recent`` parsed (not stored; rebuilt when None)
     open_alerts: dict[str, str] = field(default_factory=dict)  # fingerprint -> alertname
     pending: dict[int, dict[int, dict[str, Any]]] = field(default_factory=dict)  # start -> source -> record
+    closed: dict[int, _Closed] = field(default_factory=dict)  # start -> final window kept for late data
+    hops: dict[int, _Hop] = field(default_factory=dict)  # end -> hopping window not sealed yet
 
 
 @dataclass(slots=True)
@@ -113,9 +158,13 @@ class MergeStage:
     """Stage 2 for the partials partitions this worker owns (one task, no threads)."""
 
     def __init__(self, window_s: int, source_partitions: int, partitions: int, rules: RuleEngine,
-                 spike: SpikeDetector, *, hop_size_s: int | None = None, backfill: bool = False) -> None:
+                 spike: SpikeDetector, *, hop_size_s: int | None = None, backfill: bool = False,
+                 allowed_lateness_s: float = 0.0) -> None:
         self.window_us = int(window_s * US)
         self.hop_us = int(hop_size_s * US) if hop_size_s else None
+        self.lateness_us = int(allowed_lateness_s * US)
+        if self.lateness_us < 0:
+            raise ValueError("allowed lateness must be >= 0")
         self.sources = tuple(range(source_partitions))
         self.partitions = partitions
         self.rules = rules
@@ -146,6 +195,9 @@ class MergeStage:
                 ts.last_final_end = value.get("last_final_end")
                 ts.recent = list(value.get("recent", ()))
                 ts.open_alerts = dict(value.get("open_alerts", {}))
+                ts.closed = {int(start): _Closed(int(rev), {}, bool(sealed))
+                             for start, (rev, sealed) in value.get("closed", {}).items()}
+                ts.hops = {int(end): _Hop(int(rev)) for end, rev in value.get("hops", {}).items()}
                 self.rules.restore_tenant(tenant, value.get("rules"))
                 self.spike.restore_tenant(tenant, value.get("spike"))
             elif key.startswith("p|"):
@@ -156,7 +208,11 @@ class MergeStage:
             ts = part.tenants.setdefault(tenant, _Tenant())
             part.stored_pending.add((tenant, start, source))
             if ts.last_final_end is not None and start + self.window_us <= ts.last_final_end:
-                part.deleted_pending.add((tenant, start, source))  # stale: its window is final already
+                entry = ts.closed.get(start)
+                if entry is None:  # stale: its window was dropped already
+                    part.deleted_pending.add((tenant, start, source))
+                else:
+                    entry.parts[source] = record
                 continue
             ts.pending.setdefault(start, {})[source] = record
 
@@ -205,7 +261,7 @@ class MergeStage:
         if ts is None:
             ts = part.tenants[tenant] = _Tenant()
         if ts.last_final_end is not None and partial.window_end_us <= ts.last_final_end:
-            return Output(late_partials=1)
+            return self._on_late_partial(part, partition, tenant, ts, partial)
         ts.pending.setdefault(start, {})[partial.source_partition] = partial.record
         k = (tenant, start, partial.source_partition)
         part.dirty_pending.add(k)
@@ -214,6 +270,52 @@ class MergeStage:
         out = Output()
         if wm is not None:
             self._advance_tenant(part, tenant, ts, wm, out)
+        return out
+
+    def _on_late_partial(self, part: _Part, partition: int, tenant: str, ts: _Tenant, partial: Partial) -> Output:
+        """A partial for a window already final: a revision while the window takes late data, else too late."""
+        start, end, source = partial.window_start_us, partial.window_end_us, partial.source_partition
+        out = Output()
+        entry = ts.closed.get(start)
+        wm = self.watermark(partition)
+        if entry is None and (wm is None or end + self.lateness_us > wm):
+            entry = ts.closed[start] = _Closed(-1, {})  # a window with no events of the tenant until now
+        if entry is None or entry.sealed:
+            out.late_partials = 1
+            out.too_late.append(partial)
+            return out
+        if entry.parts.get(source) == partial.record:
+            return out  # a redelivery of what the window holds: nothing changed
+        before = self._entry_record(tenant, start, entry) if entry.revision >= 0 else None
+        entry.parts[source] = partial.record
+        k = (tenant, start, source)
+        part.dirty_pending.add(k)
+        part.deleted_pending.discard(k)
+        entry.revision += 1
+        record = self._merge(tenant, start, entry.parts).to_record(final=True)
+        record["revision"] = entry.revision
+        entry.last = orjson.dumps(record)
+        out.metrics.append(record)
+        out.revisions += 1
+        out.alerts += self.rules.revision_alerts(before, record, entry.revision)
+        for i, r in enumerate(ts.recent):  # the on-time hopping windows to come are built from these
+            if r["window_start_us"] == start:
+                ts.recent[i] = record
+                ts.recent_aggs = None
+        if self.hop_us and ts.last_final_end is not None:
+            for hop_end in range(end, min(end + self.hop_us - self.window_us, ts.last_final_end) + 1, self.window_us):
+                hop = ts.hops.get(hop_end)
+                if hop is None and hop_end != end:
+                    continue  # no hopping window ends there (its last tumbling window had no events)
+                if hop is None:
+                    hop = ts.hops[hop_end] = _Hop(-1)
+                hop.revision += 1
+                hop_record = self._hop_record(tenant, ts, hop_end)
+                hop_record["revision"] = hop.revision
+                hop.last = orjson.dumps(hop_record)
+                out.metrics.append(hop_record)
+                out.revisions += 1
+        part.dirty_tenants.add(tenant)
         return out
 
     def on_marker(self, partition: int, marker: Marker) -> Output:
@@ -243,20 +345,21 @@ class MergeStage:
 
     def _advance_tenant(self, part: _Part, tenant: str, ts: _Tenant, wm: int, out: Output) -> None:
         """Finalize every window of ``tenant`` ending at or before ``wm``, in order, filling gaps while alerts
-        are open."""
+        are open; then seal and drop what the allowed lateness no longer covers."""
         w = self.window_us
         ready = sorted(s for s in ts.pending if s + w <= wm)
-        if not ready and not ts.open_alerts:
-            return
-        cursor = ts.last_final_end
-        for start in ready:
+        if ready or ts.open_alerts:
+            cursor = ts.last_final_end
+            for start in ready:
+                if ts.open_alerts and cursor is not None:
+                    self._empty_windows(ts, tenant, cursor, start, out)
+                self._finalize(part, tenant, ts, start, wm, out)
+                cursor = start + w
             if ts.open_alerts and cursor is not None:
-                self._empty_windows(ts, tenant, cursor, start, out)
-            self._finalize(part, tenant, ts, start, out)
-            cursor = start + w
-        if ts.open_alerts and cursor is not None:
-            self._empty_windows(ts, tenant, cursor, wm - wm % w, out)
-        part.dirty_tenants.add(tenant)
+                self._empty_windows(ts, tenant, cursor, wm - wm % w, out)
+            part.dirty_tenants.add(tenant)
+        if ts.closed or ts.hops:
+            self._seal(part, tenant, ts, wm, out)
 
     def _empty_windows(self, ts: _Tenant, tenant: str, start: int, stop: int, out: Output) -> None:
         """Evaluate the windows in ``[start, stop)`` as empty, for the detectors with an open alert."""
@@ -275,32 +378,24 @@ class MergeStage:
             start += w
             n += 1
 
-    def _finalize(self, part: _Part, tenant: str, ts: _Tenant, start: int, out: Output) -> None:
+    def _finalize(self, part: _Part, tenant: str, ts: _Tenant, start: int, wm: int, out: Output) -> None:
         partials = ts.pending.pop(start)
-        for source in partials:
-            k = (tenant, start, source)
-            part.dirty_pending.discard(k)
-            if k in part.stored_pending:  # never written: nothing to delete
-                part.deleted_pending.add(k)
-        agg: TenantWindowAggregate | None = None
-        for source in sorted(partials):
-            piece = TenantWindowAggregate.from_record(partials[source])
-            if agg is None:
-                agg = piece
-            else:
-                agg.merge(piece)
-        assert agg is not None
+        agg = self._merge(tenant, start, partials)
         record = agg.to_record(final=True)
+        end = start + self.window_us
+        sealed = end + self.lateness_us <= wm  # no source can change it any more: revision 0 is the last
+        record["sealed"] = sealed
         out.metrics.append(record)
         out.finals += 1
         alerts = self.rules.evaluate(record, backfill=self.backfill)
         alerts += self.spike.evaluate(record, backfill=self.backfill)
         self._track(ts, alerts, out)
-        end = start + self.window_us
         ts.last_final_end = end
+        # kept for late data (and for the hopping windows over it); _seal drops it when neither needs it
+        ts.closed[start] = _Closed(0, partials, sealed, None if sealed else orjson.dumps(record))
         if self.hop_us:
             aggs = ts.recent_aggs
-            if aggs is None or len(aggs) != len(ts.recent):  # after a restore
+            if aggs is None or len(aggs) != len(ts.recent):  # after a restore or a revision
                 aggs = [TenantWindowAggregate.from_record(r) for r in ts.recent]
             keep = [i for i, r in enumerate(ts.recent) if r["window_start_us"] >= end - self.hop_us]
             # as if parsed back from the record (as after a restore), so a restart never changes a hopping result:
@@ -308,7 +403,81 @@ class MergeStage:
             parsed = agg if not any(agg.folded.values()) else TenantWindowAggregate.from_record(record)
             ts.recent = [ts.recent[i] for i in keep] + [record]
             ts.recent_aggs = [aggs[i] for i in keep] + [parsed]
-            out.metrics.append(self._hopping(tenant, end, ts.recent[-1], ts.recent_aggs))
+            hop_record = self._hopping(tenant, end, ts.recent[-1], ts.recent_aggs)
+            hop_sealed = end + self.lateness_us <= wm
+            hop_record["sealed"] = hop_sealed
+            out.metrics.append(hop_record)
+            if not hop_sealed:
+                ts.hops[end] = _Hop(0, orjson.dumps(hop_record))
+
+    def _seal(self, part: _Part, tenant: str, ts: _Tenant, wm: int, out: Output) -> None:
+        """Send the sealed record of every window the watermark moved past ``end + allowed lateness``, then drop
+        the state nothing needs any more (a final window is kept until the last hopping window over it seals)."""
+        w = self.window_us
+        seal_limit = wm - self.lateness_us
+        changed = False
+        for start in sorted(ts.closed):
+            if start + w > seal_limit:
+                break
+            entry = ts.closed[start]
+            if not entry.sealed:
+                record = self._entry_record(tenant, start, entry)
+                record["sealed"] = True
+                out.metrics.append(record)
+                entry.sealed = True
+                entry.last = None
+                changed = True
+        for end in sorted(ts.hops):
+            if end > seal_limit:
+                break
+            hop = ts.hops.pop(end)
+            record = orjson.loads(hop.last) if hop.last is not None else self._hop_record(tenant, ts, end)
+            record["revision"] = hop.revision
+            record["sealed"] = True
+            out.metrics.append(record)
+            changed = True
+        drop_limit = seal_limit - (self.hop_us - w if self.hop_us else 0)
+        for start in sorted(ts.closed):
+            if start + w > drop_limit:
+                break
+            entry = ts.closed.pop(start)
+            for source in entry.parts:
+                k = (tenant, start, source)
+                part.dirty_pending.discard(k)
+                if k in part.stored_pending:
+                    part.deleted_pending.add(k)
+            changed = True
+        if changed:
+            part.dirty_tenants.add(tenant)
+
+    def _merge(self, tenant: str, start: int, partials: dict[int, dict[str, Any]]) -> TenantWindowAggregate:
+        """The window's partials merged in source-partition order (the result never depends on arrival order)."""
+        agg: TenantWindowAggregate | None = None
+        for source in sorted(partials):
+            piece = TenantWindowAggregate.from_record(partials[source])
+            if agg is None:
+                agg = piece
+            else:
+                agg.merge(piece)
+        if agg is None:
+            raise ValueError(f"no partials for {tenant!r} window {start}")
+        return agg
+
+    def _entry_record(self, tenant: str, start: int, entry: _Closed) -> dict[str, Any]:
+        """The record last emitted for a final window (rebuilt from its partials after a restore)."""
+        if entry.last is not None:
+            return orjson.loads(entry.last)
+        record = self._merge(tenant, start, entry.parts).to_record(final=True)
+        record["revision"] = entry.revision
+        return record
+
+    def _hop_record(self, tenant: str, ts: _Tenant, end: int) -> dict[str, Any]:
+        """The hopping window ending at ``end``, from the final windows kept in it (revisions, restores)."""
+        assert self.hop_us is not None
+        records = [self._entry_record(tenant, start, ts.closed[start])
+                   for start in range(end - self.hop_us, end, self.window_us)
+                   if start in ts.closed and ts.closed[start].revision >= 0 and ts.closed[start].parts]
+        return self._hopping(tenant, end, records[-1], [TenantWindowAggregate.from_record(r) for r in records])
 
     def _hopping(self, tenant: str, end: int, last: dict[str, Any], finals: list[TenantWindowAggregate],
                  ) -> dict[str, Any]:
@@ -337,7 +506,9 @@ class MergeStage:
             return []
         out: list[tuple[str, dict[str, Any] | None]] = []
         for tenant, start, source in sorted(part.dirty_pending):
-            record = part.tenants[tenant].pending[start][source]
+            ts = part.tenants[tenant]
+            held = ts.pending.get(start)
+            record = held[source] if held is not None else ts.closed[start].parts[source]
             out.append((pending_key(tenant, start, source), record))
         if part.dirty_watermarks:
             out.append((watermark_key(partition), {
@@ -347,6 +518,8 @@ class MergeStage:
             ts = part.tenants[tenant]
             out.append((tenant_key(tenant), {
                 "last_final_end": ts.last_final_end, "recent": list(ts.recent), "open_alerts": dict(ts.open_alerts),
+                "closed": {str(start): [e.revision, e.sealed] for start, e in sorted(ts.closed.items())},
+                "hops": {str(end): h.revision for end, h in sorted(ts.hops.items())},
                 "rules": self.rules.snapshot_tenant(tenant), "spike": self.spike.snapshot_tenant(tenant)}))
         out += [(pending_key(*k), None) for k in sorted(part.deleted_pending)]
         part.stored_pending.update(part.dirty_pending)

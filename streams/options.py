@@ -34,10 +34,13 @@ class WorkerOptions:
     alerts_topic: str
     events_partitions: int  # source partitions: stage 2 waits for a watermark from each
     partials_partitions: int
+    late_topic: str = ""  # "" means "<events_topic>.late"
     window_s: int = 60
     grace_s: float = 10.0
+    allowed_lateness_s: float = 3600.0  # late events within this (after the grace) revise their window
+    max_event_age_s: float | None = None  # events older than this (wall clock) are rejected as too_old
     hop_size_s: int | None = 300  # hopping windows built from tumbling finals (None: off); advance = window_s
-    max_future_s: float | None = 300.0  # events stamped further ahead of the wall clock do not move stream time
+    max_future_s: float | None = 300.0  # events stamped further ahead of the wall clock are rejected (future_time)
     label_limit: int = 50
     flush_interval_s: float = 1.0  # state written to the changelog (and records acked) at least this often ...
     flush_records: int = 2000  # ... or after this many records
@@ -56,6 +59,12 @@ class WorkerOptions:
     gc_threshold: int = 50_000  # allocations between young GC collections (0: Python's default of 700)
 
     def __post_init__(self) -> None:
+        if not self.late_topic:
+            object.__setattr__(self, "late_topic", f"{self.events_topic}.late")
+        if self.allowed_lateness_s < 0:
+            raise ValueError("allowed lateness must be >= 0 seconds")
+        if self.max_event_age_s is not None and self.max_event_age_s <= 0:
+            raise ValueError("max event age must be > 0 seconds")
         if self.window_s <= 0:
             raise ValueError("window must be > 0 seconds")
         if self.grace_s < 0:

@@ -570,6 +570,52 @@ class RuleEngine:
                      window_end_us=m.window_end_us, value=value, threshold=threshold, backfill=backfill,
                      generator_url=url)
 
+    def revision_alerts(self, before: WindowMetrics | Mapping[str, Any] | None,
+                        after: WindowMetrics | Mapping[str, Any], revision: int) -> list[Alert]:
+        """Backfill-marked alerts for the verdicts a late revision of a window changed; never pages, never steps.
+
+        The live state (persistence, hysteresis, open alerts) has moved past the window, and replaying history
+        into it would page twice for one problem. So a revision is judged on its own: for each rule (and tool),
+        does the window breach the fire threshold, before and after the late data? Where the answer changed, the
+        result is one ``resolved`` alert spanning the window, ``backfill=True`` (recorded, never paged), labelled
+        ``revision`` (so it never shares a fingerprint with a live alert) and saying which way the verdict went.
+        ``before`` is ``None`` for a window emitted for the first time by late data.
+        """
+        new = after if isinstance(after, WindowMetrics) else WindowMetrics.from_record(after)
+        old = None if before is None else (
+            before if isinstance(before, WindowMetrics) else WindowMetrics.from_record(before))
+        out: list[Alert] = []
+        for rule in self.rules:
+            metric = METRICS[rule.metric]
+            if rule.per == "tenant":
+                subjects: list[str | None] = [None]
+            else:
+                subjects = sorted(set(new.tools) | (set(old.tools) if old is not None else set()))
+            for tool in subjects:
+                was = old is not None and _breaches(rule, metric, old, tool)
+                now = _breaches(rule, metric, new, tool)
+                if was != now:
+                    out.append(self._revision_alert(rule, new, tool, now, revision))
+        return out
+
+    def _revision_alert(self, rule: RuleSpec, m: WindowMetrics, tool: str | None, breaches: bool,
+                        revision: int) -> Alert:
+        num, den = _counts(METRICS[rule.metric], m, tool)
+        value = num / den if den else None
+        labels = {"alertname": rule.alertname, "tenant": m.tenant, "severity": rule.severity, **dict(rule.labels),
+                  "revision": str(revision)}
+        if tool is not None:
+            labels["tool"] = tool
+        subject = m.tenant if tool is None else f"{m.tenant}/{tool}"
+        way = "breaches" if breaches else "no longer breaches"
+        summary = (f"late data: {rule.alertname} for {subject} {way} its threshold in the window "
+                   f"{rfc3339(m.window_start_us)}..{rfc3339(m.window_end_us)} (revision {revision}; recorded, "
+                   "not paged)")
+        return Alert(labels=labels, annotations={"summary": summary, "resolve_reason": "revision"},
+                     status=RESOLVED, starts_at_us=m.window_start_us, ends_at_us=m.window_end_us,
+                     window_start_us=m.window_start_us, window_end_us=m.window_end_us, value=value,
+                     threshold=rule.fire, backfill=True)
+
     # -- state ----------------------------------------------------------------------------------------------------
 
     def firing(self) -> list[tuple[str, str, str | None]]:
@@ -616,3 +662,16 @@ class RuleEngine:
         self._tenants.clear()
         for tenant, data in snapshot.get("tenants", {}).items():
             self.restore_tenant(tenant, data)
+
+
+def _counts(metric: RateMetric, m: WindowMetrics, tool: str | None) -> tuple[int, int]:
+    if tool is None:
+        return getattr(m, metric.numerator), getattr(m, metric.denominator)
+    counts = m.tools.get(tool)
+    return (counts.failures, counts.calls) if counts is not None else (0, 0)
+
+
+def _breaches(rule: RuleSpec, metric: RateMetric, m: WindowMetrics, tool: str | None) -> bool:
+    """Whether one window alone crosses the rule's fire threshold (with enough volume)."""
+    num, den = _counts(metric, m, tool)
+    return den >= rule.min_volume and den > 0 and rule.verdict(num / den) is Verdict.BREACH

@@ -22,10 +22,23 @@ class WorkerTelemetry:
                                          "Records skipped as redeliveries (producer id + batch sequence).",
                                          registry=r)
         self.dead_letters = Counter("agentwatch_worker_dead_letters",
-                                    "Records sent to the dead-letter topic, by reason.", ["reason"], registry=r)
+                                    "Records (or single events of a record, for range checks) sent to the "
+                                    "dead-letter topic, by reason.", ["reason"], registry=r)
         self.late_events = Counter("agentwatch_worker_late_events",
-                                   "(event, window) pairs that arrived after their window closed (dropped).",
-                                   registry=r)
+                                   "(event, window) pairs that arrived after the allowed lateness of their window "
+                                   "(not folded; the events go to the late side topic).", registry=r)
+        self.late_side_records = Counter("agentwatch_worker_late_side_records",
+                                         "Records sent to the late side topic, by kind (event, partial).", ["kind"],
+                                         registry=r)
+        self.revised_events = Counter("agentwatch_worker_revised_events",
+                                      "(event, window) pairs folded into a closed window within the allowed "
+                                      "lateness (the window is emitted again as a revision).", registry=r)
+        self.revisions = Counter("agentwatch_worker_revisions_emitted",
+                                 "WindowedMetrics revisions sent because late data changed a final window.",
+                                 registry=r)
+        self.processing_errors = Counter("agentwatch_worker_processing_errors",
+                                         "Records or partials that raised while being handled, by stage (sent "
+                                         "aside, the worker went on).", ["stage"], registry=r)
         self.gap_recoveries = Counter("agentwatch_worker_gap_recoveries",
                                       "Times an events partition skipped offsets and the worker sought back to them.",
                                       registry=r)
@@ -35,8 +48,8 @@ class WorkerTelemetry:
         self.partials = Counter("agentwatch_worker_partials", "Partial window aggregates sent by stage 1.",
                                 registry=r)
         self.late_partials = Counter("agentwatch_worker_late_partials",
-                                     "Partials that reached stage 2 after their window was final (dropped).",
-                                     registry=r)
+                                     "Partials that reached stage 2 after their window was sealed (sent to the "
+                                     "late side topic).", registry=r)
         self.windows = Counter("agentwatch_worker_windows_emitted",
                                "WindowedMetrics records sent to the metrics topic, by kind.", ["kind"], registry=r)
         self.alerts = Counter("agentwatch_worker_alerts_emitted", "Alert transitions sent, by status.",

@@ -8,9 +8,16 @@ Kafka Streams' model (field-notes §3.4), kept in plain dicts so a batch of even
   ``stream_time >= end + grace``. Closing is a pure function of stream time, never of the wall clock or of when
   :meth:`WindowEngine.close_due` is called, so a replay of the same records gives the same results (Faust's
   windowed tables expire by wall clock, which breaks exactly that).
-* **Late events**, i.e. events for a window that is already closed, are not folded in; they are counted per
-  partition and key (one count per (event, window) pair, as Kafka Streams' dropped-records sensor does).
-* **Emit-final.** :meth:`WindowEngine.close_due` returns each closed (key, window, aggregate) once and forgets it.
+* **Allowed lateness** (Flink's and Beam's term; ``allowed_lateness_s``, default 0 = Kafka Streams' behaviour): a
+  window is *emitted* when it closes and *expires* when ``stream_time >= end + grace + allowed_lateness``. An event
+  for a closed window that has not expired is folded in, and the window is emitted again (a revision, in Beam's
+  accumulating mode: each emission holds everything so far), by the next :meth:`WindowEngine.close_due`.
+* **Late events**, i.e. events for a window that has expired, are not folded in; they are counted per partition
+  and key (one count per (event, window) pair, as Kafka Streams' dropped-records sensor does), and handed back to
+  the caller (``too_late``) so it can keep them somewhere (the worker's late side topic): never silently dropped.
+* **Emit-final.** :meth:`WindowEngine.close_due` returns each closed (key, window, aggregate) once when it closes,
+  and once more after each batch that changed it while it was closed but not expired; panes are forgotten when
+  every window containing them has expired.
 * **Panes.** Events are folded into panes one advance long, so a hopping window (size a multiple of the advance)
   costs one fold per event and is built by merging its panes when collected; see :class:`WindowEngine`.
 * **Idle partitions.** :meth:`WindowEngine.advance_idle` is a wall-clock heartbeat; see its docstring for the rule.
@@ -29,7 +36,9 @@ order, and a partition is consumed in order: when a batch with seq ``n`` has bee
 that producer on that partition has been applied too, so ``seq <= n`` means "seen". The precondition is that a
 producer never sends an older batch after a newer one to the same partition (a disk spool must drain in order
 before fresh batches go out). Records without a producer id (single events) can use the Kafka offset as the
-sequence: ``producer_id="@offset"``, ``batch_seq=offset``.
+sequence: ``producer_id="@offset"``, ``batch_seq=offset``. They are also deduplicated by their ``event_id``
+(``event_ids=True``), against the same event sent again as another record: each slot keeps the ids of the single
+events folded into it, for as long as the slot lives (until its windows expire), so the state stays bounded.
 
 The state can be persisted two ways. :meth:`WindowEngine.snapshot` / :meth:`WindowEngine.restore` give one
 JSON-able dict per partition. For a changelog-backed table that is written key by key,
@@ -182,14 +191,16 @@ class StateChanges:
 
 
 class _Slot:
-    """One (key, pane) of one partition: the aggregate, its fold, and the batches folded into it."""
+    """One (key, pane) of one partition: the aggregate, its fold, the batches and the single events folded into it."""
 
-    __slots__ = ("agg", "add", "applied")
+    __slots__ = ("agg", "add", "applied", "ids")
 
-    def __init__(self, agg: Any, add: Callable[[Any], None], applied: dict[str, int]) -> None:
+    def __init__(self, agg: Any, add: Callable[[Any], None], applied: dict[str, int],
+                 ids: set[str] | None = None) -> None:
         self.agg = agg
         self.add = add
         self.applied = applied
+        self.ids = ids  # event ids of the single-event records folded in (None: none yet)
 
 
 class _SkipCounter:
@@ -216,6 +227,8 @@ class _Partition:
         "duplicate_batches",
         "duplicate_events",
         "future_events",
+        "revised",
+        "reopened",
         "dirty",
         "retired",
     )
@@ -231,6 +244,8 @@ class _Partition:
         self.duplicate_batches = 0
         self.duplicate_events = 0
         self.future_events = 0
+        self.revised = 0  # (event, window) pairs folded into a closed, not yet expired window
+        self.reopened: set[tuple[Any, int]] = set()  # (key, window start) emitted, then changed by late events
         self.dirty: set[tuple[Any, int]] = set()
         self.retired: list[tuple[Any, int, _Slot | None]] = []  # since the last export (slot when dirty)
 
@@ -258,6 +273,8 @@ class WindowEngine(Generic[K, A]):
         time_field: str = "event_time",
         max_future_s: float | None = None,
         producer_ttl_s: float = 3600.0,
+        allowed_lateness_s: float = 0.0,
+        id_field: str = "event_id",
     ) -> None:
         self.windows = windows
         self.ops = ops
@@ -266,6 +283,8 @@ class WindowEngine(Generic[K, A]):
         self.time_field = time_field
         self.max_future_us = None if max_future_s is None else _to_us(max_future_s, "max_future", allow_zero=True)
         self.producer_ttl_us = _to_us(producer_ttl_s, "producer_ttl")
+        self.lateness_us = _to_us(allowed_lateness_s, "allowed lateness", allow_zero=True)
+        self.id_field = id_field
         self._size = windows.size_us
         self._advance = windows.advance_us
         self._per_window = self._size // self._advance  # panes per window = windows per event
@@ -286,11 +305,16 @@ class WindowEngine(Generic[K, A]):
         producer_id: str | None = None,
         batch_seq: int | None = None,
         now_us: int | None = None,
+        *,
+        event_ids: bool = False,
+        too_late: list[Mapping[str, Any]] | None = None,
     ) -> int:
         """Fold a batch of events, in order; returns how many events were folded (not entirely late, not duplicate).
 
-        ``producer_id``/``batch_seq`` enable redelivery dedup (both or neither). ``now_us`` (wall clock) records the
-        partition's lag for :meth:`advance_idle` and enables the ``max_future_s`` guard.
+        ``producer_id``/``batch_seq`` enable redelivery dedup (both or neither). ``event_ids=True`` deduplicates by
+        each event's ``id_field`` instead, per slot (for records of single events, which have no batch identity).
+        ``now_us`` (wall clock) records the partition's lag for :meth:`advance_idle` and enables the
+        ``max_future_s`` guard. Events for windows that have all expired are appended to ``too_late`` when given.
         """
         part = self._part(partition)
         if producer_id is not None:
@@ -306,14 +330,15 @@ class WindowEngine(Generic[K, A]):
         if now_us is not None and self.max_future_us is not None:
             future_limit = now_us + self.max_future_us
         advance = self._advance
-        per_window = self._per_window
         partly_after = advance + self.grace_us  # a pane is in some closed window once stream time reaches p + this
         tf = self.time_field
         kf = self.key_field
+        idf = self.id_field
         cache: dict[tuple[Any, int], Callable[[Any], None]] = {}
         get = cache.get
         touch = self._touch
         folded = 0
+        duplicates_before = part.duplicate_events
         for ev in events:
             t = ev[tf]
             if t > st:
@@ -323,12 +348,17 @@ class WindowEngine(Generic[K, A]):
                     st = t
             pane = t - t % advance
             if pane + partly_after <= st:  # rare: later than the grace for at least one of its windows
-                closed = self._closed_windows_of(pane, st)
-                self._late(part, ev[kf], closed)
-                if closed == per_window:
+                shift = self._late_event(part, ev[kf], pane, st)
+                if shift is None:
+                    if too_late is not None:
+                        too_late.append(ev)
                     continue
-                pane += closed
+                pane += shift
             ck = (ev[kf], pane)
+            if event_ids:
+                touch(part, ck, producer_id, batch_seq, ev[idf])(ev)
+                folded += 1
+                continue
             add = get(ck)
             if add is None:
                 add = cache[ck] = touch(part, ck, producer_id, batch_seq)
@@ -339,38 +369,67 @@ class WindowEngine(Generic[K, A]):
             part.lag_us = now_us - st
         if producer_id is not None:
             part.applied[producer_id] = [batch_seq, st]  # type: ignore[list-item]
-        return folded
+        return folded - (part.duplicate_events - duplicates_before)  # slots that already held them skipped them
+
+    def _late_event(self, part: _Partition, key: Any, pane: int, st: int) -> int | None:
+        """An event for ``pane`` arriving after some window containing it closed: the sub-pane offset to fold it
+        into (windows expired so far are left out), or None when every window containing it has expired.
+
+        Closed windows that have not expired take the event and are marked for a new emission (a revision).
+        """
+        expired = self._windows_past(pane, st, self._expire_delay)
+        if expired:
+            self._late(part, key, expired)
+            if expired == self._per_window:
+                return None
+        closed = self._windows_past(pane, st, self.grace_us)
+        if closed > expired:
+            first = pane - self._size + self._advance  # the oldest window containing the pane starts here
+            for n in range(expired, closed):
+                part.reopened.add((key, first + n * self._advance))
+            part.revised += closed - expired
+        return expired
+
+    @property
+    def _expire_delay(self) -> int:
+        return self.grace_us + self.lateness_us
 
     def add(self, partition: int, key: K, event_time_us: int, update: Callable[[A], None]) -> bool:
         """Apply ``update`` to the pane of ``key`` holding ``event_time_us`` (no redelivery dedup); True if applied.
 
         For folds that are not per-event dicts, e.g. a second stage merging partial aggregates. Advances stream
-        time like an event; late when every window containing the time is closed (then counted, not applied).
+        time like an event; late when every window containing the time has expired (then counted, not applied).
         """
         part = self._part(partition)
         if event_time_us > part.stream_time:
             part.stream_time = event_time_us
         pane = event_time_us - event_time_us % self._advance
-        closed = self._closed_windows_of(pane, part.stream_time)
-        if closed:
-            self._late(part, key, closed)
-            if closed == self._per_window:
+        shift = 0
+        if pane + self._advance + self.grace_us <= part.stream_time:
+            shift = self._late_event(part, key, pane, part.stream_time)
+            if shift is None:
                 return False
-        self._touch(part, (key, pane + closed), None, None)
-        update(part.panes[pane + closed][key].agg)
+        self._touch(part, (key, pane + shift), None, None)
+        update(part.panes[pane + shift][key].agg)
         return True
 
-    def _closed_windows_of(self, pane: int, st: int) -> int:
-        """How many of the windows containing the pane starting at ``pane`` are closed at stream time ``st``."""
-        oldest_open = st - self._size - self.grace_us + self._advance  # the oldest window still open starts at or
+    def _windows_past(self, pane: int, st: int, delay: int) -> int:
+        """How many of the windows containing the pane starting at ``pane`` are past ``end + delay`` at stream time
+        ``st`` (closed with ``delay`` = grace, expired with grace + allowed lateness); oldest windows go first."""
+        oldest_open = st - self._size - delay + self._advance  # the oldest window still open starts at or
         oldest_open -= oldest_open % self._advance  # ... after this multiple of the advance
         first = pane - self._size + self._advance  # start of the oldest window containing the pane
         if oldest_open <= first:
             return 0
         return min(self._per_window, (oldest_open - first) // self._advance)
 
+    def _closed_windows_of(self, pane: int, st: int) -> int:
+        """How many of the windows containing the pane starting at ``pane`` are closed at stream time ``st``."""
+        return self._windows_past(pane, st, self.grace_us)
+
     def _touch(
-        self, part: _Partition, slot_key: tuple[Any, int], producer_id: str | None, batch_seq: int | None
+        self, part: _Partition, slot_key: tuple[Any, int], producer_id: str | None, batch_seq: int | None,
+        event_id: str | None = None,
     ) -> Callable[[Any], None]:
         """The fold for one slot in the current batch: the aggregate's adder, or a counter when already applied."""
         key, pane_id = slot_key
@@ -387,6 +446,12 @@ class WindowEngine(Generic[K, A]):
             if seen is not None and batch_seq <= seen:  # type: ignore[operator]
                 return _SkipCounter(part)
             slot.applied[producer_id] = batch_seq  # type: ignore[assignment]
+        if event_id is not None:
+            if slot.ids is None:
+                slot.ids = set()
+            elif event_id in slot.ids:
+                return _SkipCounter(part)
+            slot.ids.add(event_id)
         part.dirty.add(slot_key)
         return slot.add
 
@@ -398,33 +463,67 @@ class WindowEngine(Generic[K, A]):
     # -- closing --------------------------------------------------------------------------------------------------
 
     def close_due(self, partition: int) -> list[ClosedWindow[K, A]]:
-        """Every window of the partition closed since the last call, oldest first, each exactly once."""
+        """Every window of the partition closed since the last call, and every closed window changed by late events
+        since then (a revision, holding everything so far), oldest first; panes whose windows all expired are
+        forgotten."""
         part = self._parts.get(partition)
         if part is None:
             return []
         limit = part.stream_time - self._size - self.grace_us  # windows starting at or before this are closed
-        if limit <= part.emitted_limit:
+        previous = part.emitted_limit
+        if limit <= previous and not part.reopened:
             return []
         advance = self._advance
-        first_new = part.emitted_limit - part.emitted_limit % advance + advance
-        last_new = limit - limit % advance
         starts: set[int] = set()
-        for pane_id in part.panes:
-            pane = pane_id - pane_id % advance
-            starts.update(range(max(pane - self._size + advance, first_new), min(pane, last_new) + 1, advance))
+        if limit > previous:
+            first_new = previous - previous % advance + advance
+            last_new = limit - limit % advance
+            for pane_id in part.panes:
+                pane = pane_id - pane_id % advance
+                starts.update(range(max(pane - self._size + advance, first_new), min(pane, last_new) + 1, advance))
+        revisions: dict[int, list[Any]] = {}
+        for key, start in part.reopened:
+            if start <= previous:  # emitted before: emit again (a window closing now is emitted below anyway)
+                revisions.setdefault(start, []).append(key)
+        part.reopened.clear()
         closed: list[ClosedWindow[K, A]] = []
-        end = self._size
-        for start in sorted(starts):
-            closed += [ClosedWindow(partition, k, start, start + end, agg) for k, agg in self._build(part, start)]
+        size = self._size
+        for start in sorted(starts | set(revisions)):
+            if start in starts:
+                built = self._build(part, start)
+            else:
+                built = [(key, self._build_key(part, start, key)) for key in sorted(revisions[start], key=repr)]
+            closed += [ClosedWindow(partition, k, start, start + size, agg) for k, agg in built]
+        if limit <= previous:
+            return closed
         part.emitted_limit = limit
-        for pane_id in sorted(p for p in part.panes if p - p % advance <= limit):  # in no open window any more
-            for key, slot in part.panes.pop(pane_id).items():
-                self.ops.on_close(slot.agg)
-                was_dirty = (key, pane_id) in part.dirty
-                part.dirty.discard((key, pane_id))
-                part.retired.append((key, pane_id, slot if was_dirty else None))
+        expire_limit = limit - self.lateness_us  # panes starting at or before this are in no unexpired window
+        for pane_id in sorted(part.panes):
+            base = pane_id - pane_id % advance
+            if base > limit:
+                break
+            if previous < base:  # in no open window any more: the label guards learn from it once
+                for slot in part.panes[pane_id].values():
+                    self.ops.on_close(slot.agg)
+            if base <= expire_limit:
+                for key, slot in part.panes.pop(pane_id).items():
+                    was_dirty = (key, pane_id) in part.dirty
+                    part.dirty.discard((key, pane_id))
+                    part.retired.append((key, pane_id, slot if was_dirty else None))
         self._prune_producers(part)
         return closed
+
+    def _build_key(self, part: _Partition, start: int, key: Any) -> Any:
+        """The aggregate of one key's window starting at ``start`` (see :meth:`_build`)."""
+        if self._per_window == 1:
+            return part.panes[start][key].agg
+        merged = self.ops.new(key, start, start + self._size)
+        for index, pane in enumerate(range(start, start + self._size, self._advance)):
+            for pane_id in range(pane, pane + self._per_window - index):
+                slot = part.panes.get(pane_id, {}).get(key)
+                if slot is not None:
+                    self.ops.merge(merged, slot.agg)
+        return merged
 
     def _build(self, part: _Partition, start: int) -> list[tuple[Any, Any]]:
         """(key, aggregate) of the window starting at ``start``: its pane itself, or the merge of its (sub-)panes."""
@@ -492,6 +591,7 @@ class WindowEngine(Generic[K, A]):
             "duplicate_batches": part.duplicate_batches,
             "duplicate_events": part.duplicate_events,
             "future_events": part.future_events,
+            "revised": part.revised,
             "open_panes": sum(len(keys) for keys in part.panes.values()),
         }
 
@@ -562,16 +662,22 @@ class WindowEngine(Generic[K, A]):
             part.duplicate_batches = int(meta["duplicate_batches"])
             part.duplicate_events = int(meta["duplicate_events"])
             part.future_events = int(meta["future_events"])
+            part.revised = int(meta.get("revised", 0))
         for s in slots:
             key, pane_id = _key(s["key"]), int(s["pane"])
             start = pane_id - pane_id % self._advance
             agg = self.ops.load(key, start, start + self._advance, s["aggregate"])
             keys = part.panes.setdefault(pane_id, {})
-            keys[key] = _Slot(agg, self.ops.adder(agg), {pid: int(seq) for pid, seq in s["applied"].items()})
+            ids = s.get("ids")
+            keys[key] = _Slot(agg, self.ops.adder(agg), {pid: int(seq) for pid, seq in s["applied"].items()},
+                              set(ids) if ids else None)
         self._parts[partition] = part
 
     def _slot_state(self, key: Any, pane: int, slot: _Slot) -> dict[str, Any]:
-        return {"key": key, "pane": pane, "applied": dict(slot.applied), "aggregate": self.ops.dump(slot.agg)}
+        state = {"key": key, "pane": pane, "applied": dict(slot.applied), "aggregate": self.ops.dump(slot.agg)}
+        if slot.ids:
+            state["ids"] = sorted(slot.ids)
+        return state
 
     @staticmethod
     def _meta(part: _Partition) -> dict[str, Any]:
@@ -585,6 +691,7 @@ class WindowEngine(Generic[K, A]):
             "duplicate_batches": part.duplicate_batches,
             "duplicate_events": part.duplicate_events,
             "future_events": part.future_events,
+            "revised": part.revised,
         }
 
 

@@ -53,7 +53,7 @@ class Fleet:
 def _settings(bootstrap: str, events_topic: str) -> Settings:
     prefix = f"test.{uuid.uuid4().hex[:12]}"
     topics = TopicNames(events=events_topic, dead_letter=f"{prefix}.dlq", metrics=f"{prefix}.metrics",
-                        alerts=f"{prefix}.alerts", partials=f"{prefix}.partials")
+                        alerts=f"{prefix}.alerts", partials=f"{prefix}.partials", late=f"{prefix}.late")
     return Settings(bootstrap_servers=bootstrap, topics=topics, events_partitions=PARTITIONS,
                     app_id=f"{prefix}.streams")
 

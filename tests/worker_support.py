@@ -22,6 +22,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from agentwatch.config import Settings
 from producers.publisher import EventPublisher
 from schemas.codec import AvroCodec
+from schemas.keys import parse_metrics_key
 from streams.alerts import Alert, AlertCodec
 from streams.metrics_codec import MetricsCodec
 
@@ -119,7 +120,7 @@ def read_metrics(settings: Settings) -> dict[tuple[str, int, int], dict[str, Any
     out: dict[tuple[str, int, int], dict[str, Any]] = {}
     for msg in read_topic(settings.bootstrap_servers, settings.topics.metrics):
         rec = codec.decode(msg.value())
-        assert msg.key() == f"{rec['tenant']}|{rec['window_start_us']}|{rec['window_end_us']}".encode()
+        assert parse_metrics_key(msg.key()) == (rec["tenant"], rec["window_start_us"], rec["window_end_us"])
         out[(rec["tenant"], rec["window_start_us"], rec["window_end_us"])] = rec
     return out
 
@@ -247,6 +248,7 @@ def start_worker(settings: Settings, workdir: Path, *args: str, name: str = "wor
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers, "AGENTWATCH_EVENTS_TOPIC": t.events,
            "AGENTWATCH_DLQ_TOPIC": t.dead_letter, "AGENTWATCH_METRICS_TOPIC": t.metrics,
            "AGENTWATCH_ALERTS_TOPIC": t.alerts, "AGENTWATCH_PARTIALS_TOPIC": t.partials,
+           "AGENTWATCH_LATE_TOPIC": t.late,
            "AGENTWATCH_APP_ID": settings.app_id, "AGENTWATCH_HOME": str(workdir / "home"),
            "PYTHONUNBUFFERED": "1"}
     log_path = workdir / f"{name}.log"

@@ -167,7 +167,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     base = f"agentwatch.demo-{run_id}"
     topics = TopicNames(events=f"{base}.events", dead_letter=f"{base}.events.dlq", metrics=f"{base}.metrics",
-                        alerts=f"{base}.alerts", partials=f"{base}.events.partials")
+                        alerts=f"{base}.alerts", partials=f"{base}.events.partials",
+                        late=f"{base}.events.late")
     duration_s = args.minutes * 60
     start = datetime.fromtimestamp((time.time() // WINDOW_S) * WINDOW_S - duration_s, tz=UTC)
 
@@ -179,7 +180,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "AGENTWATCH_TOPIC_PREFIX": base,
                "AGENTWATCH_EVENTS_TOPIC": topics.events, "AGENTWATCH_DLQ_TOPIC": topics.dead_letter,
                "AGENTWATCH_METRICS_TOPIC": topics.metrics, "AGENTWATCH_ALERTS_TOPIC": topics.alerts,
-               "AGENTWATCH_PARTIALS_TOPIC": topics.partials, "AGENTWATCH_APP_ID": settings.app_id,
+               "AGENTWATCH_PARTIALS_TOPIC": topics.partials, "AGENTWATCH_LATE_TOPIC": topics.late,
+               "AGENTWATCH_APP_ID": settings.app_id,
                "AGENTWATCH_EVENTS_PARTITIONS": str(args.partitions), "AGENTWATCH_HOME": str(settings.home),
                "AGENTWATCH_AUDIT_DIR": str(workdir / "audit"), "AGENTWATCH_AUDIT_HMAC_KEY": hmac_key,
                "AGENTWATCH_REPLAY_DIR": str(workdir / "replay"), "PYTHONUNBUFFERED": "1"}

@@ -45,6 +45,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--window", type=int, default=60, help="tumbling window size in seconds (default 60)")
     parser.add_argument("--grace", type=float, default=10.0,
                         help="seconds a window waits for out-of-order events after its end (default 10)")
+    parser.add_argument("--allowed-lateness", type=float, default=WorkerOptions.allowed_lateness_s,
+                        help="seconds after the grace during which late events still update their window: the "
+                        "window is emitted again as the next revision on the same metrics key; later events go to "
+                        "the late side topic (AGENTWATCH_LATE_TOPIC), counted, never silently dropped; window state "
+                        f"is kept this long (default {WorkerOptions.allowed_lateness_s:g}; 0: Kafka Streams' "
+                        "behaviour, no revisions)")
+    parser.add_argument("--max-future", type=float, default=WorkerOptions.max_future_s,
+                        help="events stamped more than this many seconds ahead of the worker's clock go to the "
+                        f"dead-letter topic as future_time (default {WorkerOptions.max_future_s:g})")
+    parser.add_argument("--max-event-age", type=float, default=None,
+                        help="events stamped more than this many seconds before the worker's clock go to the "
+                        "dead-letter topic as too_old (default: only events before 2000-01-01)")
     parser.add_argument("--hop", type=int, default=300,
                         help="hopping window size in seconds, advancing by --window; 0 turns it off (default 300)")
     parser.add_argument("--store", default="memory://",
@@ -83,8 +95,9 @@ def build_options(args: argparse.Namespace, settings: Settings, events_partition
     return WorkerOptions(
         app_id=settings.app_id, bootstrap_servers=settings.bootstrap_servers, events_topic=t.events,
         dead_letter_topic=t.dead_letter, partials_topic=t.partials, metrics_topic=t.metrics, alerts_topic=t.alerts,
-        events_partitions=events_partitions, partials_partitions=partials_partitions,
+        late_topic=t.late, events_partitions=events_partitions, partials_partitions=partials_partitions,
         window_s=args.window, grace_s=args.grace, hop_size_s=args.hop or None, backfill=args.backfill,
+        allowed_lateness_s=args.allowed_lateness, max_future_s=args.max_future, max_event_age_s=args.max_event_age,
         rules_file=args.rules, store=args.store, datadir=workdir, web_port=args.web_port,
         metrics_port=args.metrics_port, max_record_bytes=args.max_record_bytes,
         flush_interval_s=args.flush_interval, gc_threshold=args.gc_threshold,
@@ -177,7 +190,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
           f"{loop_kind} loop", flush=True)
     print(f"  events     {t.events} ({options.events_partitions} partitions) -> dead letters {t.dead_letter}",
           flush=True)
-    print(f"  windows    tumbling {options.window_s}s, grace {options.grace_s:g}s"
+    print(f"  windows    tumbling {options.window_s}s, grace {options.grace_s:g}s, allowed lateness "
+          f"{options.allowed_lateness_s:g}s (later events -> {options.late_topic})"
           + (f", hopping {options.hop_size_s}s every {options.window_s}s" if options.hop_size_s else "")
           + (" [BACKFILL: alerts marked backfill]" if options.backfill else ""), flush=True)
     print(f"  partials   {t.partials} ({options.partials_partitions} partitions); state in "
