@@ -271,8 +271,9 @@ class WorkerShell:
         offsets, and are skipped too, until the sequence starts again: at the missing offset (the hole is filled),
         or past it, when Faust dropped the refetch as well (seek again), or when those offsets hold no records (a
         transactional topic's control records: the refetch starts at the same place ``MAX_SEEK_RESTARTS`` times;
-        taken as such, and counted). Checked only after the partition's first record of an assignment: that one may
-        legitimately start past the committed offset when retention deleted what lay before.
+        taken as such, and counted). The first record of an assignment is compared with the committed offset; it may
+        legitimately start past it when retention deleted what lay before, and a refetch that keeps restarting
+        past it is taken as such.
         """
         msg = event.message
         p, offset = msg.partition, msg.offset
@@ -300,7 +301,16 @@ class WorkerShell:
             self._seeking[p] = (target, offset, restarts, restart_at)  # fetched before the seek: skip
             return False
         last = self._last_offset.get(p)
-        if last is None or offset <= last + 1:
+        if last is None:
+            # The first record of an assignment must be the committed offset: Faust's consumer can drop the
+            # records in between exactly as above (a stale fetch drained after the seek). Retention may have
+            # deleted what lay before it; then the refetch restarts past the committed offset every time, which
+            # the restart count below takes as "no records there" after MAX_SEEK_RESTARTS.
+            committed = getattr(self.app.consumer, "_committed_offset", {}).get(msg.tp)
+            if committed is None:
+                return True
+            last = committed - 1
+        if offset <= last + 1:
             return True
         self._seeking[p] = (last + 1, offset, 0, -1)
         self.telemetry.gap_recoveries.inc()

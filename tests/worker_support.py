@@ -115,13 +115,15 @@ def _high_watermark(consumer: Consumer, topic: str, partition: int, attempts: in
 
 
 def read_metrics(settings: Settings) -> dict[tuple[str, int, int], dict[str, Any]]:
-    """The metrics topic as compaction would leave it: the last record per (tenant, start, end)."""
+    """The metrics topic as compaction would leave it: the newest revision per (tenant, start, end)."""
     codec = MetricsCodec()
     out: dict[tuple[str, int, int], dict[str, Any]] = {}
     for msg in read_topic(settings.bootstrap_servers, settings.topics.metrics):
         rec = codec.decode(msg.value())
-        assert parse_metrics_key(msg.key()) == (rec["tenant"], rec["window_start_us"], rec["window_end_us"])
-        out[(rec["tenant"], rec["window_start_us"], rec["window_end_us"])] = rec
+        key = (rec["tenant"], rec["window_start_us"], rec["window_end_us"])
+        assert parse_metrics_key(msg.key()) == key
+        if key not in out or rec["revision"] >= out[key]["revision"]:
+            out[key] = rec
     return out
 
 

@@ -267,15 +267,21 @@ def _alert_states(path: Path) -> dict[str, str]:
 
 
 def _tenant_totals(bootstrap: str, topic: str) -> dict[str, dict[str, float]]:
-    """Per tenant sums over the 1-minute final windows of the metrics topic."""
+    """Per tenant sums over the newest revision of each 1-minute window of the metrics topic (late data makes a
+    window come again as a higher revision on the same key; the newest is the answer, as compaction keeps it)."""
     from streams.metrics_codec import MetricsCodec
 
     codec = MetricsCodec()
-    per_tenant: dict[str, dict[str, float]] = {}
+    newest: dict[tuple[str, int], dict[str, Any]] = {}
     for msg in _read_topic(bootstrap, topic):
         rec = codec.decode(msg.value())
         if rec["window_end_us"] - rec["window_start_us"] != WINDOW_S * 1_000_000:
             continue
+        key = (rec["tenant"], rec["window_start_us"])
+        if key not in newest or rec["revision"] >= newest[key]["revision"]:
+            newest[key] = rec
+    per_tenant: dict[str, dict[str, float]] = {}
+    for rec in newest.values():
         t = per_tenant.setdefault(rec["tenant"], dict.fromkeys(
             ("windows", "turns", "tool_calls", "tool_failures", "tokens", "cached", "prompt"), 0))
         t["windows"] += 1
