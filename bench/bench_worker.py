@@ -386,16 +386,18 @@ def run_worker(bootstrap: str, topic: str, wl: Workload, partitions: int, workdi
         events_done = next(s for s in samples if s[2] >= wl.events)
         windows_done = next(s for s in samples if s[3] >= len(wl.windows))
         metrics = MetricsCodec()
-        total = 0
+        newest: dict[bytes, dict[str, Any]] = {}  # per window, the newest revision (seals repeat it)
         last_ts_ms = 0
-        tumbling = 0
         for msg in read_all(bootstrap, settings.topics.metrics):
             rec = metrics.decode(msg.value())
             if rec["window_end_us"] - rec["window_start_us"] != MINUTE_US or rec["tenant"].startswith(END_TENANT):
                 continue
-            tumbling += 1
-            total += rec["events"]
-            last_ts_ms = max(last_ts_ms, msg.timestamp()[1])
+            if msg.key() not in newest:  # a key's records come in order: this is the window's first emission
+                last_ts_ms = max(last_ts_ms, msg.timestamp()[1])
+            if msg.key() not in newest or rec["revision"] >= newest[msg.key()]["revision"]:
+                newest[msg.key()] = rec
+        tumbling = len(newest)
+        total = sum(rec["events"] for rec in newest.values())
         seconds = last_ts_ms / 1000 - last_zero[1]
         counters = worker.counters() or {}
         detail = {

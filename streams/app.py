@@ -28,12 +28,14 @@ module only moves records between Kafka and them, and keeps the at-least-once pr
    waited): handling it would restore the partition from the last flushed state, fold it without the records
    handled since, and send a partial or final computed from that hole. The partition's owner reads it again
    from the committed offset. (A guard from reading Faust's revocation order; no test run showed it alone.)
-5. Records of an events partition must arrive in offset order without holes (the topic is written without
-   transactions, so its offsets are contiguous). After some rebalances Faust's consumer drops records: it drains
-   a fetch made before seeking to the committed offset, books the offsets in between as a gap and then discards
-   them as already read (found with the restart tests, whose counts came out short by one record's events). The
-   ingest agent checks each record against the last offset it handled; on a hole it leaves the record unhandled
-   and unacked and seeks back to the first missing offset (see ``_in_order``).
+5. Records of an events or partials partition must arrive in offset order without holes (both topics are
+   written without transactions, so their offsets are contiguous). After some rebalances Faust's consumer drops
+   records: it drains a fetch made before seeking to the committed offset, books the offsets in between as a gap
+   and then discards them as already read (found with the restart tests, whose counts came out short by one
+   record's events; and with the kill loop, where a dropped partials record left windows short by one source
+   partition's share, finalized without it). Both agents check each record against the last offset handled (the
+   committed offset for the first record of an assignment); on a hole they leave the record unhandled and
+   unacked and seek back to the first missing offset (see ``_in_order``).
 6. The heartbeat (``heartbeat_s``) lets stream time of a *caught-up* events partition follow the wall clock so
    its windows close without new records (:meth:`streams.windows.WindowEngine.advance_idle`), and declares a
    caught-up partition that never had data idle, so stage 2 does not wait for it. A partition with records still
@@ -48,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -75,6 +78,8 @@ log = logging.getLogger(__name__)
 MiB = 1024 * 1024
 FLUSH_BACKOFF = 3.0  # the next flush waits at least this many times the last one's duration
 SAY_EVERY_S = 60.0  # operator lines about late data, at most this often per partition
+WAIT_SAY_AFTER_S = 5.0  # say that the worker waits for an assignment after this long without one ...
+WAIT_SAY_EVERY_S = 10.0  # ... and again this often
 MAX_SEEK_RESTARTS = 3  # refetches starting at the same offset past a hole before the hole is taken as empty
 
 
@@ -189,7 +194,7 @@ class WorkerShell:
         self._futures: list[asyncio.Future[Any]] = []
         self._pending: list[EventT] = []  # handled, not yet acked
         self._last_event: dict[tuple[str, int], EventT] = {}  # (stage, partition) -> an event of it
-        self._last_offset: dict[int, int] = {}  # events partition -> last offset handled
+        self._last_offset: dict[TP, int] = {}  # events or partials partition -> last offset handled
         self._said: dict[tuple[str, int], float] = {}  # what _say_now_and_then said last, and when
         # events partition -> (offset sought back to, newest offset skipped, restarts at restart_at, restart_at)
         self._seeking: dict[int, tuple[int, int, int, int]] = {}
@@ -198,6 +203,7 @@ class WorkerShell:
         self._flush_spacing = options.flush_interval_s
         self._generation = 0
         self._ready = False
+        self._waiting_since: float | None = time.monotonic()  # no assignment since then (None: assigned)
         self.worker_name = f"{options.app_id}@{id(self):x}"
 
     # -- wiring -----------------------------------------------------------------------------------------------
@@ -210,8 +216,30 @@ class WorkerShell:
         app.timer(self.options.heartbeat_s, name="heartbeat")(self._heartbeat)
         app.on_partitions_revoked.connect(self._on_revoked)
         app.on_rebalance_complete.connect(self._on_rebalance_complete)
+        threading.Thread(target=self._report_waiting, name="agentwatch-waiting", daemon=True).start()
+
+    def _report_waiting(self) -> None:
+        """Say, every few seconds, that the worker waits for the group (a silent worker looks hung).
+
+        A plain thread, so it speaks even while Faust's event loop is busy recovering tables.
+        """
+        said_at = 0.0
+        while True:
+            time.sleep(1.0)
+            since = self._waiting_since
+            if since is None:
+                said_at = 0.0
+                continue
+            waited = time.monotonic() - since
+            if waited >= WAIT_SAY_AFTER_S and time.monotonic() - said_at >= WAIT_SAY_EVERY_S:
+                said_at = time.monotonic()
+                _say(f"waiting {waited:.0f}s for the consumer group {self.options.app_id} to assign partitions and "
+                     "for table recovery (a worker that crashed keeps its partitions until its session times out "
+                     f"after {self.options.session_timeout_s:g}s; then the group rebalances)")
 
     async def _on_revoked(self, sender: Any, revoked: set[TP], **_: Any) -> None:
+        if self._waiting_since is None:
+            self._waiting_since = time.monotonic()
         async with self.lock:
             self._ready = False
             self._generation += 1
@@ -223,21 +251,24 @@ class WorkerShell:
                 if tp.topic == self.options.events_topic:
                     self.ingest.drop(tp.partition)
                     self._last_event.pop(("ingest", tp.partition), None)
-                    self._last_offset.pop(tp.partition, None)
-                    self._seeking.pop(tp.partition, None)
                     self._caught_up_since.pop(tp.partition, None)
                 elif tp.topic == self.options.partials_topic:
                     self.merge.drop(tp.partition)
                     self._last_event.pop(("merge", tp.partition), None)
+                self._last_offset.pop(tp, None)
+                self._seeking.pop(tp, None)
 
     async def _on_rebalance_complete(self, sender: Any, **_: Any) -> None:
         self._ready = True
+        waited = None if self._waiting_since is None else time.monotonic() - self._waiting_since
+        self._waiting_since = None
         owned = self.app.consumer.assignment()
         events = sorted(tp.partition for tp in owned if tp.topic == self.options.events_topic)
         partials = sorted(tp.partition for tp in owned if tp.topic == self.options.partials_topic)
         self.telemetry.partitions.labels("events").set(len(events))
         self.telemetry.partitions.labels("partials").set(len(partials))
-        _say(f"assigned: events partitions {events}, partials partitions {partials}")
+        _say(f"assigned: events partitions {events}, partials partitions {partials}"
+             + (f" (after waiting {waited:.1f}s)" if waited is not None else ""))
 
     # -- stage 1 ----------------------------------------------------------------------------------------------
 
@@ -260,9 +291,10 @@ class WorkerShell:
                  f"{self.ingest.stream_time(partition)})")
 
     async def _in_order(self, event: EventT) -> bool:
-        """Whether ``event`` is the next record of its events partition; otherwise seek back and skip it.
+        """Whether ``event`` is the next record of its partition; otherwise seek back and skip it.
 
-        The events topic has contiguous offsets (no transactions, no compaction), so an offset past the last one
+        The events and partials topics have contiguous offsets (no transactions, no compaction), so an offset past
+        the last one
         handled plus one is a hole: records never delivered. Faust's consumer does this after some rebalances: it
         drains a fetch made before its seek to the committed offset, books the offsets in between as a gap (acked)
         and then discards them as already read; each lost record would be missing from its windows (seen as short
@@ -276,13 +308,14 @@ class WorkerShell:
         past it is taken as such.
         """
         msg = event.message
-        p, offset = msg.partition, msg.offset
-        seeking = self._seeking.get(p)
+        tp, offset = msg.tp, msg.offset
+        where = f"{msg.topic}[{msg.partition}]"
+        seeking = self._seeking.get(tp)
         if seeking is not None:
             target, newest, restarts, restart_at = seeking
             if offset <= target:  # the refetch (or an older redelivery, which dedup absorbs)
                 if offset == target:
-                    del self._seeking[p]
+                    del self._seeking[tp]
                 return True
             if offset <= newest:
                 # The sequence started again, but past the target. Either Faust dropped the refetch too (records
@@ -290,33 +323,31 @@ class WorkerShell:
                 # or nothing lives at target..offset-1 (a transactional topic's control records): the same
                 # restart point several times over means that.
                 if offset == restart_at and restarts >= MAX_SEEK_RESTARTS:
-                    del self._seeking[p]
+                    del self._seeking[tp]
                     self.telemetry.skipped_offsets.inc(offset - target)
-                    _say(f"events partition {p}: offsets {target}..{offset - 1} hold no records; going on at "
-                         f"{offset}")
+                    _say(f"{where}: offsets {target}..{offset - 1} hold no records; going on at {offset}")
                     return True
-                self._seeking[p] = (target, offset, restarts + 1 if offset == restart_at else 1, offset)
-                await self._seek(msg.tp, target)
+                self._seeking[tp] = (target, offset, restarts + 1 if offset == restart_at else 1, offset)
+                await self._seek(tp, target)
                 return False
-            self._seeking[p] = (target, offset, restarts, restart_at)  # fetched before the seek: skip
+            self._seeking[tp] = (target, offset, restarts, restart_at)  # fetched before the seek: skip
             return False
-        last = self._last_offset.get(p)
+        last = self._last_offset.get(tp)
         if last is None:
             # The first record of an assignment must be the committed offset: Faust's consumer can drop the
             # records in between exactly as above (a stale fetch drained after the seek). Retention may have
             # deleted what lay before it; then the refetch restarts past the committed offset every time, which
             # the restart count below takes as "no records there" after MAX_SEEK_RESTARTS.
-            committed = getattr(self.app.consumer, "_committed_offset", {}).get(msg.tp)
+            committed = getattr(self.app.consumer, "_committed_offset", {}).get(tp)
             if committed is None:
                 return True
             last = committed - 1
         if offset <= last + 1:
             return True
-        self._seeking[p] = (last + 1, offset, 0, -1)
+        self._seeking[tp] = (last + 1, offset, 0, -1)
         self.telemetry.gap_recoveries.inc()
-        _say(f"events partition {p}: offset {offset} arrived but {last + 1}..{offset - 1} never did; seeking back "
-             f"to {last + 1}")
-        await self._seek(msg.tp, last + 1)
+        _say(f"{where}: offset {offset} arrived but {last + 1}..{offset - 1} never did; seeking back to {last + 1}")
+        await self._seek(tp, last + 1)
         return False
 
     def _handle_event_record(self, event: EventT) -> None:
@@ -356,7 +387,7 @@ class WorkerShell:
         self._route_stage1(p, out)
         self._pending.append(event)
         self._last_event[("ingest", p)] = event
-        self._last_offset[p] = msg.offset
+        self._last_offset[msg.tp] = msg.offset
 
     def _reject_events(self, msg: Any, out: Outcome) -> None:
         """Each event outside its valid range to the dead-letter topic, alone, with its reason and whereabouts."""
@@ -444,6 +475,8 @@ class WorkerShell:
             async with self.lock:
                 if generation != self._generation:
                     continue  # taken before a revocation (module docstring, point 4)
+                if not await self._in_order(event):
+                    continue
                 self._handle_partials_record(event)
                 if self._should_flush():
                     await self._flush()
@@ -478,6 +511,7 @@ class WorkerShell:
                 self._route_stage2(out, msg)
         self._pending.append(event)
         self._last_event[("merge", q)] = event
+        self._last_offset[msg.tp] = msg.offset
 
     def _merge_failed(self, msg: Any, item: partials_format.Partial | partials_format.Marker, exc: Exception) -> None:
         tenant = item.tenant if isinstance(item, partials_format.Partial) else None
@@ -494,7 +528,7 @@ class WorkerShell:
 
     def _route_stage2(self, out: Output, msg: Any = None) -> None:
         t = self.telemetry
-        for record in out.metrics:
+        for record in out.metrics + out.seals:
             try:
                 value = self.encode_metrics(record)
             except Exception as exc:  # cannot happen with checked inputs (streams/validation.py); never fatal
@@ -503,8 +537,12 @@ class WorkerShell:
                 t.processing_errors.labels("encode").inc()
                 continue
             self._send(self.metrics_topic, metrics_key(record), value, None)
-            kind = "tumbling" if record["window_end_us"] - record["window_start_us"] == self._window_us else "hopping"
-            t.windows.labels(kind).inc()
+        for record in out.metrics:
+            if record["revision"] == 0:  # first emissions; revisions and seals have their own counters
+                tumbling = record["window_end_us"] - record["window_start_us"] == self._window_us
+                t.windows.labels("tumbling" if tumbling else "hopping").inc()
+        if out.seals:
+            t.seals.inc(len(out.seals))
         for alert in out.alerts:
             self._send(self.alerts_topic, alert.key(), self.alert_codec.encode(alert), None)
             t.alerts.labels(alert.status).inc()
@@ -638,7 +676,7 @@ class WorkerShell:
             return False
         if highwater == 0:
             return True
-        last = self._last_offset.get(tp.partition)
+        last = self._last_offset.get(tp)
         if last is not None:
             return last + 1 >= highwater
         committed = getattr(self.app.consumer, "_committed_offset", {}).get(tp)

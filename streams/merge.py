@@ -77,17 +77,20 @@ MAX_EMPTY_WINDOWS = 1000  # per tenant per watermark step: a safety bound for ru
 
 @dataclass(slots=True)
 class Output:
-    """What stage 2 emits for one input: WindowedMetrics records (tumbling and hopping) and alert transitions."""
+    """What stage 2 emits for one input: WindowedMetrics records (tumbling and hopping: first emissions and
+    revisions in ``metrics``, the sealing re-emissions in ``seals``) and alert transitions."""
 
     metrics: list[dict[str, Any]] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
     late_partials: int = 0
     finals: int = 0
     revisions: int = 0  # of the metrics, re-emissions caused by late data
+    seals: list[dict[str, Any]] = field(default_factory=list)  # last records of windows nothing can change any more
     too_late: list[Partial] = field(default_factory=list)  # partials of sealed windows, for the late side topic
 
     def extend(self, other: Output) -> None:
         self.metrics += other.metrics
+        self.seals += other.seals
         self.alerts += other.alerts
         self.late_partials += other.late_partials
         self.finals += other.finals
@@ -423,7 +426,7 @@ class MergeStage:
             if not entry.sealed:
                 record = self._entry_record(tenant, start, entry)
                 record["sealed"] = True
-                out.metrics.append(record)
+                out.seals.append(record)
                 entry.sealed = True
                 entry.last = None
                 changed = True
@@ -434,7 +437,7 @@ class MergeStage:
             record = orjson.loads(hop.last) if hop.last is not None else self._hop_record(tenant, ts, end)
             record["revision"] = hop.revision
             record["sealed"] = True
-            out.metrics.append(record)
+            out.seals.append(record)
             changed = True
         drop_limit = seal_limit - (self.hop_us - w if self.hop_us else 0)
         for start in sorted(ts.closed):

@@ -36,6 +36,9 @@ class WorkerTelemetry:
         self.revisions = Counter("agentwatch_worker_revisions_emitted",
                                  "WindowedMetrics revisions sent because late data changed a final window.",
                                  registry=r)
+        self.seals = Counter("agentwatch_worker_windows_sealed",
+                             "WindowedMetrics records re-sent with sealed=true: nothing can change those windows "
+                             "any more.", registry=r)
         self.processing_errors = Counter("agentwatch_worker_processing_errors",
                                          "Records or partials that raised while being handled, by stage (sent "
                                          "aside, the worker went on).", ["stage"], registry=r)
@@ -51,7 +54,8 @@ class WorkerTelemetry:
                                      "Partials that reached stage 2 after their window was sealed (sent to the "
                                      "late side topic).", registry=r)
         self.windows = Counter("agentwatch_worker_windows_emitted",
-                               "WindowedMetrics records sent to the metrics topic, by kind.", ["kind"], registry=r)
+                               "Windows emitted for the first time (revision 0) to the metrics topic, by kind.",
+                               ["kind"], registry=r)
         self.alerts = Counter("agentwatch_worker_alerts_emitted", "Alert transitions sent, by status.",
                               ["status"], registry=r)
         self.state_writes = Counter("agentwatch_worker_state_writes", "Table (changelog) writes, by table.",

@@ -20,7 +20,7 @@ def stage(sources: int = 2, hop: int | None = None, lateness_s: float = 600) -> 
 
 
 def tumbling(out: Any) -> list[tuple[int, int, int, bool]]:
-    return [((m["window_start_us"] - T0) // W, m["turns"], m["revision"], m["sealed"]) for m in out.metrics
+    return [((m["window_start_us"] - T0) // W, m["turns"], m["revision"], m["sealed"]) for m in out.metrics + out.seals
             if m["window_end_us"] - m["window_start_us"] == W]
 
 
@@ -110,9 +110,12 @@ def test_revisions_after_a_restore_match_the_run_without_one() -> None:
     b.restore(0, table.items())
     for s in (a, b):
         s.handle(0, partial(1, T0, n=6))
-    outs = [s.handle(0, partial(1, T0 + W, n=1)).metrics + s.handle(0, Marker(0, T0 + 2 * W)).metrics
-            + s.handle(0, Marker(1, T0 + 2 * W)).metrics + s.handle(0, Marker(0, T0 + 2 * W + L)).metrics
-            + s.handle(0, Marker(1, T0 + 2 * W + L)).metrics for s in (a, b)]
+    def emitted(out: Any) -> list[dict[str, Any]]:
+        return out.metrics + out.seals
+
+    outs = [emitted(s.handle(0, partial(1, T0 + W, n=1))) + emitted(s.handle(0, Marker(0, T0 + 2 * W)))
+            + emitted(s.handle(0, Marker(1, T0 + 2 * W))) + emitted(s.handle(0, Marker(0, T0 + 2 * W + L)))
+            + emitted(s.handle(0, Marker(1, T0 + 2 * W + L))) for s in (a, b)]
     assert outs[0] == outs[1]
     sealed = [(m["window_start_us"], m["window_end_us"], m["turns"], m["revision"]) for m in outs[0] if m["sealed"]]
     assert (T0, T0 + W, 10, 2) in sealed

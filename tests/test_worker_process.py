@@ -70,7 +70,8 @@ class _Seeks:
 def _event(partition: int, offset: int) -> Any:
     from types import SimpleNamespace
 
-    return SimpleNamespace(message=SimpleNamespace(partition=partition, offset=offset, tp=("ev", partition)))
+    return SimpleNamespace(message=SimpleNamespace(topic="ev", partition=partition, offset=offset,
+                                                   tp=("ev", partition)))
 
 
 def test_a_hole_in_an_events_partition_is_sought_back_and_a_permanent_one_accepted(tmp_path: Path) -> None:
@@ -86,31 +87,37 @@ def test_a_hole_in_an_events_partition_is_sought_back_and_a_permanent_one_accept
     def in_order(offset: int, partition: int = 0) -> bool:
         return asyncio.run(shell._in_order(_event(partition, offset)))
 
-    # the first record of an assignment is never a hole (retention may have moved the start)
+    # the first record of an assignment, with no committed offset known, is never a hole
     assert in_order(500)
-    shell._last_offset[0] = 440
+    shell._last_offset[("ev", 0)] = 440
     assert in_order(441) and in_order(9, partition=1) and in_order(300)  # next, another partition, a redelivery
     # a hole: 442 is skipped and the consumer sought back to 441; records fetched before the seek are skipped too
     assert not in_order(442)
     assert seeks.calls == [(("ev", 0), 441)]
     assert not in_order(443) and not in_order(444)
     assert in_order(441)  # the refetch: the hole is filled
-    assert 0 not in shell._seeking and shell.telemetry.skipped_offsets._value.get() == 0
+    assert ("ev", 0) not in shell._seeking and shell.telemetry.skipped_offsets._value.get() == 0
     # Faust dropped the refetch too (stale records moved its read offset to 445): seek again, then filled
-    shell._last_offset[0] = 440
+    shell._last_offset[("ev", 0)] = 440
     assert not in_order(443) and not in_order(444) and not in_order(445)
     assert not in_order(445)  # the sequence starts again past the target
     assert seeks.calls[-1] == (("ev", 0), 441) and len(seeks.calls) == 3
     assert in_order(441)
     assert shell.telemetry.skipped_offsets._value.get() == 0
     # a permanent hole (no records at 445..446): every refetch starts at 447; taken after MAX_SEEK_RESTARTS
-    shell._last_offset[0] = 444
+    shell._last_offset[("ev", 0)] = 444
     assert not in_order(447) and not in_order(448)
     for _ in range(MAX_SEEK_RESTARTS):
         assert not in_order(447) and not in_order(448)
     assert in_order(447)
     assert shell.telemetry.skipped_offsets._value.get() == 2
     assert shell.telemetry.gap_recoveries._value.get() == 3
+    # the first record of an assignment past the committed offset: Faust dropped what lay between (seen in the
+    # kill loop); sought back to the committed offset
+    seeks._committed_offset = {("ev", 2): 100}
+    assert not in_order(105, partition=2)
+    assert seeks.calls[-1] == (("ev", 2), 100)
+    assert in_order(100, partition=2)
 
 
 def test_the_seek_runs_on_the_consumer_thread_and_resets_fausts_read_offset(tmp_path: Path) -> None:
