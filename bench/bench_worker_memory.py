@@ -12,6 +12,13 @@ this process: the RSS growth of the window engine alone (``streams.ingest.Ingest
 no table copy). Figures printed, no assertions::
 
     KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:19092 .venv/bin/python bench/bench_worker_memory.py
+
+``--lateness-minutes M`` measures the cost of the allowed lateness instead: each tenant's calls are spread over the
+last ``M`` minutes, and the worker runs with 1-minute windows and a 1-hour allowed lateness, so it keeps every
+window of the last hour (closed, emitted, still open for late data) in both stages; older ones are dropped (sealed),
+which bounds the state. Use fewer tenants there (the state is ``M`` windows per tenant)::
+
+    ... bench/bench_worker_memory.py --tenants 1000 --tools 10 --lateness-minutes 60
 """
 
 from __future__ import annotations
@@ -60,7 +67,7 @@ def rss_kib(pid: int | str = "self", field: str = "VmRSS") -> int:
     raise RuntimeError(f"no {field} in /proc/{pid}/status")
 
 
-def window_records(tenants: int, tools: int, calls: int, batch: int, now_us: int, seed: int,
+def window_records(tenants: int, tools: int, calls: int, batch: int, now_us: int, seed: int, span_us: int = US,
                    ) -> list[tuple[int, bytes, bytes]]:
     """``(partition, key, value)`` batch records: every tenant's tool calls, a tenant in one partition."""
     codec = AvroCodec()
@@ -74,7 +81,7 @@ def window_records(tenants: int, tools: int, calls: int, batch: int, now_us: int
             for _ in range(calls):
                 seq += 1
                 per_part[part].append({
-                    "event_id": f"{rng.getrandbits(128):032x}", "event_time": now_us - rng.randrange(US),
+                    "event_id": f"{rng.getrandbits(128):032x}", "event_time": now_us - rng.randrange(span_us),
                     "producer_time": now_us, "tenant": tenant, "session_id": f"{tenant}-s{k % 4}", "seq": seq,
                     "type": "tool_complete", "tool_name": f"tool_{k:02d}",
                     "status": "error" if rng.random() < 0.05 else "ok",
@@ -128,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--worker-args", default="", help="extra flags for `agentwatch worker`, e.g. '--gc-threshold 0'")
+    ap.add_argument("--lateness-minutes", type=int, default=0,
+                    help="spread the events over the last M minutes and run 1-minute windows with 1 h of allowed "
+                    "lateness (default 0: one open 1-day window)")
     args = ap.parse_args(argv)
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if not bootstrap:
@@ -137,13 +147,23 @@ def main(argv: list[str] | None = None) -> int:
     print("versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()))
     n = args.tenants * args.tools * args.calls
 
-    # the events must stay inside one open window until measured: not within 3 minutes of its end
-    left = WINDOW_S - time.time() % WINDOW_S
-    if left < 180:
-        print(f"waiting {left:.0f}s for the next {WINDOW_S}s window to start", flush=True)
-        time.sleep(left + 1)
+    late_mode = args.lateness_minutes > 0
+    if late_mode:
+        window_args = ["--window", "60", "--allowed-lateness", "3600", "--hop", "0"]
+        span_us = args.lateness_minutes * 60 * US
+        print(f"allowed lateness mode: events over the last {args.lateness_minutes} minutes, 1-minute windows, 1 h of "
+              "allowed lateness (closed windows are kept for late data)")
+    else:
+        window_args = ["--window", str(WINDOW_S), "--hop", "0"]
+        span_us = US
+        # the events must stay inside one open window until measured: not within 3 minutes of its end
+        left = WINDOW_S - time.time() % WINDOW_S
+        if left < 180:
+            print(f"waiting {left:.0f}s for the next {WINDOW_S}s window to start", flush=True)
+            time.sleep(left + 1)
     t0 = time.perf_counter()
-    records = window_records(args.tenants, args.tools, args.calls, args.batch, time.time_ns() // 1000, args.seed)
+    records = window_records(args.tenants, args.tools, args.calls, args.batch, time.time_ns() // 1000, args.seed,
+                             span_us)
     print(f"{n} events ({args.tenants} tenants x {args.tools} tools x {args.calls}) in {len(records)} records, "
           f"made in {time.perf_counter() - t0:.1f}s", flush=True)
 
@@ -151,8 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = worker_settings(bootstrap, topic, PARTITIONS)
     created = create_worker_topics(settings)
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
-        worker = WorkerProcess(settings, Path(tmp), "--window", str(WINDOW_S), "--hop", "0",
-                               *shlex.split(args.worker_args))
+        worker = WorkerProcess(settings, Path(tmp), *window_args, *shlex.split(args.worker_args))
         try:
             # the empty worker: joined its group, both partitions assigned, nothing to read
             wait_for(lambda: (worker.counters() or {}).get('agentwatch_worker_partitions{role="events"}', 0)
@@ -170,6 +189,16 @@ def main(argv: list[str] | None = None) -> int:
             worker.stop()
             delete_topics(bootstrap, [topic, *created])
     windows = counters.get('agentwatch_worker_windows_emitted_total{kind="tumbling"}', 0.0)
+    if late_mode:
+        held = loaded - baseline
+        print(f"\nworker ({n} events consumed in {consumed_s:.1f}s; {windows:.0f} windows emitted and kept for late "
+              "data):")
+        print(f"  empty worker RSS (baseline)      {baseline / 1024:8.1f} MiB")
+        print(f"  holding {args.lateness_minutes} minutes of windows    {loaded / 1024:8.1f} MiB  (peak "
+              f"{peak / 1024:.1f} MiB); ratio to baseline {loaded / baseline:.2f}x")
+        print(f"  state held = difference          {held / 1024:8.1f} MiB = {held / args.tenants:.1f} KiB per tenant, "
+              f"{held / (args.tenants * args.lateness_minutes):.2f} KiB per (tenant, minute)")
+        return 0
     grown, heap, slots = engine_alone(records)
 
     mib = 1024.0
