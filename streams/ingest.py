@@ -10,8 +10,9 @@ The Faust shell (:mod:`streams.app`) hands every record of its events partitions
   ``(producer_id, batch_seq)`` for batches, and for single-event records by the Kafka offset (``producer_id=
   "@offset"``, ``batch_seq=offset``: a partition's offsets only grow; a redelivery of the same record) and by
   ``event_id`` (the same event sent again as another record, e.g. by a retrying proxy);
-* events later than the allowed lateness for every window they belong to are not folded: ``Outcome.too_late``
-  has them, for the late side topic;
+* events for a closed window within the allowed lateness are folded into a delta of it, sent as a delta partial
+  (``Partial.delta`` = this record's offset, by which stage 2 applies it once); events later than that for every
+  window they belong to are not folded: ``Outcome.too_late`` has them, for the late side topic;
 * anything unexpected while handling one record (a bug, not bad data: the checks above keep bad data out) makes
   that record a :class:`DeadLetter` with reason ``processing_error``: the worker never stops on one record;
 * windows closed by the new stream time become :class:`~streams.partials.Partial` records (the tenant's aggregate
@@ -196,7 +197,7 @@ class Ingest:
         out.late = after["late"] - before["late"]
         out.revised = after["revised"] - before["revised"]
         out.duplicate = folded == 0 and out.late == 0 and len(events) > 0
-        self._close(partition, out)
+        self._close(partition, out, offset)
 
     def heartbeat(self, partition: int, wall_clock_us: int) -> Outcome:
         """A quiet, caught-up partition: let stream time follow the wall clock (see ``advance_idle``)."""
@@ -212,9 +213,14 @@ class Ingest:
         self._idle_sent.add(partition)
         return Marker(partition, None, idle=True)
 
-    def _close(self, partition: int, out: Outcome) -> None:
+    def _close(self, partition: int, out: Outcome, offset: int | None = None) -> None:
         for cw in self.engine.close_due(partition):
-            out.partials.append(Partial(partition, cw.aggregate.to_record(final=False, quantiles=False)))
+            record = cw.aggregate.to_record(final=False, quantiles=False)
+            if cw.delta:  # late events of a closed window, from the record at ``offset`` (only records make deltas)
+                assert offset is not None
+                out.partials.append(Partial(partition, record, delta=offset))
+            else:
+                out.partials.append(Partial(partition, record))
         st = self.engine.stream_time(partition)
         if st is None:
             return

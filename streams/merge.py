@@ -17,13 +17,15 @@ window and series; a re-emit after a crash carries the same content). The final 
 the spike detector (windows in order per tenant), and their transitions to the alerts topic.
 
 **Late data and revisions** (``allowed_lateness_s``). A final window is kept (its partials per source) until the
-watermark passes ``end + allowed_lateness``. A partial for it in that time (stage 1 folded late events into the
-window in its partition and sent the window again, holding everything so far) *replaces* that source's partial; if
-the content changed, the window is merged again and emitted as the next **revision** (``revision`` 1, 2, ... on the
-same metrics key, so compaction keeps the newest), and the hopping windows containing it too. A partial whose
-content equals the one held is a redelivery: nothing is emitted. When the watermark passes ``end +
-allowed_lateness`` the window is **sealed**: its newest revision is sent once more with ``sealed=true`` (nothing can
-change it any more) and its state is dropped (kept a hop longer when hopping windows still need it).
+watermark passes ``end + allowed_lateness``. Stage 1 sends the late events of a closed window as a **delta**
+partial (only what came late, named by the offset of the events record that brought it); the delta is merged into
+that source's partial, once (the offsets merged are kept with it), and the window is merged again and emitted as
+the next **revision** (``revision`` 1, 2, ... on the same metrics key, so compaction keeps the newest), and the
+hopping windows containing it too. A delta already merged, or a full partial equal to the one held, is a
+redelivery: nothing is emitted. A delta for a window still pending is merged the same way. When the watermark
+passes ``end + allowed_lateness`` the window is **sealed**: its newest revision is sent once more with
+``sealed=true`` (nothing can change it any more) and its state is dropped (kept a hop longer when hopping windows
+still need it).
 
 A partial for a window already sealed is late beyond the allowed lateness (only possible from a source partition
 that was idle and woke up with old data: every other source drops such events in stage 1): it is counted and
@@ -143,6 +145,36 @@ class _Part:
     stored_pending: set[tuple[str, int, int]] = field(default_factory=set)  # pending keys the table holds
     dirty_tenants: set[str] = field(default_factory=set)
     dirty_watermarks: bool = False
+
+
+DELTAS = "_deltas"  # in a held partial: the offsets of the delta partials merged into it (each applies once)
+
+
+def _apply(parts: dict[int, dict[str, Any]], partial: Partial) -> bool:
+    """Put ``partial`` into a window's partials by source; False when that changes nothing (a redelivery).
+
+    A full partial replaces the source's (stage 1 recomputes a window from the same events, so a redelivery
+    carries the same content). A delta is merged into it once: the offsets of the deltas merged are kept in it.
+    """
+    source = partial.source_partition
+    old = parts.get(source)
+    if partial.delta is None:
+        if old == partial.record:
+            return False
+        parts[source] = partial.record
+        return True
+    if old is None:
+        merged = dict(partial.record)
+        merged[DELTAS] = [partial.delta]
+    else:
+        if partial.delta in old.get(DELTAS, ()):
+            return False
+        agg = TenantWindowAggregate.from_record(old)
+        agg.merge(TenantWindowAggregate.from_record(partial.record))
+        merged = agg.to_record(final=False, quantiles=False)
+        merged[DELTAS] = [*old.get(DELTAS, ()), partial.delta]
+    parts[source] = merged
+    return True
 
 
 def pending_key(tenant: str, start_us: int, source: int) -> str:
@@ -265,7 +297,8 @@ class MergeStage:
             ts = part.tenants[tenant] = _Tenant()
         if ts.last_final_end is not None and partial.window_end_us <= ts.last_final_end:
             return self._on_late_partial(part, partition, tenant, ts, partial)
-        ts.pending.setdefault(start, {})[partial.source_partition] = partial.record
+        if not _apply(ts.pending.setdefault(start, {}), partial):
+            return Output()
         k = (tenant, start, partial.source_partition)
         part.dirty_pending.add(k)
         part.deleted_pending.discard(k)
@@ -287,10 +320,9 @@ class MergeStage:
             out.late_partials = 1
             out.too_late.append(partial)
             return out
-        if entry.parts.get(source) == partial.record:
-            return out  # a redelivery of what the window holds: nothing changed
         before = self._entry_record(tenant, start, entry) if entry.revision >= 0 else None
-        entry.parts[source] = partial.record
+        if not _apply(entry.parts, partial):
+            return out  # a redelivery of what the window holds: nothing changed
         k = (tenant, start, source)
         part.dirty_pending.add(k)
         part.deleted_pending.discard(k)

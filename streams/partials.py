@@ -1,10 +1,12 @@
 """The partials topic between the worker's two stages: partial window aggregates and watermark markers.
 
 Stage 1 (per events partition) sends, when a window closes in its partition, one **partial** per (tenant, window):
-the tenant's aggregate of that window *from that source partition only*. Then it sends a **marker** to every
-partition of the partials topic: "source partition ``p`` has closed (and sent) every window ending at or before
-``watermark_us``", or "source partition ``p`` is idle" (empty and caught up: do not wait for it). Stage 2
-(keyed by tenant) merges a window's partials once every non-idle source partition's watermark has passed its end.
+the tenant's aggregate of that window *from that source partition only*; and for late events within the allowed
+lateness, a **delta** partial (``delta`` = the offset of the events record that brought them). Then it sends a
+**marker** to every partition of the partials topic: "source partition ``p`` has closed (and sent) every window
+ending at or before ``watermark_us``", or "source partition ``p`` is idle" (empty and caught up: do not wait for
+it). Stage 2 (keyed by tenant) merges a window's partials once every non-idle source partition's watermark has
+passed its end.
 
 Stage 1 sends what one events record (or heartbeat) caused to one partials partition as **one** record: a batch
 of items in order, the partials of that partition's tenants first, then the marker, so the marker still follows the
@@ -39,10 +41,15 @@ def tenant_partition(tenant: str, partitions: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Partial:
-    """One tenant's aggregate of one window from one source partition (``record`` is a WindowedMetrics dict)."""
+    """One tenant's aggregate of one window from one source partition (``record`` is a WindowedMetrics dict).
+
+    ``delta``: not the window's aggregate but the late events that one events record (at that offset of the source
+    partition) added to it after it closed; stage 2 merges it into the partial it holds, once per offset.
+    """
 
     source_partition: int
     record: dict[str, Any]
+    delta: int | None = None
 
     @property
     def tenant(self) -> str:
@@ -75,7 +82,10 @@ class PartialsFormatError(ValueError):
 
 
 def _partial_doc(partial: Partial) -> dict[str, Any]:
-    return {"type": PARTIAL, "source_partition": partial.source_partition, "record": partial.record}
+    doc = {"type": PARTIAL, "source_partition": partial.source_partition, "record": partial.record}
+    if partial.delta is not None:
+        doc["delta"] = partial.delta
+    return doc
 
 
 def _marker_doc(marker: Marker) -> dict[str, Any]:
@@ -140,7 +150,8 @@ def _item(doc: Any) -> Partial | Marker:
             record = doc["record"]
             if not isinstance(record, dict) or "tenant" not in record:
                 raise PartialsFormatError("a partial needs a WindowedMetrics record")
-            return Partial(source, record)
+            delta = doc.get("delta")
+            return Partial(source, record, None if delta is None else int(delta))
         if doc["type"] == MARKER:
             wm = doc.get("watermark_us")
             return Marker(source, None if wm is None else int(wm), bool(doc.get("idle", False)))

@@ -10,14 +10,16 @@ Kafka Streams' model (field-notes §3.4), kept in plain dicts so a batch of even
   windowed tables expire by wall clock, which breaks exactly that).
 * **Allowed lateness** (Flink's and Beam's term; ``allowed_lateness_s``, default 0 = Kafka Streams' behaviour): a
   window is *emitted* when it closes and *expires* when ``stream_time >= end + grace + allowed_lateness``. An event
-  for a closed window that has not expired is folded in, and the window is emitted again (a revision, in Beam's
-  accumulating mode: each emission holds everything so far), by the next :meth:`WindowEngine.close_due`.
+  for a closed window that has not expired is folded into a *delta* of that window, which the next
+  :meth:`WindowEngine.close_due` returns (``ClosedWindow.delta``; Beam's discarding panes: only what came late)
+  and forgets. The closed window itself is not kept: whoever holds the window's result merges the delta into it
+  (stage 2 of the worker does, once per delta: it knows each by the record that caused it). So the allowed
+  lateness costs no state here, and a late event costs one fold.
 * **Late events**, i.e. events for a window that has expired, are not folded in; they are counted per partition
   and key (one count per (event, window) pair, as Kafka Streams' dropped-records sensor does), and handed back to
   the caller (``too_late``) so it can keep them somewhere (the worker's late side topic): never silently dropped.
-* **Emit-final.** :meth:`WindowEngine.close_due` returns each closed (key, window, aggregate) once when it closes,
-  and once more after each batch that changed it while it was closed but not expired; panes are forgotten when
-  every window containing them has expired.
+* **Emit-final.** :meth:`WindowEngine.close_due` returns each closed (key, window, aggregate) once and forgets it,
+  plus the deltas of late events since the last call.
 * **Panes.** Events are folded into panes one advance long, so a hopping window (size a multiple of the advance)
   costs one fold per event and is built by merging its panes when collected; see :class:`WindowEngine`.
 * **Idle partitions.** :meth:`WindowEngine.advance_idle` is a wall-clock heartbeat; see its docstring for the rule.
@@ -38,7 +40,8 @@ producer never sends an older batch after a newer one to the same partition (a d
 before fresh batches go out). Records without a producer id (single events) can use the Kafka offset as the
 sequence: ``producer_id="@offset"``, ``batch_seq=offset``. They are also deduplicated by their ``event_id``
 (``event_ids=True``), against the same event sent again as another record: each slot keeps the ids of the single
-events folded into it, for as long as the slot lives (until its windows expire), so the state stays bounded.
+events folded into it, and when it closes the partition keeps them (``closed_ids``) until its windows expire, so a
+late copy is caught too and the state stays bounded.
 
 The state can be persisted two ways. :meth:`WindowEngine.snapshot` / :meth:`WindowEngine.restore` give one
 JSON-able dict per partition. For a changelog-backed table that is written key by key,
@@ -166,13 +169,15 @@ class AggregateOps(Protocol[K, A]):
 
 @dataclass(frozen=True, slots=True)
 class ClosedWindow(Generic[K, A]):
-    """One final result: emitted once per (partition, key, window)."""
+    """One final result (emitted once per (partition, key, window)), or with ``delta`` the late events of a closed
+    window since the last :meth:`WindowEngine.close_due` (to be merged into the result emitted before)."""
 
     partition: int
     key: K
     start_us: int
     end_us: int
     aggregate: A
+    delta: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,7 +233,8 @@ class _Partition:
         "duplicate_events",
         "future_events",
         "revised",
-        "reopened",
+        "deltas",
+        "closed_ids",
         "dirty",
         "retired",
     )
@@ -244,8 +250,10 @@ class _Partition:
         self.duplicate_batches = 0
         self.duplicate_events = 0
         self.future_events = 0
-        self.revised = 0  # (event, window) pairs folded into a closed, not yet expired window
-        self.reopened: set[tuple[Any, int]] = set()  # (key, window start) emitted, then changed by late events
+        self.revised = 0  # (event, window) pairs folded into a delta of a closed, not yet expired window
+        self.deltas: dict[tuple[Any, int], Any] = {}  # (key, window start) -> late events since the last close_due
+        # (key, pane) -> ids of single events folded into a pane already retired, kept until its windows expire
+        self.closed_ids: dict[tuple[Any, int], set[str]] = {}
         self.dirty: set[tuple[Any, int]] = set()
         self.retired: list[tuple[Any, int, _Slot | None]] = []  # since the last export (slot when dirty)
 
@@ -348,10 +356,11 @@ class WindowEngine(Generic[K, A]):
                     st = t
             pane = t - t % advance
             if pane + partly_after <= st:  # rare: later than the grace for at least one of its windows
-                shift = self._late_event(part, ev[kf], pane, st)
-                if shift is None:
-                    if too_late is not None:
-                        too_late.append(ev)
+                shift = self._late_event(part, ev, pane, st, event_ids, too_late)
+                if shift is None:  # expired everywhere: too late
+                    continue
+                if shift < 0:  # only in deltas of closed windows (-1), or a duplicate of one already there (-2),
+                    folded += 1  # which the duplicate count below takes off again
                     continue
                 pane += shift
             ck = (ev[kf], pane)
@@ -371,24 +380,47 @@ class WindowEngine(Generic[K, A]):
             part.applied[producer_id] = [batch_seq, st]  # type: ignore[list-item]
         return folded - (part.duplicate_events - duplicates_before)  # slots that already held them skipped them
 
-    def _late_event(self, part: _Partition, key: Any, pane: int, st: int) -> int | None:
+    def _late_event(self, part: _Partition, ev: Mapping[str, Any], pane: int, st: int, event_ids: bool,
+                    too_late: list[Mapping[str, Any]] | None) -> int | None:
         """An event for ``pane`` arriving after some window containing it closed: the sub-pane offset to fold it
-        into (windows expired so far are left out), or None when every window containing it has expired.
+        into for the windows still open; -1 when it went only into deltas; -2 when it is a single event those
+        deltas already hold (counted as a duplicate); None when it was too late for every window.
 
-        Closed windows that have not expired take the event and are marked for a new emission (a revision).
+        Windows that expired leave it out (counted late; ``too_late`` gets the event when every window did);
+        windows closed but not expired get it in their delta (:meth:`close_due` returns those).
         """
+        key = ev[self.key_field]
         expired = self._windows_past(pane, st, self._expire_delay)
         if expired:
             self._late(part, key, expired)
             if expired == self._per_window:
+                if too_late is not None:
+                    too_late.append(ev)
                 return None
         closed = self._windows_past(pane, st, self.grace_us)
         if closed > expired:
+            if event_ids and self._seen_closed(part, key, pane, ev[self.id_field]):
+                part.duplicate_events += 1
+                return -2
             first = pane - self._size + self._advance  # the oldest window containing the pane starts here
             for n in range(expired, closed):
-                part.reopened.add((key, first + n * self._advance))
+                start = first + n * self._advance
+                delta = part.deltas.get((key, start))
+                if delta is None:
+                    delta = part.deltas[(key, start)] = self.ops.new(key, start, start + self._size)
+                self.ops.adder(delta)(ev)
             part.revised += closed - expired
-        return expired
+        return -1 if closed == self._per_window else closed
+
+    def _seen_closed(self, part: _Partition, key: Any, pane: int, event_id: str) -> bool:
+        """Whether a single event went into the (retired) pane already; remembers it otherwise."""
+        ids = part.closed_ids.get((key, pane))
+        if ids is None:
+            ids = part.closed_ids[(key, pane)] = set()
+        elif event_id in ids:
+            return True
+        ids.add(event_id)
+        return False
 
     @property
     def _expire_delay(self) -> int:
@@ -398,19 +430,20 @@ class WindowEngine(Generic[K, A]):
         """Apply ``update`` to the pane of ``key`` holding ``event_time_us`` (no redelivery dedup); True if applied.
 
         For folds that are not per-event dicts, e.g. a second stage merging partial aggregates. Advances stream
-        time like an event; late when every window containing the time has expired (then counted, not applied).
+        time like an event; late when every window containing the time is closed (then counted, not applied: no
+        deltas here).
         """
         part = self._part(partition)
         if event_time_us > part.stream_time:
             part.stream_time = event_time_us
         pane = event_time_us - event_time_us % self._advance
-        shift = 0
-        if pane + self._advance + self.grace_us <= part.stream_time:
-            shift = self._late_event(part, key, pane, part.stream_time)
-            if shift is None:
+        closed = self._closed_windows_of(pane, part.stream_time)
+        if closed:
+            self._late(part, key, closed)
+            if closed == self._per_window:
                 return False
-        self._touch(part, (key, pane + shift), None, None)
-        update(part.panes[pane + shift][key].agg)
+        self._touch(part, (key, pane + closed), None, None)
+        update(part.panes[pane + closed][key].agg)
         return True
 
     def _windows_past(self, pane: int, st: int, delay: int) -> int:
@@ -463,67 +496,49 @@ class WindowEngine(Generic[K, A]):
     # -- closing --------------------------------------------------------------------------------------------------
 
     def close_due(self, partition: int) -> list[ClosedWindow[K, A]]:
-        """Every window of the partition closed since the last call, and every closed window changed by late events
-        since then (a revision, holding everything so far), oldest first; panes whose windows all expired are
-        forgotten."""
+        """Every window of the partition closed since the last call, oldest first, each exactly once; then the
+        deltas of closed windows that late events changed since the last call (``delta=True``)."""
         part = self._parts.get(partition)
         if part is None:
             return []
-        limit = part.stream_time - self._size - self.grace_us  # windows starting at or before this are closed
-        previous = part.emitted_limit
-        if limit <= previous and not part.reopened:
-            return []
-        advance = self._advance
-        starts: set[int] = set()
-        if limit > previous:
-            first_new = previous - previous % advance + advance
-            last_new = limit - limit % advance
-            for pane_id in part.panes:
-                pane = pane_id - pane_id % advance
-                starts.update(range(max(pane - self._size + advance, first_new), min(pane, last_new) + 1, advance))
-        revisions: dict[int, list[Any]] = {}
-        for key, start in part.reopened:
-            if start <= previous:  # emitted before: emit again (a window closing now is emitted below anyway)
-                revisions.setdefault(start, []).append(key)
-        part.reopened.clear()
         closed: list[ClosedWindow[K, A]] = []
-        size = self._size
-        for start in sorted(starts | set(revisions)):
-            if start in starts:
-                built = self._build(part, start)
-            else:
-                built = [(key, self._build_key(part, start, key)) for key in sorted(revisions[start], key=repr)]
-            closed += [ClosedWindow(partition, k, start, start + size, agg) for k, agg in built]
-        if limit <= previous:
-            return closed
-        part.emitted_limit = limit
-        expire_limit = limit - self.lateness_us  # panes starting at or before this are in no unexpired window
-        for pane_id in sorted(part.panes):
-            base = pane_id - pane_id % advance
-            if base > limit:
-                break
-            if previous < base:  # in no open window any more: the label guards learn from it once
-                for slot in part.panes[pane_id].values():
-                    self.ops.on_close(slot.agg)
-            if base <= expire_limit:
-                for key, slot in part.panes.pop(pane_id).items():
-                    was_dirty = (key, pane_id) in part.dirty
-                    part.dirty.discard((key, pane_id))
-                    part.retired.append((key, pane_id, slot if was_dirty else None))
-        self._prune_producers(part)
+        limit = part.stream_time - self._size - self.grace_us  # windows starting at or before this are closed
+        if limit > part.emitted_limit:
+            closed = self._close_new(part, partition, limit)
+        if part.deltas:
+            for (key, start), agg in sorted(part.deltas.items(), key=lambda kv: (kv[0][1], repr(kv[0][0]))):
+                closed.append(ClosedWindow(partition, key, start, start + self._size, agg, delta=True))
+            part.deltas = {}
         return closed
 
-    def _build_key(self, part: _Partition, start: int, key: Any) -> Any:
-        """The aggregate of one key's window starting at ``start`` (see :meth:`_build`)."""
-        if self._per_window == 1:
-            return part.panes[start][key].agg
-        merged = self.ops.new(key, start, start + self._size)
-        for index, pane in enumerate(range(start, start + self._size, self._advance)):
-            for pane_id in range(pane, pane + self._per_window - index):
-                slot = part.panes.get(pane_id, {}).get(key)
-                if slot is not None:
-                    self.ops.merge(merged, slot.agg)
-        return merged
+    def _close_new(self, part: _Partition, partition: int, limit: int) -> list[ClosedWindow[K, A]]:
+        advance = self._advance
+        first_new = part.emitted_limit - part.emitted_limit % advance + advance
+        last_new = limit - limit % advance
+        starts: set[int] = set()
+        for pane_id in part.panes:
+            pane = pane_id - pane_id % advance
+            starts.update(range(max(pane - self._size + advance, first_new), min(pane, last_new) + 1, advance))
+        closed: list[ClosedWindow[K, A]] = []
+        end = self._size
+        for start in sorted(starts):
+            closed += [ClosedWindow(partition, k, start, start + end, agg) for k, agg in self._build(part, start)]
+        part.emitted_limit = limit
+        keep_ids = self.lateness_us > 0
+        for pane_id in sorted(p for p in part.panes if p - p % advance <= limit):  # in no open window any more
+            for key, slot in part.panes.pop(pane_id).items():
+                self.ops.on_close(slot.agg)
+                was_dirty = (key, pane_id) in part.dirty
+                part.dirty.discard((key, pane_id))
+                part.retired.append((key, pane_id, slot if was_dirty else None))
+                if keep_ids and slot.ids:  # a late copy of a single event must still be recognised
+                    part.closed_ids.setdefault((key, pane_id), set()).update(slot.ids)
+        if part.closed_ids:
+            expire_limit = limit - self.lateness_us  # panes starting at or before this are in no unexpired window
+            for kp in [kp for kp in part.closed_ids if kp[1] - kp[1] % advance <= expire_limit]:
+                del part.closed_ids[kp]
+        self._prune_producers(part)
+        return closed
 
     def _build(self, part: _Partition, start: int) -> list[tuple[Any, Any]]:
         """(key, aggregate) of the window starting at ``start``: its pane itself, or the merge of its (sub-)panes."""
@@ -663,6 +678,7 @@ class WindowEngine(Generic[K, A]):
             part.duplicate_events = int(meta["duplicate_events"])
             part.future_events = int(meta["future_events"])
             part.revised = int(meta.get("revised", 0))
+            part.closed_ids = {(_key(k), int(p)): set(ids) for k, p, ids in meta.get("closed_ids", ())}
         for s in slots:
             key, pane_id = _key(s["key"]), int(s["pane"])
             start = pane_id - pane_id % self._advance
@@ -692,6 +708,7 @@ class WindowEngine(Generic[K, A]):
             "duplicate_events": part.duplicate_events,
             "future_events": part.future_events,
             "revised": part.revised,
+            "closed_ids": [[k, p, sorted(ids)] for (k, p), ids in part.closed_ids.items()],
         }
 
 

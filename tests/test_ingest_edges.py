@@ -71,12 +71,12 @@ def test_a_single_event_sent_twice_as_two_records_counts_once() -> None:
     assert [p.record["events"] for p in out.partials] == [1]
 
 
-def test_late_data_within_the_lateness_revises_and_beyond_it_is_handed_back() -> None:
+def test_late_data_within_the_lateness_is_a_delta_and_beyond_it_is_handed_back() -> None:
     codec, s = AvroCodec(), stage(lateness_s=120)
     s.handle(0, 1, codec.encode_batch("p", 1, T0, [ev(1), ev(100)]), NOW)  # closes [0, 60)
     out = s.handle(0, 2, codec.encode_batch("p", 2, T0, [ev(5)]), NOW)  # 95 s late: within grace + lateness
     assert out.revised == 1 and out.late == 0
-    assert [(p.window_start_us, p.record["events"]) for p in out.partials] == [(T0, 2)]
+    assert [(p.window_start_us, p.record["events"], p.delta) for p in out.partials] == [(T0, 1, 2)]  # a delta
     s.handle(0, 3, codec.encode_batch("p", 3, T0, [ev(300)]), NOW)  # stream time 300: [0, 60) expired at 190
     out = s.handle(0, 4, codec.encode_batch("p", 4, T0, [ev(6), ev(299)]), NOW)
     assert out.late == 1 and [e["event_time"] for e in out.too_late] == [T0 + 6 * US] and out.folded == 1

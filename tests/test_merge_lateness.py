@@ -119,3 +119,26 @@ def test_revisions_after_a_restore_match_the_run_without_one() -> None:
     assert outs[0] == outs[1]
     sealed = [(m["window_start_us"], m["window_end_us"], m["turns"], m["revision"]) for m in outs[0] if m["sealed"]]
     assert (T0, T0 + W, 10, 2) in sealed
+
+
+def delta(source: int, start: int, offset: int, n: int = 1) -> Any:
+    p = partial(source, start, n=n)
+    return type(p)(p.source_partition, p.record, delta=offset)
+
+
+def test_a_delta_is_merged_once_into_a_final_window_and_into_a_pending_one() -> None:
+    s = stage()
+    s.handle(0, partial(0, T0, n=2))
+    s.handle(0, delta(0, T0, offset=40, n=3))  # still pending: merged, no output yet
+    s.handle(0, delta(0, T0, offset=40, n=3))  # the same delta again: nothing
+    s.handle(0, partial(1, T0, n=1))
+    s.handle(0, Marker(0, T0 + W))
+    assert tumbling(s.handle(0, Marker(1, T0 + W))) == [(0, 6, 0, False)]
+    assert tumbling(s.handle(0, delta(1, T0, offset=7, n=4))) == [(0, 10, 1, False)]
+    assert not s.handle(0, delta(1, T0, offset=7, n=4)).metrics  # redelivered: applied once
+    table = {k: json.loads(json.dumps(v)) for k, v in s.state_changes(0) if v is not None}
+    restored = stage()
+    restored.restore(0, table.items())
+    assert not restored.handle(0, delta(1, T0, offset=7, n=4)).metrics  # the applied offsets survive a restore
+    assert tumbling(restored.handle(0, delta(1, T0, offset=8, n=1))) == [(0, 11, 2, False)]
+    assert tumbling(s.handle(0, delta(1, T0, offset=8, n=1))) == [(0, 11, 2, False)]

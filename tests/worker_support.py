@@ -215,19 +215,26 @@ def count_mismatches(metrics: dict[tuple[str, int, int], dict[str, Any]], truth:
 class WorkerProcess:
     proc: subprocess.Popen[bytes]
     log_path: Path
+    term_sent: bool = False
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
     def stop(self, timeout: float = 30.0) -> int:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            if not self.term_sent:
+                self.term()
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
         return self.proc.returncode
+
+    def term(self) -> None:
+        """SIGTERM, once: a second one while Faust shuts down finds its handler gone and kills the process."""
+        self.term_sent = True
+        self.proc.send_signal(signal.SIGTERM)
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
@@ -239,7 +246,7 @@ def stop_all(workers: list[WorkerProcess], timeout: float = 30.0) -> list[int]:
     makes the last ones rebalance again and again on their way out)."""
     for w in workers:
         if w.proc.poll() is None:
-            w.proc.send_signal(signal.SIGTERM)
+            w.term()
     return [w.stop(timeout) for w in workers]
 
 
