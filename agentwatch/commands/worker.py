@@ -48,8 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--allowed-lateness", type=float, default=WorkerOptions.allowed_lateness_s,
                         help="seconds after the grace during which late events still update their window: the "
                         "window is emitted again as the next revision on the same metrics key; later events go to "
-                        "the late side topic (AGENTWATCH_LATE_TOPIC), counted, never silently dropped; window state "
-                        f"is kept this long (default {WorkerOptions.allowed_lateness_s:g}; 0: Kafka Streams' "
+                        "the late side topic (AGENTWATCH_LATE_TOPIC), counted, never silently dropped; stage 2 keeps "
+                        f"final windows this long (default {WorkerOptions.allowed_lateness_s:g}; 0: Kafka Streams' "
                         "behaviour, no revisions)")
     parser.add_argument("--max-future", type=float, default=WorkerOptions.max_future_s,
                         help="events stamped more than this many seconds ahead of the worker's clock go to the "
