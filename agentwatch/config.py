@@ -211,6 +211,9 @@ class Settings:
     app_id: str = ""
     audit: AuditSettings = field(default_factory=AuditSettings)
     replay: ReplaySettings = field(default_factory=ReplaySettings)
+    # Where HTTP endpoints (/metrics, the worker's web views) listen: loopback unless a deployment opens them
+    # (``AGENTWATCH_LISTEN_ADDR=0.0.0.0`` in a container that Prometheus scrapes); they have no authentication.
+    listen_addr: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         if not self.app_id:
@@ -234,6 +237,7 @@ class Settings:
             app_id=_env_opt("AGENTWATCH_APP_ID") or "",
             audit=AuditSettings.from_env(),
             replay=ReplaySettings.from_env(),
+            listen_addr=_env("AGENTWATCH_LISTEN_ADDR", "127.0.0.1"),
         )
 
     def with_(self, **changes: object) -> Settings:
