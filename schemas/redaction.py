@@ -164,6 +164,26 @@ def may_hold_secret(text: str) -> bool:
     return _CARD_HINT.search(text) is not None and _CARD.search(text) is not None
 
 
+_ANCHORS_BUT_TOKEN = tuple(a for a in (*SECRET_ANCHORS, *EXTRA_ANCHORS) if a != "token")
+
+
+def may_hold_secret_json(text: str) -> bool:
+    """:func:`may_hold_secret` for a payload's JSON text, not fooled by key names such as ``prompt_tokens`` or
+    ``first_token_ms`` (a ``token`` followed by ``s`` or ``_`` cannot start a ``kv_secret`` or OAuth match)."""
+    if len(text) < MIN_SCAN_LEN:
+        return False
+    low = text.lower()
+    for anchor in _ANCHORS_BUT_TOKEN:
+        if anchor in low:
+            return True
+    i = low.find("token")
+    while i != -1:
+        if low[i + 5:i + 6] not in ("s", "_"):
+            return True
+        i = low.find("token", i + 5)
+    return _CARD_HINT.search(text) is not None and _CARD.search(text) is not None
+
+
 def redact_agentao(text: str, hits: dict[str, int] | None = None) -> str:
     """Agentao 0.5.17's scanner exactly: its table, its order, its replacements."""
     if len(text) < MIN_SCAN_LEN:

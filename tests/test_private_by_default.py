@@ -1,0 +1,119 @@
+"""Private by default at the source (issue 12 items 1 and 2): the publisher scrubs and applies the capture flags
+unless told ``publish_raw=True`` (logged once), and an audited event's raw values travel only sealed."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from producers import publisher as publisher_module
+from producers.normalize import EventNormalizer
+from producers.publisher import EventPublisher
+from producers.scrub import SCANNED_FIELDS, Scrubber
+from producers.stamp import Stamper
+from schemas.codec import AvroCodec
+from schemas.evidence import EvidenceOpener, EvidenceSealer, generate_keypair, load_private_key, load_public_key
+
+UNREACHABLE = "127.0.0.1:9"
+AWS = "aws_secret_access_key=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+OPENAI = "sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z"
+
+
+@pytest.fixture(scope="module")
+def keys() -> tuple[EvidenceSealer, EvidenceOpener]:
+    private, public = generate_keypair()
+    return EvidenceSealer(load_public_key(public)), EvidenceOpener([load_private_key(private)])
+
+
+def test_a_publisher_scrubs_unless_told_to_publish_raw(caplog, monkeypatch) -> None:
+    monkeypatch.setattr(publisher_module, "_raw_warned", False)
+    scrubbing = EventPublisher(UNREACHABLE, "t")
+    try:
+        assert isinstance(scrubbing._normalizer.scrubber, Scrubber)
+    finally:
+        scrubbing.close(0.1)
+    with caplog.at_level(logging.WARNING, logger="producers.publisher"):
+        raw = [EventPublisher(UNREACHABLE, "t", publish_raw=True) for _ in range(2)]
+    try:
+        assert all(p._normalizer.scrubber is None for p in raw)
+        warnings = [r for r in caplog.records if "publishing RAW events" in r.getMessage()]
+        assert len(warnings) == 1  # once per process, however many publishers
+    finally:
+        for p in raw:
+            p.close(0.1)
+    with pytest.raises(ValueError, match="contradict"):
+        EventPublisher(UNREACHABLE, "t", publish_raw=True, scrubber=Scrubber())
+
+
+def _default() -> EventNormalizer:
+    return EventNormalizer(scrubber=Scrubber())
+
+
+def test_the_default_policy_applies_agentaos_capture_flags_at_the_source() -> None:
+    io = Stamper().stamp("llm_call_io", {"payload": {"messages": [{"role": "user", "content": "hi " + OPENAI}],
+                                                     "tools": [{"name": "t"}]}})
+    result = Stamper().stamp("tool_result", {"payload": {"content": "x" * 20_000 + " " + OPENAI}})
+    clean_io, _ = _default().normalize(io)
+    clean_result, _ = _default().normalize(result)
+    assert json.loads(clean_io["payload"]) == {"messages_count": 1, "tools_count": 1,
+                                               "dropped_fields": ["messages", "tools"]}
+    content = json.loads(clean_result["payload"])["content"]
+    assert len(content) < 8_100 and OPENAI not in content and "[REDACTED:openai_api_key]" in content
+    flagged, _ = EventNormalizer(scrubber=Scrubber({"capture_full_llm_io": True})).normalize(io)
+    assert json.loads(flagged["payload"])["messages"][0]["content"] == "hi [REDACTED:openai_api_key]"  # still scanned
+
+
+def test_typed_free_text_fields_are_scanned_and_identities_are_not() -> None:
+    fields = {name: f"{name} {OPENAI}" for name in SCANNED_FIELDS}
+    ev = Stamper().stamp("tool_complete", {**fields, "call_id": "call-1"}, user_id="alice@example.com")
+    counters: dict[str, int] = {}
+    clean, _ = _default().normalize(ev, counters)
+    for name in SCANNED_FIELDS:
+        assert clean[name] == f"{name} [REDACTED:openai_api_key]", name
+    assert clean["user_id"] == "alice@example.com"  # an identity: kept as the host chose it (documented)
+    assert counters["redactions"] == len(SCANNED_FIELDS)
+
+
+def test_a_clean_payload_text_is_kept_byte_for_byte() -> None:
+    text = '{"tool":"read_file","args":{"path":"/tmp/a.txt"},"prompt_tokens":12}'
+    ev = Stamper().stamp("tool_start", {"payload": text})
+    clean, _ = _default().normalize(ev)
+    assert clean["payload"] == text
+
+
+def test_an_audited_event_carries_its_raw_values_sealed(keys) -> None:
+    sealer, opener = keys
+    normalizer = EventNormalizer(scrubber=Scrubber(evidence=sealer))
+    payload = {"tool": "crm_update", "result": f"failed: {AWS}"}
+    ev = Stamper().stamp("tool_complete", {"tool_name": "crm_update", "status": "ok",
+                                           "error_message": f"boto3: {AWS}", "payload": payload})
+    clean, _ = normalizer.normalize(ev)
+    assert "wJalr" not in clean["error_message"] and "wJalr" not in clean["payload"]
+    assert "wJalr" not in clean["evidence"]
+    raw = opener.open(clean["evidence"], clean)
+    assert raw["error_message"] == f"boto3: {AWS}"
+    assert json.loads(raw["payload"]) == payload
+    assert set(raw) == {"error_message", "payload"}  # only what scrubbing changed
+    # through the Avro codec (schema v2) and back, the envelope is intact and still opens
+    codec = AvroCodec()
+    (decoded,) = codec.decode(codec.encode_event(clean)).events
+    assert opener.open(decoded["evidence"], decoded) == raw
+
+
+def test_no_evidence_when_nothing_was_scrubbed_or_the_type_is_not_audited(keys) -> None:
+    sealer, _opener = keys
+    normalizer = EventNormalizer(scrubber=Scrubber(evidence=sealer))
+    clean, _ = normalizer.normalize(Stamper().stamp("tool_complete", {"tool_name": "crm_update",
+                                                                      "payload": {"ok": True}}))
+    assert clean.get("evidence") is None
+    clean, _ = normalizer.normalize(Stamper().stamp("tool_result", {"error_message": f"x {AWS}"}))
+    assert clean.get("evidence") is None and "wJalr" not in clean["error_message"]
+    forged, _ = normalizer.normalize(Stamper().stamp("tool_complete", {"evidence": "forged"}))
+    assert forged.get("evidence") is None  # only the scrubber's own seal is kept
+
+
+def test_without_an_evidence_key_the_raw_values_are_simply_gone() -> None:
+    clean, _ = _default().normalize(Stamper().stamp("tool_complete", {"error_message": f"boto3: {AWS}"}))
+    assert clean.get("evidence") is None and "wJalr" not in clean["error_message"]
