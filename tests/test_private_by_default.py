@@ -117,3 +117,67 @@ def test_no_evidence_when_nothing_was_scrubbed_or_the_type_is_not_audited(keys) 
 def test_without_an_evidence_key_the_raw_values_are_simply_gone() -> None:
     clean, _ = _default().normalize(Stamper().stamp("tool_complete", {"error_message": f"boto3: {AWS}"}))
     assert clean.get("evidence") is None and "wJalr" not in clean["error_message"]
+
+
+# -- configuration --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("AGENTWATCH_"):
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def test_the_default_configuration_scrubs_with_every_pii_class(clean_env) -> None:
+    from agentwatch.config import Settings
+
+    settings = Settings.from_env()
+    assert not settings.producer.publish_raw
+    options = settings.producer.publisher_options()
+    scrubber = options["scrubber"]
+    assert isinstance(scrubber, Scrubber) and scrubber.pii_classes == {"email", "card_number"}
+    assert scrubber.evidence is None and not scrubber.capture_flags["capture_full_llm_io"]
+
+
+def test_the_environment_configures_the_producer(clean_env, tmp_path) -> None:
+    from agentwatch.config import Settings
+
+    private, public = generate_keypair()
+    (tmp_path / "evidence.pub").write_bytes(public)
+    clean_env.setenv("AGENTWATCH_CAPTURE_FLAGS", "capture_full_llm_io")
+    clean_env.setenv("AGENTWATCH_PII_CLASSES", "none")
+    clean_env.setenv("AGENTWATCH_EVIDENCE_PUBLIC_KEY", str(tmp_path / "evidence.pub"))
+    clean_env.setenv("AGENTWATCH_EVIDENCE_PRIVATE_KEYS", f"{tmp_path / 'a.key'}, {tmp_path / 'b.key'}")
+    settings = Settings.from_env()
+    scrubber = settings.producer.publisher_options()["scrubber"]
+    assert scrubber.capture_flags["capture_full_llm_io"] and scrubber.pii_classes == frozenset()
+    assert scrubber.evidence.kid == EvidenceSealer(load_public_key(public)).kid
+    assert settings.evidence.private_keys == (tmp_path / "a.key", tmp_path / "b.key")
+    clean_env.setenv("AGENTWATCH_PUBLISH_RAW", "true")
+    assert Settings.from_env().producer.publisher_options() == {"publish_raw": True}
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("AGENTWATCH_PUBLISH_RAW", "maybe", "AGENTWATCH_PUBLISH_RAW must be true or false"),
+    ("AGENTWATCH_CAPTURE_FLAGS", "capture_everything", "unknown capture flag"),
+    ("AGENTWATCH_PII_CLASSES", "email,ssn", "unknown ssn"),
+])
+def test_a_bad_producer_setting_is_a_clear_error(clean_env, name, value, message) -> None:
+    from agentwatch.config import ConfigError, Settings
+
+    clean_env.setenv(name, value)
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env()
+
+
+def test_a_bad_public_key_file_is_a_clear_error(clean_env, tmp_path) -> None:
+    from agentwatch.config import ConfigError, Settings
+
+    (tmp_path / "bad.pub").write_text("not a key")
+    clean_env.setenv("AGENTWATCH_EVIDENCE_PUBLIC_KEY", str(tmp_path / "bad.pub"))
+    with pytest.raises(ConfigError, match="AGENTWATCH_EVIDENCE_PUBLIC_KEY .*not a PEM public key"):
+        Settings.from_env().producer.publisher_options()
