@@ -145,6 +145,9 @@ EXTRA_ANCHORS: tuple[str, ...] = ("://", "@", "passw", "pwd", "secret", "api", "
                                   "akia", "asia")
 
 
+_ALL_ANCHORS = tuple(dict.fromkeys((*SECRET_ANCHORS, *EXTRA_ANCHORS)))  # each substring tested once
+
+
 def redaction(kind: str) -> str:
     """How a redacted secret of ``kind`` is written in its place."""
     return f"[REDACTED:{kind}]"
@@ -155,16 +158,13 @@ def may_hold_secret(text: str) -> bool:
     if len(text) < MIN_SCAN_LEN:
         return False
     low = text.lower()
-    for anchor in SECRET_ANCHORS:
-        if anchor in low:
-            return True
-    for anchor in EXTRA_ANCHORS:
+    for anchor in _ALL_ANCHORS:
         if anchor in low:
             return True
     return _CARD_HINT.search(text) is not None and _CARD.search(text) is not None
 
 
-_ANCHORS_BUT_TOKEN = tuple(a for a in (*SECRET_ANCHORS, *EXTRA_ANCHORS) if a != "token")
+_ANCHORS_BUT_TOKEN = tuple(a for a in _ALL_ANCHORS if a != "token")
 
 
 def may_hold_secret_json(text: str) -> bool:
