@@ -343,9 +343,15 @@ class EventNormalizer:
         if scrubber is not None:
             if keep_raw:
                 raw_text = self._bounded(dumps_lenient(pd), None)
+            before = pd
             pd, hits = scrubber.scrub_payload(event_type, pd)
-            if hits and counters is not None:
-                counters["redactions"] = counters.get("redactions", 0) + sum(hits.values())
+            if counters is not None:
+                if hits:
+                    counters["redactions"] = counters.get("redactions", 0) + sum(hits.values())
+                cuts = sum(1 for k in pd if k.endswith("_truncation") and k not in before)
+                cuts += pd.get("truncated") is True and before.get("truncated") is not True
+                if cuts:  # Agentao's field caps: counted like the payload bound's cuts
+                    counters["truncated"] = counters.get("truncated", 0) + cuts
         text = self._bounded(dumps_lenient(pd), counters)
         return text, (raw_text if raw_text is not None and raw_text != text else None)
 

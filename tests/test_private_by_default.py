@@ -181,3 +181,11 @@ def test_a_bad_public_key_file_is_a_clear_error(clean_env, tmp_path) -> None:
     clean_env.setenv("AGENTWATCH_EVIDENCE_PUBLIC_KEY", str(tmp_path / "bad.pub"))
     with pytest.raises(ConfigError, match="AGENTWATCH_EVIDENCE_PUBLIC_KEY .*not a PEM public key"):
         Settings.from_env().producer.publisher_options()
+
+
+def test_a_cut_by_agentaos_caps_is_counted_as_truncated() -> None:
+    counters: dict[str, int] = {}
+    _default().normalize(Stamper().stamp("tool_result", {"payload": {"content": "z" * 20_000}}), counters)
+    _default().normalize(Stamper().stamp("tool_output", {"payload": {"chunk": "z" * 5_000}}), counters)
+    _default().normalize(Stamper().stamp("tool_output", {"payload": {"chunk": "short"}}), counters)
+    assert counters.get("truncated") == 2

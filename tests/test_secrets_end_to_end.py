@@ -206,6 +206,11 @@ def test_no_canary_in_clear_anywhere_but_opened_audit_evidence(kafka_bootstrap, 
     leaks += _leaks("audit show without key", shown.out + shown.err)
     assert "evidence_sealed" in shown.out
 
+    # nothing the sinks wrote is readable by group or others (issue 12 item 4; the spool is the publisher's own)
+    loose = [f"{p} {p.stat().st_mode & 0o777:o}" for root in (archive, audit_root)
+             for p in [root, *root.rglob("*")] if p.stat().st_mode & 0o077]
+    assert loose == []
+
     # 8. every log record and everything printed so far
     leaks += _leaks("logs", "\n".join(r.getMessage() for r in caplog.records))
     assert leaks == []
