@@ -406,7 +406,7 @@ def test_broker_command_runs_a_persistent_broker(tmp_path: Path, capsys: pytest.
 
         second, started = daemon.start(home, port=port)
         assert started and second.pid != first.pid and second.data_dir == first.data_dir
-        assert second.data_dir is not None and second.data_dir.stat().st_mode & 0o777 == 0o700
+        assert second.data_dir is not None and Path(second.data_dir).stat().st_mode & 0o777 == 0o700
         md = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10)
         assert md.cluster_id == cluster and len(md.topics[topic].partitions) == 2
         consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "g"})
