@@ -189,3 +189,54 @@ def test_a_cut_by_agentaos_caps_is_counted_as_truncated() -> None:
     _default().normalize(Stamper().stamp("tool_output", {"payload": {"chunk": "z" * 5_000}}), counters)
     _default().normalize(Stamper().stamp("tool_output", {"payload": {"chunk": "short"}}), counters)
     assert counters.get("truncated") == 2
+
+
+def test_evidence_covers_every_event_type_the_audit_log_keeps() -> None:
+    """EVIDENCE_EVENT_TYPES must hold every type the audit classifier can keep, or evidence would be lost."""
+    from schemas import contract
+    from schemas.evidence import EVIDENCE_EVENT_TYPES
+    from sinks.audit_classify import AuditPolicy
+
+    policy = AuditPolicy().with_business_tools(["*"])
+    kept = {t for t in contract.event_types()
+            if policy.classify({"type": t, "confirm_outcome": "allow", "permission_decision": "deny", "status": "ok",
+                                "tool_name": "crm_update", "tenant": "acme"}) is not None}
+    assert kept and kept <= EVIDENCE_EVENT_TYPES
+
+
+SECRET_VALUES = ["sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+                 "Tr0ub4dorPass", "alice.smith@example.com", "4111 1111 1111 1111"]
+PLANTED = ["key sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z",
+           "aws_secret_access_key=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+           "the aws secret wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "postgres://u:Tr0ub4dorPass@db/x",
+           "mail alice.smith@example.com now", "card 4111 1111 1111 1111 exp", '{"password": "Tr0ub4dorPass"}']
+
+
+def _plant(depth: int):
+    from hypothesis import strategies as st
+
+    leaf = st.builds(lambda a, planted, b: f"{a} {planted} {b}", st.text(max_size=10), st.sampled_from(PLANTED),
+                     st.text(max_size=10))
+    return st.recursive(leaf | st.integers() | st.text(max_size=20),
+                        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                    max_size=3),
+                        max_leaves=depth)
+
+
+def test_no_planted_secret_survives_normalization_wherever_it_sits() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    normalizer = _default()
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.dictionaries(st.sampled_from(["a", "b", "content", "args", "_x"]), _plant(8), min_size=1, max_size=4),
+           st.sampled_from(["tool_result", "tool_complete", "llm_call_io", "custom_thing", "error"]))
+    def check(payload, etype) -> None:
+        clean, _ = normalizer.normalize(Stamper().stamp(etype, {"payload": payload}))
+        assert clean is not None
+        text = clean["payload"] or ""
+        for value in SECRET_VALUES:
+            assert value not in text, (value, text[:300])
+
+    check()
