@@ -257,7 +257,11 @@ class EventNormalizer:
                 raw = raw or {}
                 raw["payload"] = raw_payload
             if raw:
-                event[EVIDENCE_FIELD] = scrubber.evidence.seal(raw, event)
+                try:
+                    event[EVIDENCE_FIELD] = scrubber.evidence.seal(raw, event)
+                except Exception:  # never lose the (scrubbed) event over its evidence; the loss is counted
+                    if counters is not None:
+                        counters["evidence_failed"] = counters.get("evidence_failed", 0) + 1
         else:
             event["payload"] = self._payload(event["type"], event.get("payload"), extras, notes, counters)[0]
         if counters is not None and truncated:

@@ -240,3 +240,15 @@ def test_no_planted_secret_survives_normalization_wherever_it_sits() -> None:
             assert value not in text, (value, text[:300])
 
     check()
+
+
+def test_a_sealing_failure_keeps_the_scrubbed_event_and_counts_the_loss() -> None:
+    class Broken:
+        def seal(self, fields, event):
+            raise RuntimeError("no entropy")
+
+    counters: dict[str, int] = {}
+    clean, _ = EventNormalizer(scrubber=Scrubber(evidence=Broken())).normalize(
+        Stamper().stamp("tool_complete", {"error_message": f"x {AWS}"}), counters)
+    assert clean is not None and "wJalr" not in clean["error_message"] and clean.get("evidence") is None
+    assert counters["evidence_failed"] == 1
