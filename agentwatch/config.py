@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from schemas.redaction import PII_CLASSES
 from sinks.archive_store import DEFAULT_MAX_INSTANCES
 from sinks.audit_format import decode_key
 from sinks.redact import capture_flags
@@ -198,6 +199,87 @@ class ReplaySettings:
         )
 
 
+def _env_bool(name: str, default: bool) -> bool:
+    text = _env_opt(name)
+    if text is None:
+        return default
+    value = text.strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+        raise ConfigError(f"{name} must be true or false, not {text!r}")
+    return value in ("true", "1", "yes", "on")
+
+
+@dataclass(frozen=True)
+class ProducerSettings:
+    """What a publisher does to events before they leave the process (``producers.scrub``; issue 12).
+
+    ``AGENTWATCH_PUBLISH_RAW`` (default false: events are scrubbed and Agentao's capture flags applied; true
+    publishes them as given, with a warning), ``AGENTWATCH_CAPTURE_FLAGS`` (Agentao capture flags, e.g.
+    ``capture_full_llm_io=true``; the rest keep Agentao's defaults), ``AGENTWATCH_PII_CLASSES`` (comma-separated
+    PII classes to redact, ``none`` for none; default all: ``email,card_number``), ``AGENTWATCH_EVIDENCE_PUBLIC_KEY``
+    (a PEM X25519 public key file: audited events keep their raw values sealed to it; see docs/evidence-keys.md).
+    """
+
+    publish_raw: bool = False
+    capture_flags: Mapping[str, bool] = field(default_factory=dict)
+    pii_classes: tuple[str, ...] = PII_CLASSES
+    evidence_public_key: Path | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            capture_flags(self.capture_flags)
+        except ValueError as exc:
+            raise ConfigError(f"producer capture flags: {exc}") from None
+        unknown = set(self.pii_classes) - set(PII_CLASSES)
+        if unknown:
+            raise ConfigError(f"AGENTWATCH_PII_CLASSES: unknown {', '.join(sorted(unknown))} "
+                              f"(known: {', '.join(PII_CLASSES)}, or none)")
+
+    @classmethod
+    def from_env(cls) -> ProducerSettings:
+        try:
+            flags = parse_flags(os.environ.get("AGENTWATCH_CAPTURE_FLAGS", ""))
+            capture_flags(flags)
+        except ValueError as exc:
+            raise ConfigError(f"AGENTWATCH_CAPTURE_FLAGS: {exc}") from None
+        pii = _env_opt("AGENTWATCH_PII_CLASSES")
+        key = _env_opt("AGENTWATCH_EVIDENCE_PUBLIC_KEY")
+        return cls(
+            publish_raw=_env_bool("AGENTWATCH_PUBLISH_RAW", False),
+            capture_flags=flags,
+            pii_classes=PII_CLASSES if pii is None else () if pii.strip().lower() == "none" else parse_list(pii),
+            evidence_public_key=Path(key) if key else None,
+        )
+
+    def publisher_options(self) -> dict[str, object]:
+        """``EventPublisher`` keyword arguments for this policy (reads the public key file; ConfigError if bad)."""
+        if self.publish_raw:
+            return {"publish_raw": True}
+        from producers.scrub import Scrubber
+        from schemas.evidence import EvidenceSealer, load_public_key
+
+        sealer = None
+        if self.evidence_public_key is not None:
+            try:
+                sealer = EvidenceSealer(load_public_key(self.evidence_public_key.read_bytes()))
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"AGENTWATCH_EVIDENCE_PUBLIC_KEY {self.evidence_public_key}: {exc}") from None
+        return {"scrubber": Scrubber(self.capture_flags, pii_classes=self.pii_classes, evidence=sealer)}
+
+
+@dataclass(frozen=True)
+class EvidenceSettings:
+    """Who can open sealed audit evidence: ``AGENTWATCH_EVIDENCE_PRIVATE_KEYS``, comma-separated PEM X25519 private
+    key files (the current key and any retired ones still needed to read old records; docs/evidence-keys.md)."""
+
+    private_keys: tuple[Path, ...] = ()
+
+    @classmethod
+    def from_env(cls) -> EvidenceSettings:
+        text = _env_opt("AGENTWATCH_EVIDENCE_PRIVATE_KEYS")
+        return cls(private_keys=tuple(Path(p) for p in parse_list(text)) if text else ())
+
+
 @dataclass(frozen=True)
 class Settings:
     """What a deployment configures. ``Settings.from_env()`` is the only place that reads the environment."""
@@ -216,6 +298,11 @@ class Settings:
     app_id: str = ""
     audit: AuditSettings = field(default_factory=AuditSettings)
     replay: ReplaySettings = field(default_factory=ReplaySettings)
+    # Where HTTP endpoints (/metrics, the worker's web views) listen: loopback unless a deployment opens them
+    # (``AGENTWATCH_LISTEN_ADDR=0.0.0.0`` in a container that Prometheus scrapes); they have no authentication.
+    listen_addr: str = "127.0.0.1"
+    producer: ProducerSettings = field(default_factory=ProducerSettings)
+    evidence: EvidenceSettings = field(default_factory=EvidenceSettings)
 
     def __post_init__(self) -> None:
         if not self.app_id:
@@ -239,6 +326,9 @@ class Settings:
             app_id=_env_opt("AGENTWATCH_APP_ID") or "",
             audit=AuditSettings.from_env(),
             replay=ReplaySettings.from_env(),
+            listen_addr=_env("AGENTWATCH_LISTEN_ADDR", "127.0.0.1"),
+            producer=ProducerSettings.from_env(),
+            evidence=EvidenceSettings.from_env(),
         )
 
     def with_(self, **changes: object) -> Settings:

@@ -5,6 +5,7 @@ Measured in the same run:
 * ``EventPublisher``: ``publish()`` of ready event dicts (stamped beforehand) from the calling thread, then
   ``flush()``; the clock runs from the first ``publish`` until every event is acknowledged. Validation,
   Avro batch encoding (``AgentEventBatch`` per session shard), lz4 and the idempotent producer are included.
+* the same with ``publish_raw=True``: what the default scrubbing (secret scan, capture flags) costs;
 * baseline: raw confluent-kafka producing the same events as pre-encoded single ``AgentEvent`` records (encoding
   done before the clock starts), same producer settings, until ``flush()`` returns.
 
@@ -66,8 +67,10 @@ def make_events(n: int, sessions: int, *, foreign_payload: bool = False) -> list
     return out
 
 
-def run_publisher(bootstrap: str, topic: str, events: list[dict[str, Any]], batch: int) -> tuple[float, dict]:
-    with EventPublisher(bootstrap, topic, batch_max_events=batch, buffer_max_events=len(events) + 1) as pub:
+def run_publisher(bootstrap: str, topic: str, events: list[dict[str, Any]], batch: int,
+                  publish_raw: bool = False) -> tuple[float, dict]:
+    with EventPublisher(bootstrap, topic, batch_max_events=batch, buffer_max_events=len(events) + 1,
+                        publish_raw=publish_raw) as pub:
         t0 = time.perf_counter()
         c0 = time.process_time()
         publish = pub.publish
@@ -128,7 +131,8 @@ def main() -> int:
           f"librdkafka {confluent_kafka.libversion()[0]}  fastavro {fastavro.__version__}  "
           f"prometheus_client {importlib.metadata.version('prometheus_client')}  cpus {os.cpu_count()}")
     suffix = uuid.uuid4().hex[:8]
-    topics = {"publisher": f"bench-publish-{suffix}", "raw": f"bench-raw-{suffix}"}
+    topics = {"publisher": f"bench-publish-{suffix}", "raw": f"bench-raw-{suffix}",
+              "unscrubbed": f"bench-unscrubbed-{suffix}"}
     ensure_topics(args.bootstrap, [TopicSpec(t, args.partitions, 3_600_000) for t in topics.values()])
     n = args.events
     events = make_events(n, args.sessions, foreign_payload=args.foreign_payload)
@@ -139,6 +143,8 @@ def main() -> int:
     try:
         raw_s, raw_delivered, raw_cpu = run_raw(args.bootstrap, topics["raw"], values)
         pub_s, stats = run_publisher(args.bootstrap, topics["publisher"], events, args.batch)
+        unscrubbed_s, unscrubbed = run_publisher(args.bootstrap, topics["unscrubbed"], events, args.batch,
+                                                 publish_raw=True)
     finally:
         AdminClient({"bootstrap.servers": args.bootstrap}).delete_topics(list(topics.values()))
     pub_rate = stats["delivered"] / pub_s
@@ -150,6 +156,9 @@ def main() -> int:
           f" {raw_cpu / n * 1e6:13.1f}")
     print(f"{'EventPublisher (validate + batch-encode + produce + ack)':58s} {pub_rate:10,.0f} {pub_s:8.2f}"
           f" {stats['cpu_s'] / n * 1e6:13.1f}   {pub_rate / raw_rate:.2f}x raw")
+    unscrubbed_rate = unscrubbed["delivered"] / unscrubbed_s
+    print(f"{'EventPublisher, publish_raw=True (no scrubbing, no flags)':58s} {unscrubbed_rate:10,.0f} "
+          f"{unscrubbed_s:8.2f} {unscrubbed['cpu_s'] / n * 1e6:13.1f}   {unscrubbed_rate / raw_rate:.2f}x raw")
     print("(CPU: this process, all threads, while the run lasted; less sensitive to other load than events/s)")
     print(f"\n(encoding single events alone, outside the raw timing: {n / encode_s:,.0f} events/s)")
     print(f"publisher: delivered={stats['delivered']} flushed={stats['flushed']} records={stats['batches']} "

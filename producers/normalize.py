@@ -38,8 +38,11 @@ from enum import Enum
 from json.encoder import c_encode_basestring, c_make_encoder  # type: ignore[attr-defined]
 from typing import Any
 
-from producers.scrub import TRUNCATION_MARKER, Scrubber, truncate_head_tail
+from producers.scrub import SCANNED_FIELDS, TRUNCATION_MARKER, Scrubber, truncate_head_tail
 from schemas import contract
+from schemas.evidence import EVIDENCE_EVENT_TYPES
+from schemas.evidence import FIELD as EVIDENCE_FIELD
+from schemas.redaction import MIN_SCAN_LEN
 
 OK = "ok"
 COERCED = "coerced"
@@ -55,6 +58,7 @@ _I32_MIN, _I32_MAX = -(1 << 31), (1 << 31) - 1
 _KINDS = {_STR: _STR, _LONG: _LONG, _INT: _INT, _ENUM: _ENUM}
 _INT_RANGE = {_LONG: (-(1 << 63), (1 << 63) - 1), _INT: (-(1 << 31), (1 << 31) - 1)}
 _SCAN = json.scanner.make_scanner(json.JSONDecoder())
+_SCANNED = frozenset(SCANNED_FIELDS)
 _DUMPS = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
 
@@ -231,14 +235,35 @@ class EventNormalizer:
                 if counters is not None and truncated:
                     counters["truncated"] = counters.get("truncated", 0) + truncated
                 return event, OK
+        raw: dict[str, Any] | None = None  # raw values of the fields scrubbing changed, for the evidence
         if scrubber is not None:
-            msg = event.get("error_message")
-            if msg:
-                hits: dict[str, int] = {}
-                event["error_message"] = scrubber.redact(msg, hits)
-                if hits and counters is not None:
-                    counters["redactions"] = counters.get("redactions", 0) + sum(hits.values())
-        event["payload"] = self._payload(event["type"], event.get("payload"), extras, notes, counters)
+            event.pop(EVIDENCE_FIELD, None)  # only this scrubber's own seal is trusted to hold the raw values
+            keep_raw = scrubber.evidence is not None and event["type"] in EVIDENCE_EVENT_TYPES
+            hits: dict[str, int] = {}
+            for name in _SCANNED.intersection(event):  # the few an event has (a set operation in C)
+                value = event[name]
+                if value is not None and len(value) >= MIN_SCAN_LEN:
+                    clean = scrubber.redact(value, hits)
+                    if clean is not value:
+                        event[name] = clean
+                        if keep_raw and clean != value:
+                            raw = raw or {}
+                            raw[name] = value
+            if hits and counters is not None:
+                counters["redactions"] = counters.get("redactions", 0) + sum(hits.values())
+            event["payload"], raw_payload = self._payload(event["type"], event.get("payload"), extras, notes,
+                                                          counters, keep_raw)
+            if raw_payload is not None:
+                raw = raw or {}
+                raw["payload"] = raw_payload
+            if raw:
+                try:
+                    event[EVIDENCE_FIELD] = scrubber.evidence.seal(raw, event)
+                except Exception:  # never lose the (scrubbed) event over its evidence; the loss is counted
+                    if counters is not None:
+                        counters["evidence_failed"] = counters.get("evidence_failed", 0) + 1
+        else:
+            event["payload"] = self._payload(event["type"], event.get("payload"), extras, notes, counters)[0]
         if counters is not None and truncated:
             counters["truncated"] = counters.get("truncated", 0) + truncated
         return event, (COERCED if notes else OK)
@@ -285,16 +310,27 @@ class EventNormalizer:
         return _note(notes, "_coerced_fields", key), n
 
     def _payload(self, event_type: str, payload: Any, extras: dict[str, Any] | None, notes: dict[str, Any] | None,
-                 counters: dict[str, int] | None) -> str | None:
+                 counters: dict[str, int] | None, keep_raw: bool = False) -> tuple[str | None, str | None]:
+        """The payload's JSON text, and (with ``keep_raw``) its text before scrubbing when scrubbing changed it."""
         scrubber = self.scrubber
         if payload is None and extras is None and notes is None:
-            return None
+            return None, None
+        if scrubber is not None and type(payload) in (JsonObjectText, str) and extras is None and notes is None \
+                and len(payload) <= self.max_payload_chars and scrubber.payload_text_is_clean(event_type, payload):
+            if payload.__class__ is JsonObjectText:
+                return str.__str__(payload), None  # our own serialiser's text: valid by construction
+            try:
+                obj, end = _SCAN(payload, 0)
+                if type(obj) is dict and (end == len(payload) or not payload[end:].strip()):
+                    return payload, None
+            except (ValueError, RecursionError, StopIteration):
+                pass
         if type(payload) is str and extras is None and notes is None and scrubber is None \
                 and len(payload) <= self.max_payload_chars:
             try:  # the C scanner directly: json.loads adds ~1 µs of Python around it
                 obj, end = _SCAN(payload, 0)
                 if type(obj) is dict and (end == len(payload) or not payload[end:].strip()):
-                    return payload  # a valid JSON object text: keep it byte for byte
+                    return payload, None  # a valid JSON object text: keep it byte for byte
             except (ValueError, RecursionError, StopIteration):
                 pass
         if type(payload) is dict and extras is None and notes is None and scrubber is None \
@@ -307,11 +343,24 @@ class EventNormalizer:
                 pd[k if k not in pd else f"_extra_{k}"] = v
         if notes:
             pd.update(notes)
+        raw_text = None
         if scrubber is not None:
+            if keep_raw:
+                raw_text = self._bounded(dumps_lenient(pd), None)
+            before = pd
             pd, hits = scrubber.scrub_payload(event_type, pd)
-            if hits and counters is not None:
-                counters["redactions"] = counters.get("redactions", 0) + sum(hits.values())
-        text = dumps_lenient(pd)
+            if counters is not None:
+                if hits:
+                    counters["redactions"] = counters.get("redactions", 0) + sum(hits.values())
+                cuts = sum(1 for k in pd if k.endswith("_truncation") and k not in before)
+                cuts += pd.get("truncated") is True and before.get("truncated") is not True
+                if cuts:  # Agentao's field caps: counted like the payload bound's cuts
+                    counters["truncated"] = counters.get("truncated", 0) + cuts
+        text = self._bounded(dumps_lenient(pd), counters)
+        return text, (raw_text if raw_text is not None and raw_text != text else None)
+
+    def _bounded(self, text: str, counters: dict[str, int] | None) -> str:
+        """A payload text cut to ``max_payload_chars`` (long strings first, then the whole)."""
         if len(text) > self.max_payload_chars:
             if counters is not None:
                 counters["truncated"] = counters.get("truncated", 0) + 1

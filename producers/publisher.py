@@ -9,7 +9,7 @@ callback delays the turn by exactly its duration. So the design splits the work:
   sender pop without a lock). No counter is touched: "enqueued" is derived as popped + depth. It never raises:
   anything unexpected is counted as dropped (reason ``internal``) and ``False`` is returned.
 * One daemon sender thread does everything else: validation and coercion (:mod:`producers.normalize`), the
-  optional :class:`~producers.scrub.Scrubber`, encoding each event's Avro body right after (while the dict is
+  :class:`~producers.scrub.Scrubber` (default on), encoding each event's Avro body right after (while the dict is
   still in the CPU cache; an event the encoder refuses is dropped alone as ``invalid``), grouping the bodies by
   record key (a CRC-32 shard of the session id, :mod:`producers.sharding`), framing each group as one
   ``AgentEventBatch`` sized exactly (``producer_id`` unique per publisher instance, ``batch_seq`` strictly
@@ -98,6 +98,19 @@ _PERMANENT = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SI
 _PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
 
 
+_raw_warned = False
+
+
+def _warn_raw_once() -> None:
+    """Opting out of scrubbing is legitimate (a private bus, a test) but must never go unnoticed: one warning."""
+    global _raw_warned
+    if not _raw_warned:
+        _raw_warned = True
+        logging.getLogger(__name__).warning(
+            "publishing RAW events (publish_raw=True / AGENTWATCH_PUBLISH_RAW): secrets, full LLM I/O and full tool "
+            "results go to Kafka and the spool unscrubbed; everyone who can read the topic can read them")
+
+
 def _close_at_exit(ref: weakref.ReferenceType[EventPublisher], timeout: float) -> None:
     publisher = ref()
     if publisher is not None:
@@ -110,14 +123,19 @@ class EventPublisher:
     def __init__(self, bootstrap_servers: str, topic: str, *, codec: AvroCodec | None = None,
                  spool_dir: Path | None = None, shards: int = 64, batch_max_events: int = 500,
                  linger_ms: float = 50, buffer_max_events: int = 100_000, spool_max_bytes: int = 256 * MiB,
-                 scrubber: Scrubber | None = None, producer_config: dict[str, Any] | None = None,
+                 scrubber: Scrubber | None = None, publish_raw: bool = False,
+                 producer_config: dict[str, Any] | None = None,
                  registry: CollectorRegistry | None = None, producer_id: str | None = None,
                  max_record_bytes: int = 900_000, stall_timeout_s: float = 2.0, spool_window: int = 64,
                  fsync_interval_s: float = 1.0, atexit_timeout_s: float = 5.0) -> None:
         self.topic = topic
         self.producer_id = producer_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._codec = codec or AvroCodec()
-        self._normalizer = EventNormalizer(scrubber=scrubber)
+        if publish_raw and scrubber is not None:
+            raise ValueError("publish_raw=True and a scrubber contradict each other: pass one or the other")
+        if publish_raw:
+            _warn_raw_once()
+        self._normalizer = EventNormalizer(scrubber=None if publish_raw else (scrubber or Scrubber()))
         self._shards = shards
         self._batch_max = max(1, batch_max_events)
         self._linger_s = max(0.0, linger_ms / 1000.0)

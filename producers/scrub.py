@@ -1,4 +1,4 @@
-"""Optional secret scrubbing and truncation of raw Agentao data before it leaves the process.
+"""Secret scrubbing and truncation of raw Agentao data before it leaves the process (on by default).
 
 Agentao's transport events are raw: tool results, shell output and LLM message deltas can hold API keys. Agentao
 itself scans only its replay files and its log, with a regex scanner and per-field caps configured by
@@ -15,27 +15,43 @@ itself scans only its replay files and its log, with a regex scanner and per-fie
 * ``capture_llm_delta=False`` drops ``llm_call_delta.added_messages`` and ``capture_full_llm_io=False`` drops
   ``llm_call_io.messages`` / ``tools`` (counts are kept), the way Agentao then emits no such data at all.
 
+Besides the payload, the typed free-text fields (:data:`SCANNED_FIELDS`: ``error_message``, ``tool_name``,
+``model``, ``status``, ...) are scanned. Identity fields (tenant, session, user, agent, turn, call, trace ids) are
+not: they are keys and labels chosen by the host, and rewriting them would misfile the event; a secret put there is
+the host's bug and travels as given.
+
+Evidence: with an :class:`~schemas.evidence.EvidenceSealer` (the audit public key), an event of an audited type
+(:data:`~schemas.evidence.EVIDENCE_EVENT_TYPES`) whose fields scrubbing changed also carries the raw values, sealed,
+in its ``evidence`` field; only the audit private key opens them (:mod:`schemas.evidence`).
+
 The scanner and the limits are the redaction contract (:mod:`schemas.redaction`), shared with the archive; this
-module is the producer's policy: which AgentEvent fields are capped or dropped. It is best-effort pattern
+module is the producer's policy: which AgentEvent fields are scanned, capped or dropped. It is best-effort pattern
 matching, not DLP, and runs on the publisher's sender thread, never on the agent's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from schemas.redaction import (
     ASK_USER_ANSWER_MAX_CHARS,
     DEFAULT_CAPTURE_FLAGS,
     MEMORY_WRITE_MAX_CHARS,
+    PII_CLASSES,
     PLUGIN_HOOK_OUTPUT_MAX_CHARS,
     TOOL_OUTPUT_CHUNK_MAX_CHARS,
     TOOL_RESULT_MAX_CHARS,
+    may_hold_secret_json,
     redact,
     truncate_head_tail,
 )
 from schemas.redaction import TRUNCATION_MARKER as TRUNCATION_MARKER  # re-exported: producers.normalize uses it
+
+#: Typed string fields scanned like the payload (free text an agent or a tool wrote); the other string fields are
+#: identities and labels, kept as given (see the module docstring).
+SCANNED_FIELDS: tuple[str, ...] = ("error_message", "tool_name", "status", "model", "error_class", "finish_reason",
+                                   "incomplete_reason", "confirm_outcome", "permission_decision")
 
 # (event type, payload key) -> (max chars, head ratio, metadata style, capture flag that lifts the cap)
 _CAPS: dict[tuple[str, str], tuple[int, float, str, str | None]] = {
@@ -58,19 +74,45 @@ _DROPS: tuple[tuple[str, str, str, str], ...] = (
 class Scrubber:
     """Redacts secrets and applies Agentao's field caps to one event at a time; stateless, so thread-safe."""
 
-    def __init__(self, capture_flags: Mapping[str, bool] | None = None) -> None:
+    def __init__(self, capture_flags: Mapping[str, bool] | None = None, *,
+                 pii_classes: Collection[str] = PII_CLASSES, evidence: Any = None) -> None:
+        unknown = set(pii_classes) - set(PII_CLASSES)
+        if unknown:
+            raise ValueError(f"unknown PII classes {sorted(unknown)} (known: {', '.join(PII_CLASSES)})")
         self.capture_flags = {**DEFAULT_CAPTURE_FLAGS, **(capture_flags or {})}
+        self.pii_classes = frozenset(pii_classes)
+        #: a :class:`schemas.evidence.EvidenceSealer`, or None: no evidence is kept
+        self.evidence = evidence
         flags = self.capture_flags
         self._caps = {key: cap for key, cap in _CAPS.items() if not (cap[3] and flags.get(cap[3]))}
         self._drops = tuple(d for d in _DROPS if not flags.get(d[2]))
+        # per event type: the smallest cap, and the payload keys dropped (a payload text shorter than the cap and
+        # naming no dropped key needs no policy work, only the secret check)
+        self._min_cap: dict[str, int] = {}
+        for (et, _key), cap in self._caps.items():
+            self._min_cap[et] = min(cap[0], self._min_cap.get(et, cap[0]))
+        self._drop_keys: dict[str, tuple[str, ...]] = {}
+        for et, key, _flag, _count in self._drops:
+            self._drop_keys[et] = (*self._drop_keys.get(et, ()), f'"{key}"')
 
     def redact(self, text: str, hits: dict[str, int] | None = None) -> str:
-        return redact(text, hits)
+        return redact(text, hits, self.pii_classes)
+
+    def payload_text_is_clean(self, event_type: str, text: str) -> bool:
+        """True when scrubbing the JSON object ``text`` would change nothing (no secret can match, no capped field
+        can be over its cap, no dropped key is present); False means "maybe": scrub it."""
+        cap = self._min_cap.get(event_type)
+        if cap is not None and len(text) > cap:
+            return False
+        for key in self._drop_keys.get(event_type, ()):
+            if key in text:
+                return False
+        return not may_hold_secret_json(text)
 
     def scrub_value(self, value: Any, hits: dict[str, int]) -> Any:
         """A copy of ``value`` with every string inside it redacted (dicts, lists and tuples walked)."""
         if isinstance(value, str):
-            return redact(value, hits)
+            return redact(value, hits, self.pii_classes)
         if isinstance(value, dict):
             return {k: self.scrub_value(v, hits) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
@@ -94,7 +136,7 @@ class Scrubber:
             if cap is not None and isinstance(value, str):
                 max_chars, head_ratio, style, _flag = cap
                 original = len(value)
-                value = redact(value, hits)
+                value = redact(value, hits, self.pii_classes)
                 if original > max_chars:
                     value, omitted = truncate_head_tail(value, max_chars, head_ratio)
                     meta = {"truncated": True, "original_chars": original, "omitted_chars": omitted}

@@ -114,7 +114,7 @@ class SpoolDirCollector(Collector):
 class MetricsServer:
     """``/metrics`` of a registry over HTTP (prometheus_client's threaded server); ``port=0`` picks a free port."""
 
-    def __init__(self, registry: CollectorRegistry, port: int = 9464, addr: str = "0.0.0.0") -> None:
+    def __init__(self, registry: CollectorRegistry, port: int = 9464, addr: str = "127.0.0.1") -> None:
         self._server, self._thread = start_http_server(port, addr, registry)
         self.port: int = self._server.server_port
         self.addr = addr

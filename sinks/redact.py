@@ -37,10 +37,10 @@ from schemas.redaction import (
     MEMORY_WRITE_MAX_CHARS,
     MIN_SCAN_LEN,
     PLUGIN_HOOK_OUTPUT_MAX_CHARS,
-    SECRET_ANCHORS,
     TOOL_OUTPUT_CHUNK_MAX_CHARS,
     TOOL_RESULT_MAX_CHARS,
     may_hold_secret,
+    may_hold_secret_json,
     redact,
     truncate_head_tail,
 )
@@ -194,24 +194,6 @@ def sanitize_encoded(kind: str, payload: Mapping[str, Any], flags: Mapping[str, 
     return clean, _ENCODE(clean)
 
 
-def may_hold_secret_json(text: str) -> bool:
-    """:func:`may_hold_secret` for a payload's JSON text, not fooled by key names such as ``prompt_tokens`` or
-    ``first_token_ms`` (a ``token`` followed by ``s`` or ``_`` cannot start a ``kv_secret`` or OAuth match)."""
-    if len(text) < MIN_SCAN_LEN:
-        return False
-    low = text.lower()
-    for anchor in _ANCHORS_BUT_TOKEN:
-        if anchor in low:
-            return True
-    i = low.find("token")
-    while i != -1:
-        if low[i + 5:i + 6] not in ("s", "_"):
-            return True
-        i = low.find("token", i + 5)
-    return False
-
-
-_ANCHORS_BUT_TOKEN = tuple(a for a in SECRET_ANCHORS if a != "token")
 _SCALARS = frozenset({int, float, bool, type(None)})
 
 

@@ -722,6 +722,7 @@ def create_app(options: WorkerOptions, telemetry: WorkerTelemetry | None = None)
         producer_acks=-1,
         web_enabled=options.web_port is not None,
         web_port=options.web_port or 6066,
+        web_bind=options.listen_addr,
         web_in_thread=False,
     )
     shell = WorkerShell(app, options, telemetry or WorkerTelemetry())

@@ -54,6 +54,7 @@ class WorkerOptions:
     datadir: Path = Path("agentwatch-worker")
     web_port: int | None = None
     metrics_port: int | None = None
+    listen_addr: str = "127.0.0.1"  # the metrics and web ports: unauthenticated, so loopback unless configured
     max_record_bytes: int | None = None  # None: the codec's default limit
     loglevel: str = "info"
     gc_threshold: int = 50_000  # allocations between young GC collections (0: Python's default of 700)

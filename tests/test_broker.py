@@ -138,6 +138,24 @@ def test_settings_of_a_unit_test_point_at_no_broker(settings: Settings, tmp_path
     assert settings.spool_dir == tmp_path / "spool" and settings.home == tmp_path / "home"
 
 
+@pytest.mark.parametrize("persistent", [True, False])
+def test_the_broker_data_directory_is_private(tmp_path: Path, persistent: bool) -> None:
+    """The log segments the JVM writes are 0644, so the data directory must be 0700 (issue 12); an existing,
+    world-readable persistent directory is tightened on the next start."""
+    data_dir = tmp_path / "kafka-data"
+    if persistent:
+        data_dir.mkdir(mode=0o755)
+        os.chmod(data_dir, 0o755)
+    kafka = LocalKafka(tmp_path, data_dir=data_dir if persistent else None)
+    try:
+        kafka._prepare_data_dir()  # the step before format and spawn: no JVM needed
+        assert kafka.data_dir is not None
+        assert kafka.data_dir.stat().st_mode & 0o777 == 0o700
+    finally:
+        if not persistent and kafka.data_dir is not None:
+            shutil.rmtree(kafka.data_dir, ignore_errors=True)
+
+
 def test_failure_excerpt_keeps_errors_and_drops_stack_frames() -> None:
     log = ("[t] INFO starting\n"
            "[t] ERROR Unable to start acceptor for PLAINTEXT (kafka.network.DataPlaneAcceptor)\n"
@@ -388,6 +406,7 @@ def test_broker_command_runs_a_persistent_broker(tmp_path: Path, capsys: pytest.
 
         second, started = daemon.start(home, port=port)
         assert started and second.pid != first.pid and second.data_dir == first.data_dir
+        assert second.data_dir is not None and Path(second.data_dir).stat().st_mode & 0o777 == 0o700
         md = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10)
         assert md.cluster_id == cluster and len(md.topics[topic].partitions) == 2
         consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "g"})

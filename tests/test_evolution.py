@@ -1,4 +1,4 @@
-"""FULL_TRANSITIVE, proven with a second schema version (tests/fixtures/agent_event.v2.avsc: adds the optional field
+"""FULL_TRANSITIVE, proven with a next schema version (tests/fixtures/agent_event.next.avsc: adds the optional field
 ``sandbox_id`` and the EventType symbol ``tool_cancelled``): old readers read new data, new readers read old data,
 with fastavro's resolution directly and through AvroCodec; the checker rejects changes that break either direction.
 """
@@ -29,7 +29,7 @@ def v1_json() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def v2_json() -> dict[str, Any]:
-    return contract.load_json(FIXTURES / "agent_event.v2.avsc")
+    return contract.load_json(FIXTURES / "agent_event.next.avsc")
 
 
 def _version(number: int, event_json: dict[str, Any]) -> contract.SchemaVersion:
@@ -79,7 +79,7 @@ def test_new_reader_reads_old_data(v1_json: dict[str, Any], v2_json: dict[str, A
     body = _write(v1.event_parsed, _event(type="tool_start"))
     datum = fastavro.schemaless_reader(io.BytesIO(body), v1.event_parsed, v2.event_parsed)
     assert datum["sandbox_id"] is None  # the new field takes its default
-    assert (datum["type"], datum["schema_version"]) == ("tool_start", 1)
+    assert (datum["type"], datum["schema_version"]) == ("tool_start", _field(v1_json, "schema_version")["default"])
 
 
 # -- the same through AvroCodec, v1 released into history ------------------------------------------------------
@@ -163,7 +163,7 @@ def test_adding_a_required_field_is_rejected(v2_json: dict[str, Any], v1_json: d
     bad = _with(v2_json, lambda s: s["fields"].append({"name": "region", "type": "string"}))
     problems = evolution.check_full_transitive([v1_json, bad])
     assert len(problems) == 1
-    assert (problems[0].reader, problems[0].writer) == ("v2", "v1")  # the new reader cannot read old data
+    assert (problems[0].reader, problems[0].writer) == ("v3", "v2")  # the new reader cannot read old data
     assert "reader_field_missing_default_value" in str(problems[0])
     assert any("region" in v for v in evolution.policy_violations(bad))
 
@@ -174,7 +174,7 @@ def test_a_new_symbol_without_the_enum_default_is_rejected(v1_json: dict[str, An
 
     v1_without, v2_without = _with(v1_json, drop_default), _with(v2_json, drop_default)
     problems = evolution.check_full_transitive([v1_without, v2_without])
-    assert [(p.reader, p.writer) for p in problems] == [("v1", "v2")]  # the old reader fails on tool_cancelled
+    assert [(p.reader, p.writer) for p in problems] == [("v2", "v3")]  # the old reader fails on tool_cancelled
     assert "missing_enum_symbols" in str(problems[0]) and "tool_cancelled" in str(problems[0])
     assert any("EventType" in v for v in evolution.policy_violations(v2_without))
 

@@ -1,5 +1,9 @@
 """The redaction contract (``schemas.redaction``) against Agentao's own scanner, limits and head/tail cut.
 
+``redact_agentao`` must equal Agentao's scanner on every text; ``redact`` must equal Agentao's scanner followed by
+agentwatch's additions (``redact_more``), so it never redacts less than Agentao (the additions' catch and false
+positive rates are in tests/test_secret_corpus.py).
+
 Producers (``producers.scrub``) and the archive (``sinks.redact``) both use this one scanner; what each adds on top
 is tested in tests/test_scrub.py and tests/test_archive_redact.py.
 """
@@ -26,8 +30,17 @@ from schemas.redaction import (
     TRUNCATION_MARKER,
     may_hold_secret,
     redact,
+    redact_agentao,
+    redact_more,
     truncate_head_tail,
 )
+
+
+def agentao_then_more(text: str) -> tuple[str, dict[str, int]]:
+    """What ``redact`` must give: Agentao's own scanner, then agentwatch's additions on its output."""
+    out, hits = scan_and_redact(text)
+    hits = dict(hits)
+    return redact_more(out, hits), hits
 
 # One sample per kind (fake credentials in the documented shapes).
 PER_KIND: dict[str, str] = {
@@ -80,15 +93,17 @@ def test_pattern_table_is_agentaos():
 @pytest.mark.parametrize("kind", sorted(PER_KIND))
 def test_each_kind_is_redacted_exactly_like_agentao(kind):
     hits: dict[str, int] = {}
-    ours = redact(PER_KIND[kind], hits)
+    ours = redact_agentao(PER_KIND[kind], hits)
     assert (ours, hits) == scan_and_redact(PER_KIND[kind])
+    assert (redact(PER_KIND[kind], more := {}), more) == agentao_then_more(PER_KIND[kind])
     assert f"[REDACTED:{kind}]" in ours and redaction.redaction(kind) == f"[REDACTED:{kind}]"
 
 
 @pytest.mark.parametrize("text", OTHER_SHAPES)
 def test_other_shapes_match_agentao(text):
     hits: dict[str, int] = {}
-    assert (redact(text, hits), hits) == scan_and_redact(text)
+    assert (redact_agentao(text, hits), hits) == scan_and_redact(text)
+    assert (redact(text, more := {}), more) == agentao_then_more(text)
 
 
 def test_counts_add_up_and_are_optional():
@@ -103,6 +118,7 @@ def test_strings_shorter_than_13_are_returned_untouched():
     assert redact("token=abcdefgh") == "[REDACTED:kv_secret]"  # 14 characters
     short = "token=abcdef"  # 12: no kind can match this short a text
     assert redact(short) is short and not may_hold_secret(short)
+    assert redact_agentao(short) is short
     clean = "nothing to see here at all"
     assert redact(clean) is clean  # a clean text is the same object, no copy
 
@@ -123,8 +139,9 @@ def test_the_anchor_precheck_never_hides_a_secret():
                          "".join(rng.choices(string.ascii_letters + string.digits + "_-+/=", k=rng.randrange(1, 40))))
         text = "".join(parts)
         expected = scan_and_redact(text)
-        assert (redact(text, hits := {}), hits) == expected, text
-        if expected[1]:
+        assert (redact_agentao(text, hits := {}), hits) == expected, text
+        assert (redact(text, more := {}), more) == agentao_then_more(text), text
+        if more:
             fired += 1
             assert may_hold_secret(text), text
             assert may_hold_secret(json.dumps({"k": [text]})), text  # also on a payload's JSON text

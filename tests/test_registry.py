@@ -224,7 +224,7 @@ def test_codec_over_http_registry(double: RegistryDouble) -> None:
 def test_http_registry_enforces_full_transitive(double: RegistryDouble) -> None:
     resolver = RegistrySchemaIds.from_url(double.url, "events", compatibility="FULL_TRANSITIVE")
     v1 = contract.current().event_json
-    v2 = contract.load_json(FIXTURES / "agent_event.v2.avsc")
+    v2 = contract.load_json(FIXTURES / "agent_event.next.avsc")
     breaking = json.loads(json.dumps(v2))
     breaking["fields"].append({"name": "region", "type": "string"})
 

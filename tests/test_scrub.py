@@ -8,8 +8,7 @@ import json
 
 import pytest
 from agentao.replay.sanitize import sanitize_event
-from agentao.security.secret_scan import scan_and_redact
-from test_redaction import OTHER_SHAPES, PER_KIND
+from test_redaction import OTHER_SHAPES, PER_KIND, agentao_then_more
 
 from producers.normalize import EventNormalizer
 from producers.scrub import Scrubber
@@ -20,7 +19,7 @@ from schemas.redaction import TRUNCATION_MARKER, redact
 @pytest.mark.parametrize("text", [*PER_KIND.values(), *OTHER_SHAPES])
 def test_the_scrubber_redacts_with_the_contracts_scanner_like_agentao(text: str) -> None:
     hits: dict[str, int] = {}
-    assert (Scrubber().redact(text, hits), hits) == scan_and_redact(text)
+    assert (Scrubber().redact(text, hits), hits) == agentao_then_more(text)
     nested: dict[str, int] = {}
     assert Scrubber().scrub_value({"a": [text, (text,)]}, nested) == {"a": [redact(text), [redact(text)]]}
     assert nested == {k: 2 * n for k, n in hits.items()}

@@ -14,6 +14,10 @@ Two kinds of data directory:
 - ephemeral (no ``data_dir``): a fresh temporary directory, free ports, deleted on stop;
 - persistent (``data_dir`` given): formatted once; cluster id and ports are remembered in ``launcher-state.json`` so
   a restart finds its data (the controller endpoint is part of the KRaft voter set and must not move).
+
+Either way the data directory is made 0700 (an existing one is tightened on every start): the broker's log
+segments hold the events as produced, and the JVM writes them with the umask's 0644, so the directory is what keeps
+other local users out.
 """
 
 from __future__ import annotations
@@ -289,6 +293,7 @@ class LocalKafka:
         else:
             assert self.data_dir is not None
             self.data_dir.mkdir(parents=True, exist_ok=True)
+            os.chmod(self.data_dir, 0o700)  # the log segments inside are 0644: this keeps them private
             state = self._load_state()
             meta = self.data_dir / KRAFT_DIR / "meta.properties"
             formatted_id = properties.parse(meta.read_text()).get("cluster.id") if meta.is_file() else None

@@ -28,6 +28,7 @@ from agentwatch.cli_flags import add_bootstrap_servers, add_topic, whole_number
 from agentwatch.config import Settings, parse_list
 from agentwatch.foreground import StatusLine, stop_on_signals
 from agentwatch.isotime import parse_utc, utc_iso
+from schemas.evidence import EvidenceError, EvidenceOpener, envelope_kid, load_private_key
 from sinks.audit_classify import AUDIT_CLASSES, AuditPolicy, PolicyError
 from sinks.audit_format import DecryptError, RecordCipher, event_of
 from sinks.audit_log import AuditError, AuditLog
@@ -171,9 +172,39 @@ def _shown(records: Iterator[dict[str, Any]], args: argparse.Namespace,
         yield rec, event
 
 
+def _evidence_opener(args: argparse.Namespace, settings: Settings) -> EvidenceOpener | None:
+    """The private keys of ``--evidence-key`` (else ``AGENTWATCH_EVIDENCE_PRIVATE_KEYS``), or None without any."""
+    paths = [Path(p) for p in (getattr(args, "evidence_key", None) or ())] or list(settings.evidence.private_keys)
+    if not paths:
+        return None
+    keys = []
+    for path in paths:
+        try:
+            keys.append(load_private_key(path.read_bytes()))
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"evidence key {path}: {exc}") from None
+    return EvidenceOpener(keys)
+
+
+def _evidence(event: dict[str, Any], opener: EvidenceOpener | None) -> tuple[dict[str, Any] | None, str | None]:
+    """``(raw fields, None)`` when the event's sealed evidence opens, ``(None, why not)`` when it does not, and
+    ``(None, None)`` when it has none."""
+    text = event.get("evidence")
+    if not text:
+        return None, None
+    if opener is None:
+        return None, (f"sealed evidence (key {envelope_kid(text)}): pass --evidence-key FILE or set "
+                      "AGENTWATCH_EVIDENCE_PRIVATE_KEYS to open it")
+    try:
+        return opener.open(text, event), None
+    except EvidenceError as exc:
+        return None, f"sealed evidence cannot be opened: {exc}"
+
+
 def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     conf = AuditOptions.resolve(args, settings)
     cipher = RecordCipher(conf.enc_key) if conf.enc_key else None
+    opener = _evidence_opener(args, settings)
     rows = list(_shown(iter_records(conf.root, args.tenant, args.stream), args, cipher))
     rows.sort(key=lambda r: (r[0].get("recorded_at") or 0, r[0].get("stream") or "", r[0].get("seq") or 0))
     if args.limit:
@@ -183,6 +214,11 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
             out = {k: v for k, v in rec.items() if k != "enc"}
             if event is not None:
                 out["event"] = event
+                raw, why = _evidence(event, opener)
+                if raw is not None:
+                    out["evidence_opened"] = raw
+                elif why is not None:
+                    out["evidence_sealed"] = why
             print(json.dumps(out, ensure_ascii=False))
         return 0
     if not rows:
@@ -203,6 +239,13 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
                                                           "permission_decision", "status") if event.get(k))
         print(f"{_iso(rec.get('recorded_at')):<20} {rec.get('stream', ''):<10} {rec.get('seq', ''):>6}  "
               f"{rec.get('class', ''):<22} {_iso(rec.get('expires_at')):<20} {session:<14} {user:<12} {detail}")
+        if event is not None:
+            raw, why = _evidence(event, opener)
+            if raw is not None:
+                for name, value in raw.items():
+                    print(f"    evidence {name}: {value}")
+            elif why is not None:
+                print(f"    {why}")
     return 0
 
 
@@ -265,7 +308,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     s = asub.add_parser("show", parents=[common], help="list a tenant's audit records",
                         description="List a tenant's audit records, oldest first (decrypted when "
-                        "AGENTWATCH_AUDIT_ENC_KEY is set).")
+                        "AGENTWATCH_AUDIT_ENC_KEY is set). An event whose fields the producer scrubbed carries their "
+                        "raw values sealed to the audit public key (docs/evidence-keys.md): they are shown, "
+                        "unscrubbed, when the matching private key is given, else the command says which key "
+                        "is needed.")
+    s.add_argument("--evidence-key", action="append", metavar="FILE",
+                   help="PEM X25519 private key that opens sealed evidence; repeat for retired keys "
+                   "(default: $AGENTWATCH_EVIDENCE_PRIVATE_KEYS, comma-separated)")
     s.add_argument("--tenant", required=True, help="the tenant id, as the events carry it")
     s.add_argument("--class", dest="audit_class", choices=AUDIT_CLASSES + ("segment_pruned",),
                    help="only this audit class")

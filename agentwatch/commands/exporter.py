@@ -49,8 +49,9 @@ def build(args: argparse.Namespace, settings: Settings) -> tuple[Exporter, Colle
 def run(args: argparse.Namespace, settings: Settings) -> int:
     settings = settings.with_(bootstrap_servers=args.bootstrap_servers)
     exporter, registry = build(args, settings)
-    server = MetricsServer(registry, args.port, args.addr)
-    print(f"serving http://{args.addr}:{server.port}/metrics; consuming {exporter.topic} at "
+    addr = args.addr or settings.listen_addr
+    server = MetricsServer(registry, args.port, addr)
+    print(f"serving http://{addr}:{server.port}/metrics; consuming {exporter.topic} at "
           f"{settings.bootstrap_servers} in group {args.group}", file=sys.stderr)
     try:
         with stop_on_signals() as stop:
@@ -69,7 +70,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "in one group split the partitions; sum their series over instances.",
     )
     p.add_argument("--port", type=int, default=9464, help="HTTP port of /metrics (default 9464; 0 = any free)")
-    p.add_argument("--addr", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    p.add_argument("--addr", default=None,
+                   help="address to listen on; /metrics has no authentication, so the default is loopback "
+                   "(default: $AGENTWATCH_LISTEN_ADDR, else 127.0.0.1; 0.0.0.0 for every interface)")
     p.add_argument("--group", default="agentwatch-exporter", help="consumer group (default agentwatch-exporter)")
     add_bootstrap_servers(p)
     add_topic(p, "events")

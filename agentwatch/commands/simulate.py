@@ -151,7 +151,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             spec = replace(next(s for s in default_topics(settings) if s.name == settings.topics.events), name=topic)
             ensure_topics(settings.bootstrap_servers, [spec], settings.replication_factor)
         publisher = EventPublisher(settings.bootstrap_servers, topic,
-                                   spool_dir=Path(args.spool_dir) if args.spool_dir else None)
+                                   spool_dir=Path(args.spool_dir) if args.spool_dir else None,
+                                   **settings.producer.publisher_options())  # type: ignore[arg-type]
 
     counted = TruthCounter(args.window)
     progress = Progress(sim.start_us, sim.end_us, enabled=not args.quiet)

@@ -37,6 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                         help="directory for Faust's data (RocksDB files when --store rocksdb://) "
                         "(default: $AGENTWATCH_HOME/worker/<app id>)")
     parser.add_argument("--web-port", type=int, help="serve Faust's web views on this port (default: off)")
+    parser.add_argument("--listen-addr", default=None,
+                        help="address the metrics and web ports listen on; they have no authentication, so the "
+                        "default is loopback (default: $AGENTWATCH_LISTEN_ADDR, else 127.0.0.1)")
     parser.add_argument("--metrics-port", type=int,
                         help="serve the worker's Prometheus metrics on this port (default: off)")
     parser.add_argument("--backfill", action="store_true",
@@ -99,7 +102,8 @@ def build_options(args: argparse.Namespace, settings: Settings, events_partition
         window_s=args.window, grace_s=args.grace, hop_size_s=args.hop or None, backfill=args.backfill,
         allowed_lateness_s=args.allowed_lateness, max_future_s=args.max_future, max_event_age_s=args.max_event_age,
         rules_file=args.rules, store=args.store, datadir=workdir, web_port=args.web_port,
-        metrics_port=args.metrics_port, max_record_bytes=args.max_record_bytes,
+        metrics_port=args.metrics_port, listen_addr=args.listen_addr or settings.listen_addr,
+        max_record_bytes=args.max_record_bytes,
         flush_interval_s=args.flush_interval, gc_threshold=args.gc_threshold,
         loglevel="info" if logging.getLogger().isEnabledFor(logging.DEBUG) else "warning",
     )
@@ -185,7 +189,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if options.metrics_port is not None:
         from prometheus_client import start_http_server
 
-        start_http_server(options.metrics_port, registry=telemetry.registry)
+        start_http_server(options.metrics_port, options.listen_addr, registry=telemetry.registry)
     print(f"agentwatch worker {options.app_id}: broker {options.bootstrap_servers}, store {options.store}, "
           f"{loop_kind} loop", flush=True)
     print(f"  events     {t.events} ({options.events_partitions} partitions) -> dead letters {t.dead_letter}",
@@ -199,9 +203,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     print(f"  outputs    metrics {t.metrics}, alerts {t.alerts}; rules "
           f"{options.rules_file or 'packaged defaults'}", flush=True)
     if options.metrics_port is not None:
-        print(f"  metrics    http://0.0.0.0:{options.metrics_port}/metrics", flush=True)
+        print(f"  metrics    http://{options.listen_addr}:{options.metrics_port}/metrics", flush=True)
     if options.web_port is not None:
-        print(f"  web        http://0.0.0.0:{options.web_port}/", flush=True)
+        print(f"  web        http://{options.listen_addr}:{options.web_port}/", flush=True)
     worker = _bounded_stop_worker_class()(app, loglevel=options.loglevel, quiet=True, redirect_stdouts=False)
     worker.stop_timeout_s = args.stop_timeout
     # Faust's terminal spinner sets the root logger to DEBUG to spin on every record: every debug call of
