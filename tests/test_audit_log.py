@@ -189,8 +189,16 @@ def test_one_writer_per_root(tmp_path):
 
 # -- crash safety --------------------------------------------------------------------------------------------------
 
-_WRITER = """
-import sys, uuid, json
+# The killed writer appends event i read from offset i of topic SRC_TOPIC; WrittenTopic is that topic as the
+# restarting writer re-reads it (the same events at the same offsets), so its tail can be confirmed or refuted.
+SRC_TOPIC = "audit-src"
+_WRITER_EVENT = """
+def writer_event(i):
+    return {"event_id": "%032x" % i, "event_time": i, "producer_time": i, "tenant": "acme", "session_id": "s",
+            "seq": i, "type": "session_start", "payload": json.dumps({"pad": "x" * 300})}
+"""
+_WRITER = "import json\n" + _WRITER_EVENT + """
+import sys
 from sinks.audit_log import AuditLog
 from sinks.audit_classify import Classification
 root, key, every, seg_bytes = sys.argv[1], sys.argv[2].encode(), int(sys.argv[3]), int(sys.argv[4])
@@ -200,11 +208,30 @@ c = Classification("session_start", "session", 365)
 i = 0
 while True:
     i += 1
-    log.append({"event_id": uuid.uuid4().hex, "event_time": i, "producer_time": i, "tenant": "acme",
-                "session_id": "s", "seq": i, "type": "session_start", "payload": json.dumps({"pad": "x" * 300})}, c)
+    log.append(writer_event(i), c, ("audit-src", 0, i))
     if i == 40:
         print("ready", flush=True)
 """
+_ns: dict[str, object] = {"json": json}
+exec(_WRITER_EVENT, _ns)
+writer_event = _ns["writer_event"]
+
+
+class WrittenTopic:
+    """The source topic of the killed writer: offset i of partition 0 holds writer_event(i); ``edits`` changes one."""
+
+    def __init__(self, edits: dict[int, dict[str, object]] | None = None) -> None:
+        self.edits = edits or {}
+        self.fetched: list[tuple[str, int, int]] = []
+
+    def fetch(self, refs):
+        out = {}
+        for ref in refs:
+            self.fetched.append(ref)
+            topic, partition, offset = ref
+            if topic == SRC_TOPIC and partition == 0 and 0 < offset < 100_000:
+                out[ref] = [self.edits.get(offset, writer_event(offset))]
+        return out
 
 
 def kill_writer_midway(root: Path, checkpoint_every: int = 7, segment_max_bytes: int = 4000) -> None:
@@ -230,7 +257,7 @@ def test_killed_writer_then_torn_line_is_repaired_and_the_chain_continues(tmp_pa
         fh.write(b'{"closed":fal')
     report = verify_root(root, KEY)
     assert report.ok and {f.check for f in report.warnings} >= {"torn_tail"}
-    with AuditLog(root, KEY) as log:
+    with AuditLog(root, KEY, source=WrittenTopic()) as log:
         append_all(log, [ev(i) for i in range(5)])
         assert {Path(r.path).name for r in log.repairs} == {last.name, "checkpoints.jsonl"}
     recs = records(root)
@@ -239,26 +266,46 @@ def test_killed_writer_then_torn_line_is_repaired_and_the_chain_continues(tmp_pa
     verify_ok(root)
 
 
-def test_restart_signs_the_unanchored_tail_only_if_it_still_chains(tmp_path):
-    for name in ("clean", "altered"):  # no checkpoint but the genesis one before the kill: every record unanchored
+def test_restart_signs_the_unanchored_tail_only_if_the_topic_confirms_it(tmp_path):
+    for name in ("clean", "altered", "forged", "no-source"):  # only the genesis checkpoint before the kill
         kill_writer_midway(tmp_path / name, checkpoint_every=1_000_000, segment_max_bytes=1 << 30)
         report = verify_root(tmp_path / name, KEY)
         [stream] = report.streams
         assert report.ok and stream.anchored_seq == 0 and stream.head_seq >= 40
         assert [f.check for f in report.warnings] == ["unanchored"]
-    with AuditLog(tmp_path / "clean", KEY) as log:  # a restart re-checks the tail, and anchors it
+    topic = WrittenTopic()
+    with AuditLog(tmp_path / "clean", KEY, source=topic) as log:  # a restart confirms the tail, and anchors it
         log.append(ev(1), cls(ev(1)))
+    assert len(topic.fetched) >= 40
     report = verify_root(tmp_path / "clean", KEY)
     assert report.ok and not report.warnings, report.render()
 
-    seg = next((tmp_path / "altered").rglob("seg-*.jsonl"))
-    lines = seg.read_bytes().splitlines(keepends=True)
-    lines[10] = lines[10].replace(b'"session_id":"s"', b'"session_id":"z"', 1)  # altered while the writer was down
-    assert lines[10] != seg.read_bytes().splitlines(keepends=True)[10]
-    seg.write_bytes(b"".join(lines))
-    with pytest.raises(AuditCorruption, match="after the last signed checkpoint"):
-        with AuditLog(tmp_path / "altered", KEY) as log:
+    # the topic holds different content at offset 10 than the log claims (the log was edited and re-chained)
+    with pytest.raises(AuditCorruption, match="seq 10, after the last signed checkpoint, is not confirmed by the "
+                       "source topic: audit-src.0.@10 holds event .* with different content"):
+        with AuditLog(tmp_path / "altered", KEY,
+                      source=WrittenTopic({10: {**writer_event(10), "session_id": "z"}})) as log:
             log.append(ev(2), cls(ev(2)))
+
+    # a record appended with a correctly recomputed chain, naming an offset the topic does not have
+    seg = next((tmp_path / "forged").rglob("seg-*.jsonl"))
+    last = json.loads(seg.read_bytes().splitlines()[-1])
+    body = {k: v for k, v in last.items() if k != "hash"}
+    body.update(seq=last["seq"] + 1, prev_hash=last["hash"], event_id="f" * 32,
+                event={**last["event"], "event_id": "f" * 32, "user_id": "mallory"},
+                src={"topic": SRC_TOPIC, "partition": 0, "offset": 999_999})
+    with open(seg, "ab") as fh:
+        fh.write(seal_record(body)[1])
+    log = AuditLog(tmp_path / "forged", KEY, source=WrittenTopic())
+    refused = log.recover()
+    log.close()
+    assert set(refused) == {"acme"} and "999999 is not on the topic" in str(refused["acme"])
+    report = verify_root(tmp_path / "forged", KEY)  # nothing was signed over it
+    assert [s.anchored_seq for s in report.streams] == [0]
+
+    with pytest.raises(AuditCorruption, match="no source topic was given"):
+        with AuditLog(tmp_path / "no-source", KEY) as log:
+            log.append(ev(3), cls(ev(3)))
 
 
 def test_corrupt_complete_record_is_refused_not_repaired(tmp_path):
