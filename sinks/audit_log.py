@@ -77,6 +77,7 @@ from sinks.audit_source import SourceRef, TailSource, event_key, source_ref, unc
 from sinks.audit_store import (
     DIR_MODE,
     FILE_MODE,
+    LOCK_FILE,
     SEALED_MODE,
     create_file,
     ensure_dir,
@@ -92,7 +93,6 @@ from sinks.fsync import fsync_dir
 
 logger = logging.getLogger(__name__)
 DAY_US = 86_400_000_000
-LOCK_FILE = ".writer.lock"
 FSYNC_POLICIES = ("batch", "always", "never")
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
@@ -265,6 +265,11 @@ class AuditLog:
     @property
     def encrypted(self) -> bool:
         return self._cipher is not None
+
+    @property
+    def cipher(self) -> RecordCipher | None:
+        """The record cipher (the held queue encrypts under the same key)."""
+        return self._cipher
 
     def append(self, event: Mapping[str, Any], classification: Classification,
                source: SourceRef | None = None) -> Appended:
