@@ -24,6 +24,11 @@ Guarantees and policies, stated once:
   its ``src`` offset); a record the topic does not confirm (forged, altered, or no ``src``) makes the writer refuse
   the tenant (:class:`AuditTailUnconfirmed`). :meth:`recover` does this for every unsealed stream at start, so a
   clean close afterwards seals them too.
+* **Rollback.** Given the heads an external witness holds (``witness_heads``, :mod:`sinks.audit_anchor`), a stream
+  whose checkpoint file ends before the witnessed checkpoint, differs from it, or is gone is refused
+  (:class:`AuditRolledBack`): continuing it would overwrite the witness with the rolled-back history. Every
+  checkpoint is handed to ``on_checkpoint`` for publishing, and :meth:`close` hands over the newest one of every
+  loaded stream again, so a witness that missed some catches up.
 * **Encryption is sticky.** Checkpoints declare the record key id (``enc``); a writer without a key refuses to add
   plaintext to a stream that was ever written encrypted.
 * **Crash repair.** When a tenant is first touched (lazily, on its first append or on prune), an unterminated
@@ -117,6 +122,10 @@ class AuditCorruption(AuditError):
     """The files on disk are not what this writer wrote; run ``agentwatch audit verify`` to see what changed."""
 
 
+class AuditRolledBack(AuditCorruption):
+    """The external witness saw a newer (or a different) checkpoint than the stream holds: it was rolled back."""
+
+
 class AuditTailUnconfirmed(AuditCorruption):
     """A crashed writer's unanchored tail holds a record the source topic does not confirm: it is not signed."""
 
@@ -199,6 +208,8 @@ class _Stream:
     since_cp: int = 0
     sealed: bool = False
     encrypted: bool = False  # a checkpoint ever declared an encryption key
+    last_cp: dict[str, Any] | None = None
+    published: bool = False  # last_cp was handed to on_checkpoint by this writer
     fd: int | None = None
     dirty: bool = False
 
@@ -230,7 +241,8 @@ class AuditLog:
                  checkpoint_every: int = 1000, checkpoint_max_age_s: float = 60.0, fsync: str = "batch",
                  max_tenant_bytes: int | None = None, max_open_files: int = 64,
                  clock: Callable[[], int] = _now_us, source: TailSource | None = None,
-                 on_checkpoint: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
+                 witness_heads: Mapping[tuple[str, str], Mapping[str, Any]] | None = None) -> None:
         if not isinstance(hmac_key, bytes | bytearray) or len(hmac_key) < 16:
             raise ValueError("the audit HMAC key must be at least 16 bytes")
         if fsync not in FSYNC_POLICIES:
@@ -250,6 +262,7 @@ class AuditLog:
         self._clock = clock
         self._source = source
         self._on_checkpoint = on_checkpoint
+        self._witness = witness_heads
         self._tenants: dict[str, _Tenant] = {}
         self._open: OrderedDict[int, _Stream] = OrderedDict()  # id(stream) -> stream with an open fd, LRU order
         self._pending_cp: dict[int, _Stream] = {}  # streams with records not covered by a checkpoint yet
@@ -347,20 +360,35 @@ class AuditLog:
         return done
 
     def recover(self) -> dict[str, AuditError]:
-        """Load every tenant that has an unsealed stream (a writer crashed or is running elsewhere), confirming each
-        unanchored tail against the source; the tenants refused, with why. Call it at start, before appending."""
+        """Load every tenant that has an unsealed stream (a writer crashed), confirming each unanchored tail against
+        the source, and every tenant the witness disagrees with; the tenants refused, with why. Call it at start."""
         self._check_open()
         refused: dict[str, AuditError] = {}
+        witnessed = {t for t, _ in self._witness or {}}
         for td in list_tenant_dirs(self.root):
             if td.tenant is None or td.tenant in self._tenants:
                 continue
+            witnessed.discard(td.tenant)
             streams = list_streams(td.path)
-            if all(_last_checkpoint_sealed(td.path / name / CHECKPOINTS_FILE) for name in streams):
+            lasts = {name: _last_checkpoint(td.path / name / CHECKPOINTS_FILE) for name in streams}
+            suspect = any(cp is None or not (cp.get("kind") == CP_CHECKPOINT and cp.get("sealed") is True)
+                          for cp in lasts.values())
+            for (tenant, name), seen in (self._witness or {}).items():
+                mine = lasts.get(name) if tenant == td.tenant else {}
+                if mine is None or (mine and (mine.get("n"), mine.get("sig")) != (seen.get("n"), seen.get("sig"))):
+                    suspect = True  # behind or different: _load_stream says which (a log ahead is fine)
+            if not suspect:
                 continue
             try:
-                self._tenant(td.tenant)
+                t = self._tenant(td.tenant)
+                for (tenant, name) in self._witness or {}:
+                    if tenant == td.tenant and name not in t.streams:
+                        self._stream(t, name)  # raises AuditRolledBack: the stream was removed
             except AuditError as exc:
                 refused[td.tenant] = exc
+        for tenant in sorted(witnessed):  # the witness knows tenants whose directory is gone
+            refused[tenant] = AuditRolledBack(f"{self.root / tenant_dirname(tenant)}: missing, but the anchors "
+                                              "witness holds its checkpoints: the tenant's log was removed")
         return refused
 
     def close(self) -> None:
@@ -373,6 +401,8 @@ class AuditLog:
                 for s in t.streams.values():
                     if not s.sealed:
                         self._seal(s, now)
+                    elif not s.published and s.last_cp is not None and self._on_checkpoint is not None:
+                        self._on_checkpoint(s.last_cp)
             for s in list(self._open.values()):
                 self._release_fd(s)
         finally:
@@ -512,6 +542,7 @@ class AuditLog:
         s.cp_n, s.cp_sig, s.cp_time = cp["n"], cp["sig"], cp["time"]
         s.cp_size += len(line)
         s.encrypted = s.encrypted or bool(cp.get("enc"))
+        s.last_cp, s.published = cp, True
         if self._on_checkpoint is not None:
             self._on_checkpoint(cp)
 
@@ -619,6 +650,11 @@ class AuditLog:
     def _stream(self, t: _Tenant, name: str) -> _Stream:
         s = t.streams.get(name)
         if s is None:
+            seen = (self._witness or {}).get((t.name, name))
+            if seen is not None:
+                raise AuditRolledBack(f"{t.path / name}: missing, but the anchors witness saw its checkpoint "
+                                      f"{seen.get('n')} (seq {seen.get('seq')}): the stream was removed; refusing "
+                                      "to start it again (run `agentwatch audit verify --anchors`)")
             path = t.path / name
             ensure_dir(path)
             s = t.streams[name] = _Stream(t.name, name, path, 1, genesis_hash(t.name, name))
@@ -656,6 +692,7 @@ class AuditLog:
         closed_names: set[str] = set()
         last_cp_seq, last_cp_head = 0, s.head_hash
         cp_path = path / CHECKPOINTS_FILE
+        witnessed = (self._witness or {}).get((t.name, name))
         if cp_path.exists():
             data = cp_path.read_bytes()
             lines, tail = split_lines(data)
@@ -667,6 +704,11 @@ class AuditLog:
                     s.cp_n, s.cp_sig, s.cp_time = int(cp["n"]), str(cp["sig"]), int(cp["time"])
                     s.sealed = cp["kind"] == CP_CHECKPOINT and cp.get("sealed") is True
                     s.encrypted = s.encrypted or bool(cp.get("enc"))
+                    s.last_cp = cp
+                    if witnessed is not None and cp["n"] == witnessed.get("n") and cp["sig"] != witnessed.get("sig"):
+                        raise AuditRolledBack(f"{cp_path}: checkpoint {cp['n']} is not the one the anchors witness "
+                                              "saw: the history was replaced; refusing to continue it (run "
+                                              "`agentwatch audit verify --anchors`)")
                     if cp["kind"] == CP_PRUNE:
                         s.pruned.add(cp["segment"])
                     elif cp.get("closed"):
@@ -677,6 +719,10 @@ class AuditLog:
                     raise AuditCorruption(f"{cp_path}: unreadable checkpoint ({exc}); run `agentwatch audit verify`") \
                         from None
             s.cp_size = len(data) - len(tail)
+        if witnessed is not None and isinstance(witnessed.get("n"), int) and s.cp_n < witnessed["n"]:
+            raise AuditRolledBack(f"{cp_path}: ends at checkpoint {s.cp_n} but the anchors witness saw checkpoint "
+                                  f"{witnessed['n']} (seq {witnessed.get('seq')}): rolled back; refusing to continue "
+                                  "it (run `agentwatch audit verify --anchors`)")
         names, _ = list_segments(path)
         if s.cp_n == 0:
             if names:
@@ -776,20 +822,20 @@ class AuditLog:
                     path, len(tail))
 
 
-def _last_checkpoint_sealed(path: Path) -> bool:
-    """Whether a stream's checkpoint file ends with a seal (reads only its last line)."""
+def _last_checkpoint(path: Path) -> dict[str, Any] | None:
+    """A stream's newest checkpoint (reads only the end of the file); None when missing or unreadable."""
     try:
         with open(path, "rb") as fh:
             fh.seek(0, os.SEEK_END)
             size = fh.tell()
             fh.seek(max(0, size - 4096))
             lines = fh.read().splitlines()
-        cp = parse_line(lines[-1]) if lines else {}
+        return parse_line(lines[-1]) if lines else None
     except (OSError, FormatError):
-        return False
-    return cp.get("kind") == CP_CHECKPOINT and cp.get("sealed") is True
+        return None
 
 
-__all__ = ["AuditCorruption", "AuditError", "AuditLog", "AuditLogFull", "AuditTailUnconfirmed", "AuditTenantOverCap",
+__all__ = ["AuditCorruption", "AuditError", "AuditLog", "AuditLogFull", "AuditRolledBack", "AuditTailUnconfirmed",
+           "AuditTenantOverCap",
            "AuditWriteError", "Appended", "Pruned",
            "Repair", "DAY_US", "FSYNC_POLICIES", "DIR_MODE", "FILE_MODE", "SEALED_MODE"]

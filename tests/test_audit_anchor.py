@@ -158,3 +158,33 @@ def test_kafka_witness_compacted_topic_round_trip_and_rollback(kafka_bootstrap, 
     assert "tenant 'globex' / session / checkpoints.jsonl: [anchor_rollback]" in out
     assert "'acme'" not in out.split("signed heads")[0].replace("FAILED", "")  # the untouched tenant passes
     json.dumps(seen)  # what the witness holds is plain JSON (another party can keep it)
+
+
+def test_the_writer_refuses_to_continue_a_rolled_back_or_removed_stream(tmp_path):
+    """Continuing a rolled-back stream would publish older heads over the witness's newer ones: refused instead."""
+    from sinks.audit_anchor import newest_per_stream
+    from sinks.audit_log import AuditRolledBack
+
+    root, witness = tmp_path / "a", FileWitness(tmp_path / "anchors.jsonl")
+    write(root, AnchorPublisher(witness), 0, 4, tenants=("acme", "globex", "initech"))
+    snapshot = tmp_path / "snap"
+    shutil.copytree(root, snapshot)
+    write(root, AnchorPublisher(witness), 100, 4, tenants=("acme", "globex", "initech"))
+    heads = newest_per_stream(witness.read())
+    with AuditLog(root, KEY, witness_heads=heads) as log:  # untouched: nothing to refuse
+        assert log.recover() == {}
+    shutil.rmtree(root / tenant_dirname("acme"))
+    shutil.copytree(snapshot / tenant_dirname("acme"), root / tenant_dirname("acme"))  # acme rolled back
+    shutil.rmtree(root / tenant_dirname("globex") / "session")  # globex's stream removed
+    shutil.rmtree(root / tenant_dirname("initech"))  # initech removed entirely
+    pub = AnchorPublisher(witness)
+    with AuditLog(root, KEY, witness_heads=heads, on_checkpoint=pub.publish) as log:
+        refused = log.recover()
+        assert set(refused) == {"acme", "globex", "initech"}
+        assert all(isinstance(e, AuditRolledBack) for e in refused.values())
+        assert "anchors witness saw checkpoint" in str(refused["acme"]) and "rolled back" in str(refused["acme"])
+        assert "the stream was removed" in str(refused["globex"])
+        with pytest.raises(AuditRolledBack):
+            log.append(ev(500, "acme"), SESSION)
+    assert pub.close()
+    assert newest_per_stream(witness.read()) == heads  # nothing older was published over the witness

@@ -105,18 +105,20 @@ def test_end_to_end_through_kafka_with_a_crash_between_fsync_and_commit(kafka_bo
 
     # 4. the same through the CLI: `agentwatch audit run --until-end`, then `audit verify`
     monkeypatch.setenv("AGENTWATCH_AUDIT_HMAC_KEY", KEY.decode())
+    monkeypatch.setenv("AGENTWATCH_AUDIT_ANCHORS", f"file:{tmp_path / 'anchors.jsonl'}")
     parser = argparse.ArgumentParser()
     audit_cmd.register(parser.add_subparsers())
     args = parser.parse_args(["audit", "run", "--dir", str(root), "--bootstrap", kafka_bootstrap, "--topic", topic,
                               "--group", group + "-cli", "--until-end", "--idle-timeout", "20",
-                              "--business-tools", "crm_update"])
+                              "--business-tools", "crm_update", "--insecure-plaintext"])
     assert args.func(args, Settings.from_env()) == 0
     assert f"0 audited, {audited} duplicates" in capsys.readouterr().err
-    args = parser.parse_args(["audit", "verify", "--dir", str(root)])
+    args = parser.parse_args(["audit", "verify", "--dir", str(root), "--anchors"])
     assert args.func(args, Settings.from_env()) == 0
 
     recs = [r for t in ("tenant-0", "tenant-1", "tenant-2", "solo") for r in iter_records(root, t)]
     assert len(recs) == audited == len({r["event_id"] for r in recs})
+    assert all(r["src"]["topic"] == topic and r["src"]["offset"] >= 0 for r in recs)  # each record says its source
     expected = {e["event_id"] for e in events if POLICY.classify(e)}
     assert expected <= {r["event_id"] for r in recs}
     report = verify_root(root, KEY)

@@ -32,7 +32,15 @@ from agentwatch.cli_flags import add_bootstrap_servers, add_topic, whole_number
 from agentwatch.config import Settings, parse_list
 from agentwatch.foreground import StatusLine, stop_on_signals
 from agentwatch.isotime import parse_utc, utc_iso
-from sinks.audit_anchor import AnchorError, AnchorPublisher, KafkaWitness, Witness, open_witness
+from sinks.audit_anchor import (
+    AnchorError,
+    AnchorPublisher,
+    FileWitness,
+    KafkaWitness,
+    Witness,
+    newest_per_stream,
+    open_witness,
+)
 from sinks.audit_classify import AUDIT_CLASSES, AuditPolicy, PolicyError
 from sinks.audit_format import DecryptError, RecordCipher, event_of
 from sinks.audit_log import AuditError, AuditLog
@@ -109,13 +117,15 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         witness = _witness(conf.anchors, settings)
         if isinstance(witness, KafkaWitness):
             witness.check()
+        first_run = isinstance(witness, FileWitness) and not witness.path.exists()
+        heads = newest_per_stream(witness.read()) if witness is not None and not first_run else None
     except AnchorError as exc:
         print(f"audit run: {exc}", file=sys.stderr)
         return 2
     anchors = AnchorPublisher(witness) if witness is not None else None
     try:
         log = conf.open_log(fsync=args.fsync, source=KafkaTailSource(settings.bootstrap_servers),
-                            on_checkpoint=anchors.publish if anchors is not None else None)
+                            on_checkpoint=anchors.publish if anchors is not None else None, witness_heads=heads)
     except AuditError as exc:
         print(f"audit: {exc}", file=sys.stderr)
         return 1
