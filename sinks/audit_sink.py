@@ -189,6 +189,9 @@ class AuditSink:
         """Consume until ``stop`` is set, or (``until_end``) the end offsets seen at start are reached, or nothing
         arrives for ``idle_timeout_s``. ``before_commit`` is a test hook called between the fsync and the commit.
         The audit log is flushed but not closed (the caller owns it)."""
+        if self.held.counts():  # a restart (perhaps with a higher cap): give the held events back first
+            self._next_retry = time.monotonic() + self.held_retry_s
+            self.retry_held()
         consumer = Consumer(self._config)
         try:
             consumer.subscribe([self.topic])
