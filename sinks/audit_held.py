@@ -16,6 +16,7 @@ and a full filesystem stops the sink (that stalls everyone anyway).
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from typing import Any
 
 from sinks.audit_classify import Classification
 from sinks.audit_format import FormatError, RecordCipher, canonical, parse_line, tenant_dirname
+from sinks.audit_log import AuditLogFull, AuditWriteError
 from sinks.audit_source import SourceRef
 from sinks.audit_store import create_file, ensure_dir, open_append
 from sinks.fsync import fsync_dir
@@ -81,9 +83,20 @@ class HeldQueue:
             path = self.path(tenant)
             fd = self._fds[tenant] = open_append(path) if path.exists() else create_file(path)
         line = canonical(body) + b"\n"
-        written = os.write(fd, line)
-        while written < len(line):
-            written += os.write(fd, line[written:])
+        size = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            written = os.write(fd, line)
+            while written < len(line):
+                written += os.write(fd, line[written:])
+        except OSError as exc:
+            try:
+                os.ftruncate(fd, size)  # never leave half a line behind
+            except OSError:
+                pass  # cut on the next open (an unterminated last line)
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+            raise (AuditLogFull if full else AuditWriteError)(
+                f"{self.path(tenant)}: could not hold an event of isolated tenant {tenant!r} ({exc.strerror or exc}); "
+                "the batch is not committed and comes back after a restart") from exc
         self._dirty.add(tenant)
         self._counts[tenant] = self._counts.get(tenant, 0) + 1
 

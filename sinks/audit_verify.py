@@ -140,12 +140,12 @@ class VerifyReport:
         lines += [f"  ERROR   {f}" for f in self.errors]
         lines += [f"  warning {f}" for f in self.warnings]
         if heads and self.streams:
-            lines.append("signed heads (anchor these elsewhere to detect wholesale rollback):")
+            lines.append("signed heads (the writer publishes them to the anchors witness; --anchors compares):")
             for s in self.streams:
                 unanchored = s.head_seq - s.anchored_seq
                 note = f", {unanchored} record(s) after it not yet anchored" if unanchored > 0 else ""
                 lines.append(f"  {s.tenant!r} / {s.stream}: seq {s.head_seq}, checkpoint "
-                             f"{s.checkpoints} sig {s.head_sig[:16] or '-'}{note}")
+                             f"{s.checkpoints}{' (sealed)' if s.sealed else ''} sig {s.head_sig[:16] or '-'}{note}")
         return "\n".join(lines)
 
 
@@ -178,15 +178,18 @@ def _fmt_range(a: int, b: int) -> str:
 
 
 def check_stream(tenant: str, stream: str, segments: Iterable[tuple[str, Lines]], checkpoint_lines: Lines,
-                 hmac_key: bytes | None, cipher: RecordCipher | None = None) -> tuple[StreamSummary, list[Finding]]:
-    """All checks of one stream. ``segments`` are ``(name, lines)`` in seq order of their names."""
+                 hmac_key: bytes | None, cipher: RecordCipher | None = None,
+                 writer: str = "is running or crashed") -> tuple[StreamSummary, list[Finding]]:
+    """All checks of one stream. ``segments`` are ``(name, lines)`` in seq order of their names; ``writer`` says
+    what the root's writer lock showed (for the unanchored-tail warning)."""
     check = _StreamCheck(tenant, stream, hmac_key, cipher)
     check.checkpoints(checkpoint_lines)
     for name, lines in segments:
         check.segment(name, lines)
     check.timeline()
     check.heads()
-    return check.summary, check.findings
+    findings = [replace(f, message=f.message.replace("{writer}", writer)) for f in check.findings]
+    return check.summary, findings
 
 
 class _StreamCheck:
@@ -551,9 +554,9 @@ def verify_root(root: Path | str, hmac_key: bytes | None, *, tenant: str | None 
                 report.findings.append(Finding(WARNING, "unexpected_file", "not part of the audit log", td.tenant,
                                                stream, other))
             summary, findings = check_stream(td.tenant, stream, ((n, iter_file_lines(sdir / n)) for n in names),
-                                             cp_lines, hmac_key, cipher)
+                                             cp_lines, hmac_key, cipher, writer=state)
             report.streams.append(summary)
-            report.findings.extend(replace(f, message=f.message.replace("{writer}", state)) for f in findings)
+            report.findings.extend(findings)
     return report
 
 

@@ -242,6 +242,7 @@ def kill_writer_midway(root: Path, checkpoint_every: int = 7, segment_max_bytes:
     time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)  # no close, no final checkpoint
     proc.wait(10)
+    proc.stdout.close()
 
 
 def test_killed_writer_then_torn_line_is_repaired_and_the_chain_continues(tmp_path):
