@@ -133,3 +133,35 @@ def test_a_tenant_refused_as_corrupt_is_isolated_too(tmp_path):
         assert sink.held.counts() == {"acme": 2} and sink.stats.appended == 1
         sink.held.close()
     assert ids(root, "other") == [uuid.UUID(int=50).hex, uuid.UUID(int=11).hex]
+
+
+def test_full_disk_while_holding_stops_the_batch_cleanly_and_loses_nothing(tmp_path, monkeypatch):
+    import errno
+
+    import pytest
+
+    from sinks import audit_held
+    from sinks.audit_log import AuditLogFull
+
+    root = tmp_path / "audit"
+    with AuditLog(root, KEY, max_tenant_bytes=CAP) as log:
+        sink = AuditSink("127.0.0.1:9", "t", log, POLICY, held_retry_s=3600)
+        sink.process(values([ev(i, "big", pad=8000) for i in range(10)]))
+        sink.flush()
+        held = sink.held.count("big")
+        path = sink.held.path("big")
+        size = path.stat().st_size
+        real_write = os.write
+
+        def enospc(fd: int, data: bytes) -> int:
+            real_write(fd, data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(audit_held.os, "write", enospc)
+        with pytest.raises(AuditLogFull, match="could not hold an event of isolated tenant 'big'.*not committed"):
+            sink.process(values([ev(50, "big", pad=8000)]))
+        monkeypatch.undo()
+        assert path.stat().st_size == size and sink.held.count("big") == held  # cut back, nothing half-written
+        sink.process(values([ev(50, "big", pad=8000)]))  # the re-delivered batch, once space is back
+        sink.held.close()
+    assert HeldQueue(root / ".held").counts() == {"big": held + 1}
