@@ -357,3 +357,13 @@ def test_audit_run_refuses_to_store_plaintext_unless_told(tmp_path, monkeypatch,
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "set AGENTWATCH_AUDIT_ENC_KEY" in err and "--insecure-plaintext" in err
     assert not (tmp_path / "a").exists()
+
+
+def test_audit_prune_refuses_a_rolled_back_log(tmp_path, monkeypatch, capsys):
+    root, anchors = tmp_path / "a", tmp_path / "anchors.jsonl"
+    write_log(root, anchors)
+    roll_back(root, 5)
+    env = {"AGENTWATCH_AUDIT_HMAC_KEY": KEY.decode(), "AGENTWATCH_AUDIT_ANCHORS": f"file:{anchors}"}
+    assert cli(monkeypatch, tmp_path, "prune", "--dir", str(root), env=env) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("audit: ") and "anchors witness saw checkpoint" in err and "rolled back" in err

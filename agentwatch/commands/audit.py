@@ -96,6 +96,13 @@ def _witness(spec: str, settings: Settings) -> Witness | None:
                         default_topic=settings.topics.audit_anchors)
 
 
+def _witness_heads(witness: Witness | None) -> dict[tuple[str, str], dict[str, Any]] | None:
+    """The newest head per stream the witness holds (a file witness not written yet holds none)."""
+    if witness is None or (isinstance(witness, FileWitness) and not witness.path.exists()):
+        return None
+    return newest_per_stream(witness.read())
+
+
 def _iso(us: int | None) -> str:
     return "never" if us is None else utc_iso(us)
 
@@ -117,8 +124,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         witness = _witness(conf.anchors, settings)
         if isinstance(witness, KafkaWitness):
             witness.check()
-        first_run = isinstance(witness, FileWitness) and not witness.path.exists()
-        heads = newest_per_stream(witness.read()) if witness is not None and not first_run else None
+        heads = _witness_heads(witness)
     except AnchorError as exc:
         print(f"audit run: {exc}", file=sys.stderr)
         return 2
@@ -218,12 +224,13 @@ def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
     conf = AuditOptions.resolve(args, settings)
     try:
         witness = _witness(conf.anchors, settings)
+        heads = _witness_heads(witness)
     except AnchorError as exc:
         print(f"audit prune: {exc}", file=sys.stderr)
         return 2
     anchors = AnchorPublisher(witness) if witness is not None else None
     try:
-        with conf.open_log(source=KafkaTailSource(settings.bootstrap_servers),
+        with conf.open_log(source=KafkaTailSource(settings.bootstrap_servers), witness_heads=heads,
                            on_checkpoint=anchors.publish if anchors is not None else None) as log:
             pruned = log.prune(int(parse_utc(args.now).timestamp() * 1_000_000) if args.now else None)
     except AuditError as exc:
