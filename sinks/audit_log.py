@@ -802,24 +802,48 @@ class AuditLog:
             raise AuditTailUnconfirmed(f"{tail[0][0]}: seq {first}..{tail[-1][1].get('seq')} were appended after the "
                                        "stream was sealed by a clean stop; refusing to sign them "
                                        "(run `agentwatch audit verify`)")
-        if self._source is None:
+        events = [rec for _, rec in tail if rec.get("kind") != KIND_PRUNED]
+        fetched: dict[SourceRef, list[Mapping[str, Any]]] = {}
+        if events and self._source is None:
             raise AuditTailUnconfirmed(f"{path}: {len(tail)} record(s) from seq {first} on were left unanchored by a "
                                        "crashed writer and no source topic was given to confirm them; refusing to "
                                        "sign them")
-        refs = [r for r in (source_ref(rec) for _, rec in tail) if r is not None]
-        try:
-            fetched = self._source.fetch(refs)
-        except Exception as exc:  # the source is unreachable: nothing is decided, the tenant is retried later
-            raise AuditTailUnconfirmed(f"{path}: could not read the source topic to confirm {len(tail)} unanchored "
-                                       f"record(s) ({exc}); not signing them yet") from exc
+        if events and self._source is not None:
+            refs = [r for r in (source_ref(rec) for rec in events) if r is not None]
+            try:
+                fetched = self._source.fetch(refs)
+            except Exception as exc:  # the source is unreachable: nothing is decided, the tenant is retried later
+                raise AuditTailUnconfirmed(f"{path}: could not read the source topic to confirm {len(tail)} "
+                                           f"unanchored record(s) ({exc}); not signing them yet") from exc
         for seg_path, rec in tail:
-            why = unconfirmed(rec, fetched, self._cipher)
+            if rec.get("kind") == KIND_PRUNED:
+                why = _prune_unconfirmed(s, rec)
+            else:
+                why = unconfirmed(rec, fetched, self._cipher)
             if why is not None:
                 raise AuditTailUnconfirmed(f"{seg_path}: seq {rec.get('seq')}, after the last signed checkpoint, is "
                                            f"not confirmed by the source topic: {why}; refusing to sign it "
                                            "(run `agentwatch audit verify`)")
         logger.info("audit log: %s: %d unanchored record(s) left by a crash confirmed against the source topic",
                     path, len(tail))
+
+
+def _prune_unconfirmed(s: _Stream, rec: Mapping[str, Any]) -> str | None:
+    """Why an unanchored ``segment_pruned`` record (a crash between recording a prune and signing it) is not this
+    writer's own, or None: it must describe a closed segment that is still there, exactly, and fully expired."""
+    decl = rec.get("pruned")
+    if not isinstance(decl, dict):
+        return "a prune record without a declared segment"
+    seg = next((x for x in s.segments if x.name == decl.get("segment")), None)
+    if seg is None or not seg.closed:
+        return f"it declares the prune of {decl.get('segment')!r}, which is not a closed segment of this stream"
+    want = {"segment": seg.name, "first_seq": seg.first_seq, "last_seq": seg.last_seq, "count": seg.count,
+            "first_prev_hash": seg.first_prev_hash, "last_hash": seg.last_hash}
+    if decl != want:
+        return f"it does not describe {seg.name} as it is"
+    if not isinstance(rec.get("recorded_at"), int) or not seg.expired(rec["recorded_at"]):
+        return f"{seg.name} had not expired when the prune was recorded"
+    return None
 
 
 def _last_checkpoint(path: Path) -> dict[str, Any] | None:

@@ -53,11 +53,11 @@ def unconfirmed(record: Mapping[str, Any], fetched: Mapping[SourceRef, list[Mapp
                 cipher: RecordCipher | None) -> str | None:
     """Why ``record`` is not confirmed by the fetched source events, or None when it is.
 
-    Pure. Segment-pruned records are the writer's own bookkeeping, not events: they are confirmed by the signed prune
-    entry that follows them, never by the topic, so they are accepted here.
+    Pure. Only event records come from the topic; the writer checks its own ``segment_pruned`` records against the
+    segment they name (:meth:`sinks.audit_log.AuditLog`), so one reaching here is not confirmed.
     """
-    if record.get("kind") == "segment_pruned":
-        return None
+    if record.get("kind") != "event":
+        return f"a {record.get('kind')!r} record is not an event read from the topic"
     ref = source_ref(record)
     if ref is None:
         return "it names no source offset"

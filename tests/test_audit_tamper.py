@@ -367,3 +367,57 @@ def test_audit_prune_refuses_a_rolled_back_log(tmp_path, monkeypatch, capsys):
     assert cli(monkeypatch, tmp_path, "prune", "--dir", str(root), env=env) == 1
     err = capsys.readouterr().err
     assert err.startswith("audit: ") and "anchors witness saw checkpoint" in err and "rolled back" in err
+
+
+def test_an_unsigned_prune_record_is_signed_only_if_it_is_the_writers_own(tmp_path, monkeypatch):
+    from sinks import audit_log as audit_log_module
+    from sinks.audit_log import DAY_US
+
+    def setup(root: Path) -> AuditLog:
+        now = [T0]
+        log = AuditLog(root, KEY, clock=lambda: now[0], segment_max_age_s=86_400, checkpoint_every=2)
+        for day in range(3):
+            now[0] = T0 + day * DAY_US
+            for i in range(3):
+                log.append(ev(day * 10 + i) | {"event_time": now[0]}, DENIAL)
+        now[0] = T0 + 91 * DAY_US  # days 0 and 1 have expired
+        return log
+
+    # a crash between recording a prune in the chain and signing the prune checkpoint: the restart accepts it
+    log = setup(tmp_path / "crash")
+    real = audit_log_module.AuditLog._write_checkpoint
+
+    def crash_on_prune(self, s, body):
+        if body["kind"] == "prune":
+            raise KeyboardInterrupt("killed")
+        return real(self, s, body)
+
+    monkeypatch.setattr(audit_log_module.AuditLog, "_write_checkpoint", crash_on_prune)
+    with pytest.raises(KeyboardInterrupt):
+        log.prune()
+    monkeypatch.undo()
+    os.close(log._lock_fd)  # killed: nothing sealed
+    with AuditLog(tmp_path / "crash", KEY, clock=lambda: T0 + 91 * DAY_US) as again:
+        assert again.recover() == {}
+        again.prune()
+    report = verify_root(tmp_path / "crash", KEY)
+    assert report.ok and not report.warnings, report.render()
+
+    # a forged prune record (correct chain, exact declaration of a live segment that has not expired): refused
+    log = setup(tmp_path / "forged")
+    log.flush()
+    os.close(log._lock_fd)
+    seg_dir = sdir(tmp_path / "forged", "denial")
+    live = sorted(seg_dir.glob("seg-*.jsonl"))
+    last_seg = live[-1]
+    victim = [json.loads(line) for line in lines_of(live[-2])]
+    tail = json.loads(lines_of(last_seg)[-1])
+    decl = {"segment": live[-2].name, "first_seq": victim[0]["seq"], "last_seq": victim[-1]["seq"],
+            "count": len(victim), "first_prev_hash": victim[0]["prev_hash"], "last_hash": victim[-1]["hash"]}
+    body = {"v": 1, "kind": "segment_pruned", "tenant": "acme", "stream": "denial", "seq": tail["seq"] + 1,
+            "event_id": None, "class": "segment_pruned", "retention": "denial", "expires_at": T0,
+            "recorded_at": T0 + 1, "pruned": decl, "prev_hash": tail["hash"]}
+    put(last_seg, [*lines_of(last_seg), seal_record(body)[1]])
+    with AuditLog(tmp_path / "forged", KEY) as again:
+        refused = again.recover()
+    assert set(refused) == {"acme"} and "had not expired when the prune was recorded" in str(refused["acme"])
