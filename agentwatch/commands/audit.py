@@ -302,7 +302,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the tamper-evident audit log: run the sink, verify, prune, show",
         description="Append-only, hash-chained, HMAC-checkpointed audit log of the seed's must-keep events "
         "(session start, dangerous tool approved, permission denied, business data modified, memory cleared), "
-        "per tenant, with retention classes. Keys come from AGENTWATCH_AUDIT_HMAC_KEY and (optional) "
+        "per tenant, with retention classes, encrypted at rest, sealed on a clean stop, its signed heads published "
+        "to an external witness (AGENTWATCH_AUDIT_ANCHORS). Keys come from AGENTWATCH_AUDIT_HMAC_KEY and "
         "AGENTWATCH_AUDIT_ENC_KEY; the root from AGENTWATCH_AUDIT_DIR or --dir.",
     )
     common = argparse.ArgumentParser(add_help=False)
