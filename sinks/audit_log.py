@@ -263,6 +263,7 @@ class AuditLog:
         self._source = source
         self._on_checkpoint = on_checkpoint
         self._witness = witness_heads
+        self._deferred: list[tuple[str, Path, _Stream, list[tuple[Path, dict[str, Any]]]]] | None = None
         self._tenants: dict[str, _Tenant] = {}
         self._open: OrderedDict[int, _Stream] = OrderedDict()  # id(stream) -> stream with an open fd, LRU order
         self._pending_cp: dict[int, _Stream] = {}  # streams with records not covered by a checkpoint yet
@@ -365,6 +366,47 @@ class AuditLog:
         self._check_open()
         refused: dict[str, AuditError] = {}
         witnessed = {t for t, _ in self._witness or {}}
+        self._deferred = []  # unanchored tails, confirmed below with one fetch for all of them
+        try:
+            self._load_suspects(refused, witnessed)
+        finally:
+            deferred, self._deferred = self._deferred, None
+        refs = [r for _, _, _, tail in deferred for _, rec in tail
+                if rec.get("kind") != KIND_PRUNED and (r := source_ref(rec)) is not None]
+        fetched: dict[SourceRef, list[Mapping[str, Any]]] = {}
+        fetch_error: Exception | None = None
+        if refs and self._source is not None:
+            try:
+                fetched = self._source.fetch(refs)
+            except Exception as exc:  # unreachable: nothing is decided, those tenants are retried on first touch
+                fetch_error = exc
+        for tenant, path, stream, tail in deferred:
+            if tenant in refused:
+                continue
+            try:
+                if fetch_error is not None:
+                    raise AuditTailUnconfirmed(f"{path}: could not read the source topic to confirm {len(tail)} "
+                                               f"unanchored record(s) ({fetch_error}); not signing them yet")
+                self._confirm_tail(path, stream, tail, fetched=fetched)
+            except AuditError as exc:
+                refused[tenant] = exc
+        for tenant in refused:
+            self._forget(tenant)
+        for tenant in sorted(witnessed):  # the witness knows tenants whose directory is gone
+            refused[tenant] = AuditRolledBack(f"{self.root / tenant_dirname(tenant)}: missing, but the anchors "
+                                              "witness holds its checkpoints: the tenant's log was removed")
+        return refused
+
+    def _forget(self, tenant: str) -> None:
+        """Drop a refused tenant's loaded state: nothing of it is signed, it is loaded (and checked) again later."""
+        t = self._tenants.pop(tenant, None)
+        if t is None:
+            return
+        for s in t.streams.values():
+            self._pending_cp.pop(id(s), None)
+            self._release_fd(s)
+
+    def _load_suspects(self, refused: dict[str, AuditError], witnessed: set[str]) -> None:
         for td in list_tenant_dirs(self.root):
             if td.tenant is None or td.tenant in self._tenants:
                 continue
@@ -386,10 +428,6 @@ class AuditLog:
                         self._stream(t, name)  # raises AuditRolledBack: the stream was removed
             except AuditError as exc:
                 refused[td.tenant] = exc
-        for tenant in sorted(witnessed):  # the witness knows tenants whose directory is gone
-            refused[tenant] = AuditRolledBack(f"{self.root / tenant_dirname(tenant)}: missing, but the anchors "
-                                              "witness holds its checkpoints: the tenant's log was removed")
-        return refused
 
     def close(self) -> None:
         """Seal every loaded stream (a signed checkpoint covering its last record), fsync and close all files."""
@@ -778,7 +816,10 @@ class AuditLog:
             s.segments.append(seg)
             t.nbytes += seg.size
         if unanchored:
-            self._confirm_tail(path, s, unanchored)
+            if self._deferred is not None and not s.sealed:
+                self._deferred.append((t.name, path, s, unanchored))  # recover() confirms all tails at once
+            else:
+                self._confirm_tail(path, s, unanchored)
         if last_record is not None:
             if not record_hash_ok(last_record) or not isinstance(last_record.get("seq"), int):
                 raise AuditCorruption(f"{path}: the last record does not hash to its stored hash; refusing to chain "
@@ -795,19 +836,24 @@ class AuditLog:
             raise AuditCorruption(f"{path / op.name}: empty segment does not start at the next seq {s.next_seq}")
         return s
 
-    def _confirm_tail(self, path: Path, s: _Stream, tail: list[tuple[Path, dict[str, Any]]]) -> None:
-        """Refuse (raise) unless the source topic confirms every record after the last signed checkpoint."""
+    def _confirm_tail(self, path: Path, s: _Stream, tail: list[tuple[Path, dict[str, Any]]], *,
+                      fetched: Mapping[SourceRef, list[Mapping[str, Any]]] | None = None) -> None:
+        """Refuse (raise) unless the source topic confirms every record after the last signed checkpoint
+        (``fetched``: what the source returned already, for every ref of the tail)."""
         first = tail[0][1].get("seq")
         if s.sealed:
             raise AuditTailUnconfirmed(f"{tail[0][0]}: seq {first}..{tail[-1][1].get('seq')} were appended after the "
                                        "stream was sealed by a clean stop; refusing to sign them "
                                        "(run `agentwatch audit verify`)")
         events = [rec for _, rec in tail if rec.get("kind") != KIND_PRUNED]
-        fetched: dict[SourceRef, list[Mapping[str, Any]]] = {}
         if events and self._source is None:
             raise AuditTailUnconfirmed(f"{path}: {len(tail)} record(s) from seq {first} on were left unanchored by a "
                                        "crashed writer and no source topic was given to confirm them; refusing to "
                                        "sign them")
+        if fetched is None:
+            fetched = {}
+        elif events:
+            events = []  # already fetched
         if events and self._source is not None:
             refs = [r for r in (source_ref(rec) for rec in events) if r is not None]
             try:

@@ -480,3 +480,33 @@ def test_interrupted_prune_is_finished_by_the_next_one(tmp_path, monkeypatch):
     assert len([r for r in records(tmp_path) if r["kind"] == "segment_pruned"]) == 2
     report = verify_root(tmp_path, KEY)
     assert report.ok and not report.warnings, report.render()
+
+
+def test_recover_confirms_every_crashed_tail_with_one_fetch_and_refuses_only_the_bad_tenant(tmp_path):
+    topic: dict[tuple[str, int, int], list[dict[str, object]]] = {}
+    log = AuditLog(tmp_path, KEY, checkpoint_every=1_000_000, checkpoint_max_age_s=3600)
+    for i in range(60):
+        e = ev(i, tenant=f"t{i % 3}")
+        ref = ("events", i % 2, i)
+        topic[ref] = [e]
+        log.append(e, cls(e), ref)
+    log.flush()
+    os.close(log._lock_fd)  # killed: every record unanchored, nothing sealed
+
+    class Topic:
+        calls: list[int] = []
+
+        def fetch(self, refs):
+            refs = list(refs)
+            self.calls.append(len(refs))
+            return {r: topic[r] for r in refs if r in topic}
+
+    source = Topic()
+    topic[("events", 1, 7)] = [{**topic[("events", 1, 7)][0], "user_id": "someone-else"}]  # t1's event 7 differs
+    with AuditLog(tmp_path, KEY, source=source) as again:
+        refused = again.recover()
+    assert source.calls == [60]  # one fetch for the three tenants' tails
+    assert set(refused) == {"t1"} and "seq 3, after the last signed checkpoint" in str(refused["t1"])
+    report = verify_root(tmp_path, KEY)
+    assert {s.tenant for s in report.streams if s.sealed} == {"t0", "t2"}
+    assert [s.anchored_seq for s in report.streams if s.tenant == "t1"] == [0]  # nothing of t1 was signed
