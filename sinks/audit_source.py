@@ -111,6 +111,7 @@ class KafkaTailSource:
                 if not todo:
                     continue
                 consumer.assign([TopicPartition(topic, partition, min(todo))])
+                last = max(todo)
                 deadline = time.monotonic() + self._timeout_s
                 while todo and time.monotonic() < deadline:
                     for msg in consumer.consume(500, timeout=0.5):
@@ -125,7 +126,7 @@ class KafkaTailSource:
                                 out[(topic, partition, msg.offset())] = list(codec.decode(msg.value()).events)
                             except DecodeError:
                                 out[(topic, partition, msg.offset())] = []
-                        if msg.offset() >= max(offsets):
+                        if msg.offset() >= last:
                             todo.clear()
                 if todo:
                     raise TimeoutError(f"could not read {topic}[{partition}] offsets {sorted(todo)[:5]} within "
