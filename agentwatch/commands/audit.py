@@ -152,6 +152,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     def progress(stats: Any) -> None:
         nonlocal next_prune
         status.show(stats.line())
+        sink.flush()  # between batches, about once a second: an idle stream's tail is signed within a minute
         if next_prune is not None and time.monotonic() >= next_prune:
             next_prune = time.monotonic() + args.prune_interval
             pruned = log.prune()
