@@ -188,3 +188,22 @@ def test_the_writer_refuses_to_continue_a_rolled_back_or_removed_stream(tmp_path
             log.append(ev(500, "acme"), SESSION)
     assert pub.close()
     assert newest_per_stream(witness.read()) == heads  # nothing older was published over the witness
+
+
+@pytest.mark.kafka
+def test_audit_run_fails_fast_with_one_line_when_the_anchors_topic_is_missing(kafka_bootstrap, make_topic, tmp_path,
+                                                                             monkeypatch, capsys):
+    import base64
+
+    topic = make_topic()
+    monkeypatch.setenv("AGENTWATCH_AUDIT_HMAC_KEY", KEY.decode())
+    monkeypatch.setenv("AGENTWATCH_AUDIT_ENC_KEY", base64.b64encode(bytes(32)).decode())
+    monkeypatch.setenv("AGENTWATCH_AUDIT_ANCHORS", f"kafka:{topic}-anchors-missing")
+    parser = argparse.ArgumentParser()
+    audit_cmd.register(parser.add_subparsers())
+    args = parser.parse_args(["audit", "run", "--dir", str(tmp_path / "a"), "--topic", topic,
+                              "--bootstrap-servers", kafka_bootstrap, "--until-end"])
+    assert args.func(args, Settings.from_env()) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"audit run: anchors topic {topic}-anchors-missing does not exist at {kafka_bootstrap}; create it "
+                   "(`agentwatch topics create`) or choose another witness with AGENTWATCH_AUDIT_ANCHORS")
