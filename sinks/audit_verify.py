@@ -62,6 +62,7 @@ from sinks.audit_format import (
     segment_first_seq,
     tenant_dirname,
 )
+from sinks.audit_source import TailSource, source_ref, unconfirmed
 from sinks.audit_store import (
     iter_file_lines,
     list_segments,
@@ -74,6 +75,7 @@ from sinks.audit_store import (
 ERROR = "error"
 WARNING = "warning"
 _MAX_PER_SEGMENT = 20  # findings of one kind per segment before summarising
+_MAX_TAIL = 100_000  # unanchored records kept per stream for confirm_tails (a writer leaves at most 999)
 
 Lines = Iterable[tuple[bytes, bool]]  # (line without newline, terminated by a newline)
 
@@ -111,6 +113,7 @@ class StreamSummary:
     head_sig: str = ""
     sealed: bool = False
     sigs: dict[int, str] = field(default_factory=dict, repr=False)  # checkpoint n -> its signature
+    tail: list[dict[str, Any]] = field(default_factory=list, repr=False)  # event records after the last checkpoint
 
 
 @dataclass
@@ -209,6 +212,7 @@ class _StreamCheck:
         self.chain_prunes: dict[str, tuple[dict[str, Any], int]] = {}  # from segment_pruned records
         self.torn_in: str | None = None
         self.encrypted_after: int | None = None  # plaintext records past this seq are an error
+        self.cp_seq = 0  # the highest seq a regular checkpoint signed
         self.plaintext_seen = 0
 
     def add(self, severity: str, check: str, message: str, segment: str | None = None, seq: int | None = None) -> None:
@@ -272,6 +276,7 @@ class _StreamCheck:
                 self.regular.append(cp)
                 if isinstance(cp.get("seq"), int):
                     self.wanted.setdefault(str(cp.get("segment")), set()).add(cp["seq"])
+                    self.cp_seq = max(self.cp_seq, cp["seq"])
 
     # -- pass 1: each segment on its own --------------------------------------------------------------------------
 
@@ -339,6 +344,8 @@ class _StreamCheck:
                 f"{self.encrypted_after + 1}: not written by the writer", seq)
         if rec.get("kind") == KIND_PRUNED and isinstance(rec.get("pruned"), dict):
             self.chain_prunes[str(rec["pruned"].get("segment"))] = (rec["pruned"], seq)
+        elif seq > self.cp_seq and len(self.summary.tail) < _MAX_TAIL:
+            self.summary.tail.append(rec)
         return lineno, seq, prev_hash, rhash, ok
 
     @staticmethod
@@ -597,4 +604,21 @@ def check_anchors(report: VerifyReport, anchors: Iterable[Mapping[str, Any]], hm
         if (t, stream) not in newest:
             out.append(Finding(WARNING, "not_anchored", "the witness holds no checkpoint of this stream yet "
                                "(publishing failed or lags); rollback of it is not detectable", t, stream))
+    return out
+
+
+def confirm_tails(report: VerifyReport, source: TailSource, cipher: RecordCipher | None) -> list[Finding]:
+    """Check every unanchored event record against the topic it names (one fetch for all streams): a record the
+    topic does not hold, or holds differently, is ``unconfirmed_record``; this is what the next writer would refuse.
+    Records that cannot be compared (encrypted, no key given) are named too."""
+    refs = [r for s in report.streams for rec in s.tail if (r := source_ref(rec)) is not None]
+    fetched = source.fetch(refs) if refs else {}
+    out: list[Finding] = []
+    for s in report.streams:
+        for rec in s.tail:
+            why = unconfirmed(rec, fetched, cipher)
+            if why is not None:
+                seq = rec.get("seq") if isinstance(rec.get("seq"), int) else None
+                out.append(Finding(ERROR, "unconfirmed_record", f"after the last checkpoint and not confirmed by the "
+                                   f"source topic: {why}", s.tenant, s.stream, None, seq))
     return out

@@ -421,3 +421,27 @@ def test_an_unsigned_prune_record_is_signed_only_if_it_is_the_writers_own(tmp_pa
     with AuditLog(tmp_path / "forged", KEY) as again:
         refused = again.recover()
     assert set(refused) == {"acme"} and "had not expired when the prune was recorded" in str(refused["acme"])
+
+
+def test_verify_confirm_tails_names_the_forged_record_of_a_crashed_writer(tmp_path):
+    from sinks.audit_verify import confirm_tails
+
+    root = tmp_path / "a"
+    topic: dict[tuple[str, int, int], list[dict]] = {}
+    log = AuditLog(root, KEY, checkpoint_every=8, segment_max_bytes=4500, clock=lambda: T0)
+    for i in range(30):
+        topic[("ev", 0, i)] = [ev(i)]
+        log.append(ev(i), SESSION, ("ev", 0, i))
+    log.flush()
+    os.close(log._lock_fd)  # crashed: seq 25..30 unanchored
+    forge_append(segments(root)[-1], src={"topic": "ev", "partition": 0, "offset": 29})  # re-uses a real offset
+
+    class Topic:
+        def fetch(self, refs):
+            return {r: topic[r] for r in refs if r in topic}
+
+    report = verify_root(root, KEY)
+    assert report.ok and [s.head_seq - s.anchored_seq for s in report.streams] == [6]
+    found = confirm_tails(report, Topic(), None)
+    assert [(f.check, f.seq) for f in found] == [("unconfirmed_record", 31)]
+    assert "holds no event ffffffffffffffffffffffffffffffff" in found[0].message

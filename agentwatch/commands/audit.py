@@ -46,7 +46,7 @@ from sinks.audit_format import DecryptError, RecordCipher, event_of
 from sinks.audit_log import AuditError, AuditLog
 from sinks.audit_source import KafkaTailSource
 from sinks.audit_store import iter_records
-from sinks.audit_verify import check_anchors, verify_root
+from sinks.audit_verify import check_anchors, confirm_tails, verify_root
 
 
 @dataclass(frozen=True)
@@ -214,6 +214,13 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
             print(f"audit verify: {exc}", file=sys.stderr)
             return 2
         report.findings.extend(check_anchors(report, seen, conf.hmac_key, tenant=args.tenant))
+    if args.confirm_tail:
+        try:
+            report.findings.extend(confirm_tails(report, KafkaTailSource(settings.bootstrap_servers),
+                                                 RecordCipher(conf.enc_key) if conf.enc_key else None))
+        except Exception as exc:  # the broker is unreachable: say so, decide nothing
+            print(f"audit verify --confirm-tail: could not read the source topic ({exc})", file=sys.stderr)
+            return 2
     print(report.render(heads=not args.quiet))
     return 0 if report.ok else 1
 
@@ -359,6 +366,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also check against the signed heads an external witness saw: kafka, kafka:TOPIC, "
                    "file:PATH or http(s)://URL (no value: $AGENTWATCH_AUDIT_ANCHORS, default the "
                    "<prefix>.audit.anchors topic)")
+    v.add_argument("--confirm-tail", action="store_true",
+                   help="also check every record after the last checkpoint against the Kafka offset it names (what "
+                   "the next writer does before signing them; uses AGENTWATCH_AUDIT_ENC_KEY for encrypted logs)")
     v.add_argument("--quiet", action="store_true", help="do not list the signed stream heads")
     v.set_defaults(func=cmd_verify)
 
