@@ -22,7 +22,9 @@ The checks, per stream (tenant, retention class), and the ``check`` name each fa
 * without the HMAC key nothing is signature-checked: an error (``no_key``) unless the caller says so explicitly
   (``no_signatures``, then a warning);
 * with anchors (:mod:`sinks.audit_anchor`), the log still holds every checkpoint the external witness saw, with the
-  same signature (``anchor_rollback``, ``anchor_mismatch``, ``anchor_sig``).
+  same signature (``anchor_rollback``, ``anchor_mismatch``, ``anchor_sig``): :func:`check_anchors`;
+* with the source topic, every record after the last checkpoint holds the event at the offset it names
+  (``unconfirmed_record``): :func:`confirm_tails`.
 
 Records after the last checkpoint of an *unsealed* stream are the tail of a writer that is running (it holds the
 root's ``.writer.lock`` flock) or crashed (nobody holds it): a warning (``unanchored``) naming which, since the
