@@ -91,12 +91,18 @@ class TopicNames:
     partials: str = ""
     # Events later than the worker's allowed lateness (and partials of sealed windows); "" means "<events>.late".
     late: str = ""
+    # The audit log's external witness of signed heads (compacted); "" means "<prefix>.audit.anchors", the prefix
+    # being the events topic without its ".events".
+    audit_anchors: str = ""
 
     def __post_init__(self) -> None:
         if not self.partials:
             object.__setattr__(self, "partials", f"{self.events}.partials")
         if not self.late:
             object.__setattr__(self, "late", f"{self.events}.late")
+        if not self.audit_anchors:
+            base = self.events[: -len(".events")] if self.events.endswith(".events") else self.events
+            object.__setattr__(self, "audit_anchors", f"{base}.audit.anchors")
 
     @classmethod
     def from_env(cls) -> TopicNames:
@@ -108,6 +114,7 @@ class TopicNames:
             alerts=_env("AGENTWATCH_ALERTS_TOPIC", f"{prefix}.alerts"),
             partials=_env("AGENTWATCH_PARTIALS_TOPIC", f"{prefix}.events.partials"),
             late=_env("AGENTWATCH_LATE_TOPIC", ""),  # "": "<events>.late"
+            audit_anchors=_env("AGENTWATCH_AUDIT_ANCHORS_TOPIC", f"{prefix}.audit.anchors"),
         )
 
 
@@ -118,7 +125,9 @@ class AuditSettings:
     ``AGENTWATCH_AUDIT_DIR`` (``None``: ``$AGENTWATCH_HOME/audit``), ``AGENTWATCH_AUDIT_HMAC_KEY`` (the checkpoint
     signing key: its UTF-8 bytes, at least 16), ``AGENTWATCH_AUDIT_ENC_KEY`` (base64 of 32 bytes: AES-256-GCM at
     rest), ``AGENTWATCH_AUDIT_POLICY`` (a YAML policy file), ``AGENTWATCH_AUDIT_BUSINESS_TOOLS`` (comma-separated;
-    ``None`` keeps the policy's list), ``AGENTWATCH_AUDIT_MAX_TENANT_BYTES`` (per-tenant size cap).
+    ``None`` keeps the policy's list), ``AGENTWATCH_AUDIT_MAX_TENANT_BYTES`` (per-tenant size cap),
+    ``AGENTWATCH_AUDIT_ANCHORS`` (the external witness of signed heads: ``kafka`` (default, the topic
+    ``AGENTWATCH_AUDIT_ANCHORS_TOPIC``), ``kafka:TOPIC``, ``file:PATH``, ``http(s)://URL``, or ``none``).
     """
 
     dir: Path | None = None
@@ -127,8 +136,13 @@ class AuditSettings:
     policy_file: Path | None = None
     business_tools: tuple[str, ...] | None = None
     max_tenant_bytes: int | None = None
+    anchors: str = "kafka"
 
     def __post_init__(self) -> None:
+        if not (self.anchors in ("kafka", "none") or self.anchors.startswith(("kafka:", "file:", "http://",
+                                                                               "https://"))):
+            raise ConfigError(f"AGENTWATCH_AUDIT_ANCHORS must be kafka, kafka:TOPIC, file:PATH, http(s)://URL or "
+                              f"none, not {self.anchors!r}")
         if self.hmac_key is not None and len(self.hmac_key) < MIN_HMAC_KEY_BYTES:
             raise ConfigError(f"AGENTWATCH_AUDIT_HMAC_KEY must be at least {MIN_HMAC_KEY_BYTES} bytes "
                               "(try: openssl rand -base64 32)")
@@ -155,6 +169,7 @@ class AuditSettings:
             policy_file=Path(policy) if policy else None,
             business_tools=parse_list(tools) if tools else None,
             max_tenant_bytes=_env_opt_int("AGENTWATCH_AUDIT_MAX_TENANT_BYTES", minimum=1),
+            anchors=_env("AGENTWATCH_AUDIT_ANCHORS", "kafka"),
         )
 
 

@@ -42,6 +42,8 @@ def default_topics(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t.late, 1, 14 * DAY_MS, extra={"max.message.bytes": str(8 * 1024 * 1024)}),
         TopicSpec(t.metrics, p, 30 * DAY_MS),
         TopicSpec(t.alerts, 1, 90 * DAY_MS),
+        # The audit log's external witness: the newest signed checkpoint per (tenant, stream), kept for ever.
+        TopicSpec(t.audit_anchors, 1, -1, "compact"),
         # The streams worker's internals: partial window aggregates + watermark markers between its two stages,
         # and the changelogs of its two tables (compacted; Faust never declares topics here).
         TopicSpec(t.partials, p, 7 * DAY_MS, extra={"max.message.bytes": str(8 * 1024 * 1024)}),

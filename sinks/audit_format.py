@@ -17,7 +17,8 @@ one per tenant) is what lets retention delete whole segments and bridge the hole
 Record (keys sorted, ``separators=(",", ":")``, ASCII): ``v``, ``kind`` (``event`` | ``segment_pruned``),
 ``tenant``, ``stream``, ``seq``, ``event_id``, ``class``, ``retention``, ``expires_at`` (µs, null = never),
 ``recorded_at`` (µs), then either ``event`` (the AgentEvent's fields, never scrubbed) or ``enc`` (AES-256-GCM of the
-canonical event: ``alg``, ``kid``, ``nonce``, ``ct``) or, for ``segment_pruned``, ``pruned``; ``prev_hash``;
+canonical event: ``alg``, ``kid``, ``nonce``, ``ct``) or, for ``segment_pruned``, ``pruned``; ``src`` (where the event
+was read: ``topic``, ``partition``, ``offset``; absent when the writer was not given one); ``prev_hash``;
 ``hash = SHA-256(bytes(prev_hash) || canonical(record without "hash"))``. The first record's ``prev_hash`` is the
 stream's genesis hash, which binds the chain to its tenant and retention class.
 
@@ -29,7 +30,9 @@ written under several keys (rotation) needs a reader holding them all, which is 
 
 Checkpoint (CloudTrail digest model): ``v``, ``kind`` (``checkpoint`` | ``prune``), ``n`` (1-based), ``tenant``,
 ``stream``, ``segment``, ``count`` (records in that segment), ``seq`` (head seq), ``head_hash``, ``closed``,
-``time``, ``kid``, ``prev_sig``; ``sig = HMAC-SHA256(key, canonical(checkpoint without "sig"))``. Checkpoint 1 is
+``time``, ``kid``, ``prev_sig``, ``sealed`` (a writer that stopped cleanly: nothing may follow it until a later
+writer signs an unsealed checkpoint at the same head), ``enc`` (the record key id when the writer encrypts, else
+null); ``sig = HMAC-SHA256(key, canonical(checkpoint without "sig"))``. Checkpoint 1 is
 written with the stream (seq 0, the genesis hash), and every segment is closed by a ``closed`` checkpoint before the
 next one is created, so a missing checkpoint file or close checkpoint is itself evidence. Chaining the previous
 signature means a writer without the key cannot drop, reorder or forge checkpoints, and a rewritten or truncated

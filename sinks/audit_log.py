@@ -16,6 +16,21 @@ Guarantees and policies, stated once:
 * **Checkpoints.** Every ``checkpoint_every`` records, at segment close, at :meth:`close`, and on :meth:`flush` when
   the stream has unanchored records and the last checkpoint is older than ``checkpoint_max_age_s``. Always after the
   records they cover are fsynced, so a crash can never leave a checkpoint pointing past the durable data.
+* **Seal.** :meth:`close` ends every stream this writer loaded with a *sealed* checkpoint covering its last record.
+  Nothing may follow a seal: the next writer first signs an unsealed checkpoint at the same head, so a record found
+  after a seal (someone appended and recomputed the chain) is refused here and an error in ``verify``.
+* **Unanchored tail (after a crash).** Records after the last checkpoint of an unsealed stream are a crashed writer's
+  tail. They are signed only after the source topic confirms them (:mod:`sinks.audit_source`: every record carries
+  its ``src`` offset); a record the topic does not confirm (forged, altered, or no ``src``) makes the writer refuse
+  the tenant (:class:`AuditTailUnconfirmed`). :meth:`recover` does this for every unsealed stream at start, so a
+  clean close afterwards seals them too.
+* **Rollback.** Given the heads an external witness holds (``witness_heads``, :mod:`sinks.audit_anchor`), a stream
+  whose checkpoint file ends before the witnessed checkpoint, differs from it, or is gone is refused
+  (:class:`AuditRolledBack`): continuing it would overwrite the witness with the rolled-back history. Every
+  checkpoint is handed to ``on_checkpoint`` for publishing, and :meth:`close` hands over the newest one of every
+  loaded stream again, so a witness that missed some catches up.
+* **Encryption is sticky.** Checkpoints declare the record key id (``enc``); a writer without a key refuses to add
+  plaintext to a stream that was ever written encrypted.
 * **Crash repair.** When a tenant is first touched (lazily, on its first append or on prune), an unterminated
   last line (a torn write) of a stream's last segment or checkpoint file is cut off, logged and listed in
   :attr:`AuditLog.repairs`; writing continues from the last intact record, chain intact. Anything else that does
@@ -34,7 +49,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import logging
 import os
 import time
@@ -55,7 +69,6 @@ from sinks.audit_format import (
     TENANT_FILE,
     FormatError,
     RecordCipher,
-    canonical,
     genesis_hash,
     parse_line,
     record_hash_ok,
@@ -65,9 +78,11 @@ from sinks.audit_format import (
     sign_checkpoint,
     tenant_dirname,
 )
+from sinks.audit_source import SourceRef, TailSource, event_key, source_ref, unconfirmed
 from sinks.audit_store import (
     DIR_MODE,
     FILE_MODE,
+    LOCK_FILE,
     SEALED_MODE,
     create_file,
     ensure_dir,
@@ -83,7 +98,6 @@ from sinks.fsync import fsync_dir
 
 logger = logging.getLogger(__name__)
 DAY_US = 86_400_000_000
-LOCK_FILE = ".writer.lock"
 FSYNC_POLICIES = ("batch", "always", "never")
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
@@ -100,8 +114,20 @@ class AuditLogFull(AuditWriteError):
     """The tenant's size cap or the filesystem is full; the record was not appended and the log is unchanged."""
 
 
+class AuditTenantOverCap(AuditLogFull):
+    """The tenant's own size cap (not the filesystem) is reached: only this tenant is blocked."""
+
+
 class AuditCorruption(AuditError):
     """The files on disk are not what this writer wrote; run ``agentwatch audit verify`` to see what changed."""
+
+
+class AuditRolledBack(AuditCorruption):
+    """The external witness saw a newer (or a different) checkpoint than the stream holds: it was rolled back."""
+
+
+class AuditTailUnconfirmed(AuditCorruption):
+    """A crashed writer's unanchored tail holds a record the source topic does not confirm: it is not signed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +206,10 @@ class _Stream:
     cp_time: int = 0
     cp_size: int = 0
     since_cp: int = 0
+    sealed: bool = False
+    encrypted: bool = False  # a checkpoint ever declared an encryption key
+    last_cp: dict[str, Any] | None = None
+    published: bool = False  # last_cp was handed to on_checkpoint by this writer
     fd: int | None = None
     dirty: bool = False
 
@@ -210,7 +240,9 @@ class AuditLog:
                  segment_max_bytes: int = 64 * 1024 * 1024, segment_max_age_s: float = 86_400.0,
                  checkpoint_every: int = 1000, checkpoint_max_age_s: float = 60.0, fsync: str = "batch",
                  max_tenant_bytes: int | None = None, max_open_files: int = 64,
-                 clock: Callable[[], int] = _now_us) -> None:
+                 clock: Callable[[], int] = _now_us, source: TailSource | None = None,
+                 on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
+                 witness_heads: Mapping[tuple[str, str], Mapping[str, Any]] | None = None) -> None:
         if not isinstance(hmac_key, bytes | bytearray) or len(hmac_key) < 16:
             raise ValueError("the audit HMAC key must be at least 16 bytes")
         if fsync not in FSYNC_POLICIES:
@@ -228,6 +260,10 @@ class AuditLog:
         self._cap = max_tenant_bytes
         self._max_open = max_open_files
         self._clock = clock
+        self._source = source
+        self._on_checkpoint = on_checkpoint
+        self._witness = witness_heads
+        self._deferred: list[tuple[str, Path, _Stream, list[tuple[Path, dict[str, Any]]]]] | None = None
         self._tenants: dict[str, _Tenant] = {}
         self._open: OrderedDict[int, _Stream] = OrderedDict()  # id(stream) -> stream with an open fd, LRU order
         self._pending_cp: dict[int, _Stream] = {}  # streams with records not covered by a checkpoint yet
@@ -244,15 +280,23 @@ class AuditLog:
     def encrypted(self) -> bool:
         return self._cipher is not None
 
-    def append(self, event: Mapping[str, Any], classification: Classification) -> Appended:
-        """Append ``event`` under ``classification`` unless its event_id is already in the tenant's log."""
+    @property
+    def cipher(self) -> RecordCipher | None:
+        """The record cipher (the held queue encrypts under the same key)."""
+        return self._cipher
+
+    def append(self, event: Mapping[str, Any], classification: Classification,
+               source: SourceRef | None = None) -> Appended:
+        """Append ``event`` under ``classification`` unless its event_id is already in the tenant's log.
+
+        ``source`` (topic, partition, offset) is stored with the record so a restart after a crash can confirm it.
+        """
         self._check_open()
-        tenant, event_id = event.get("tenant"), event.get("event_id")
+        tenant = event.get("tenant")
         if not isinstance(tenant, str):
             raise ValueError("an audited event needs a string tenant")
-        if not isinstance(event_id, str) or not event_id:
-            # Evidence is never dropped for want of an id: a content hash still makes redelivery idempotent.
-            event_id = "sha256:" + hashlib.sha256(canonical(dict(event))).hexdigest()
+        # Evidence is never dropped for want of an id: a content hash still makes redelivery idempotent.
+        event_id = event_key(event)
         t = self._tenant(tenant)
         if event_id in t.ids:
             return Appended(tenant, None, None, None, duplicate=True)
@@ -268,6 +312,11 @@ class AuditLog:
             "event_id": event_id, "class": classification.audit_class, "retention": rc, "expires_at": expires,
             "recorded_at": now,
         }
+        if source is not None:
+            body["src"] = {"topic": source[0], "partition": source[1], "offset": source[2]}
+        if s.encrypted and self._cipher is None:
+            raise AuditError(f"tenant {tenant!r} stream {rc}: the log is encrypted and this writer has no key; "
+                             "refusing to add plaintext (set AGENTWATCH_AUDIT_ENC_KEY)")
         if self._cipher is not None:
             body["enc"] = self._cipher.encrypt(event, tenant, rc, s.next_seq, event_id)
         else:
@@ -311,14 +360,87 @@ class AuditLog:
                     done.append(Pruned(t.name, s.name, seg.name, seg.first_seq, seg.last_seq, seg.count))
         return done
 
+    def recover(self) -> dict[str, AuditError]:
+        """Load every tenant that has an unsealed stream (a writer crashed), confirming each unanchored tail against
+        the source, and every tenant the witness disagrees with; the tenants refused, with why. Call it at start."""
+        self._check_open()
+        refused: dict[str, AuditError] = {}
+        witnessed = {t for t, _ in self._witness or {}}
+        self._deferred = []  # unanchored tails, confirmed below with one fetch for all of them
+        try:
+            self._load_suspects(refused, witnessed)
+        finally:
+            deferred, self._deferred = self._deferred, None
+        refs = [r for _, _, _, tail in deferred for _, rec in tail
+                if rec.get("kind") != KIND_PRUNED and (r := source_ref(rec)) is not None]
+        fetched: dict[SourceRef, list[Mapping[str, Any]]] = {}
+        fetch_error: Exception | None = None
+        if refs and self._source is not None:
+            try:
+                fetched = self._source.fetch(refs)
+            except Exception as exc:  # unreachable: nothing is decided, those tenants are retried on first touch
+                fetch_error = exc
+        for tenant, path, stream, tail in deferred:
+            if tenant in refused:
+                continue
+            try:
+                if fetch_error is not None:
+                    raise AuditTailUnconfirmed(f"{path}: could not read the source topic to confirm {len(tail)} "
+                                               f"unanchored record(s) ({fetch_error}); not signing them yet")
+                self._confirm_tail(path, stream, tail, fetched=fetched)
+            except AuditError as exc:
+                refused[tenant] = exc
+        for tenant in refused:
+            self._forget(tenant)
+        for tenant in sorted(witnessed):  # the witness knows tenants whose directory is gone
+            refused[tenant] = AuditRolledBack(f"{self.root / tenant_dirname(tenant)}: missing, but the anchors "
+                                              "witness holds its checkpoints: the tenant's log was removed")
+        return refused
+
+    def _forget(self, tenant: str) -> None:
+        """Drop a refused tenant's loaded state: nothing of it is signed, it is loaded (and checked) again later."""
+        t = self._tenants.pop(tenant, None)
+        if t is None:
+            return
+        for s in t.streams.values():
+            self._pending_cp.pop(id(s), None)
+            self._release_fd(s)
+
+    def _load_suspects(self, refused: dict[str, AuditError], witnessed: set[str]) -> None:
+        for td in list_tenant_dirs(self.root):
+            if td.tenant is None or td.tenant in self._tenants:
+                continue
+            witnessed.discard(td.tenant)
+            streams = list_streams(td.path)
+            lasts = {name: _last_checkpoint(td.path / name / CHECKPOINTS_FILE) for name in streams}
+            suspect = any(cp is None or not (cp.get("kind") == CP_CHECKPOINT and cp.get("sealed") is True)
+                          for cp in lasts.values())
+            for (tenant, name), seen in (self._witness or {}).items():
+                mine = lasts.get(name) if tenant == td.tenant else {}
+                if mine is None or (mine and (mine.get("n"), mine.get("sig")) != (seen.get("n"), seen.get("sig"))):
+                    suspect = True  # behind or different: _load_stream says which (a log ahead is fine)
+            if not suspect:
+                continue
+            try:
+                t = self._tenant(td.tenant)
+                for (tenant, name) in self._witness or {}:
+                    if tenant == td.tenant and name not in t.streams:
+                        self._stream(t, name)  # raises AuditRolledBack: the stream was removed
+            except AuditError as exc:
+                refused[td.tenant] = exc
+
     def close(self) -> None:
-        """Checkpoint everything still unanchored, fsync and close all files. Segments stay open for the next run."""
+        """Seal every loaded stream (a signed checkpoint covering its last record), fsync and close all files."""
         if self._closed:
             return
         try:
             now = self._clock()
-            for s in list(self._pending_cp.values()):
-                self._checkpoint(s, closed=False, now=now)
+            for t in self._tenants.values():
+                for s in t.streams.values():
+                    if not s.sealed:
+                        self._seal(s, now)
+                    elif not s.published and s.last_cp is not None and self._on_checkpoint is not None:
+                        self._on_checkpoint(s.last_cp)
             for s in list(self._open.values()):
                 self._release_fd(s)
         finally:
@@ -337,8 +459,12 @@ class AuditLog:
         body["prev_hash"] = s.head_hash
         record, line = seal_record(body)
         if enforce_cap and self._cap is not None and t.nbytes + len(line) > self._cap:
-            raise AuditLogFull(f"tenant {t.name!r}: audit log size cap reached ({t.nbytes:,} of {self._cap:,} bytes "
-                               f"used, record needs {len(line):,}); nothing was written")
+            raise AuditTenantOverCap(f"tenant {t.name!r}: audit log size cap reached ({t.nbytes:,} of {self._cap:,} "
+                                     f"bytes used, record needs {len(line):,}); nothing was written")
+        if s.sealed:  # this run continues a sealed stream: say so, signed, before anything follows the seal
+            self._write_checkpoint(s, self._cp_body(s, s.open_segment or (s.segments[-1] if s.segments else None),
+                                                   closed=False, now=now))
+            s.sealed = False
         seg = self._segment_for(s, len(line), now)
         self._write(s, seg, line)
         seg.note(record, len(line))
@@ -407,12 +533,28 @@ class AuditLog:
             self._pending_cp.pop(id(s), None)
             return
         self._sync(s)
-        self._write_checkpoint(s, {
-            "v": FORMAT_VERSION, "kind": CP_CHECKPOINT, "n": s.cp_n + 1, "tenant": s.tenant, "stream": s.name,
-            "segment": seg.name, "count": seg.count, "seq": s.next_seq - 1, "head_hash": s.head_hash,
-            "closed": closed, "time": now, "prev_sig": s.cp_sig,
-        })
+        self._write_checkpoint(s, self._cp_body(s, seg, closed=closed, now=now))
         s.since_cp = 0
+        self._pending_cp.pop(id(s), None)
+
+    def _cp_body(self, s: _Stream, seg: _Segment | None, *, closed: bool, now: int,
+                 sealed: bool = False) -> dict[str, Any]:
+        return {"v": FORMAT_VERSION, "kind": CP_CHECKPOINT, "n": s.cp_n + 1, "tenant": s.tenant, "stream": s.name,
+                "segment": seg.name if seg is not None else None, "count": seg.count if seg is not None else 0,
+                "seq": s.next_seq - 1, "head_hash": s.head_hash, "closed": closed, "time": now,
+                "prev_sig": s.cp_sig, "sealed": sealed,
+                "enc": self._cipher.kid if self._cipher is not None else None}
+
+    def _seal(self, s: _Stream, now: int) -> None:
+        """The clean-stop checkpoint: covers the head (fsynced first); nothing may follow it unannounced."""
+        seg = s.open_segment
+        last = seg or (s.segments[-1] if s.segments else None)
+        if seg is not None:
+            self._sync(s)
+        self._write_checkpoint(s, self._cp_body(s, last, closed=seg is None and last is not None, now=now,
+                                                sealed=True))
+        s.since_cp = 0
+        s.sealed = True
         self._pending_cp.pop(id(s), None)
 
     def _write_checkpoint(self, s: _Stream, body: dict[str, Any]) -> None:
@@ -437,6 +579,10 @@ class AuditLog:
             os.close(fd)
         s.cp_n, s.cp_sig, s.cp_time = cp["n"], cp["sig"], cp["time"]
         s.cp_size += len(line)
+        s.encrypted = s.encrypted or bool(cp.get("enc"))
+        s.last_cp, s.published = cp, True
+        if self._on_checkpoint is not None:
+            self._on_checkpoint(cp)
 
     # -- pruning ------------------------------------------------------------------------------------------------
 
@@ -453,7 +599,7 @@ class AuditLog:
             "v": FORMAT_VERSION, "kind": CP_PRUNE, "n": s.cp_n + 1, "tenant": t.name, "stream": s.name,
             "segment": seg.name, "count": seg.count, "first_seq": seg.first_seq, "seq": seg.last_seq,
             "first_prev_hash": seg.first_prev_hash, "head_hash": seg.last_hash, "closed": True, "time": now,
-            "prev_sig": s.cp_sig,
+            "prev_sig": s.cp_sig, "enc": self._cipher.kid if self._cipher is not None else None,
         })
         s.pruned.add(seg.name)
         self._unlink_segment(t, s, seg)
@@ -542,6 +688,11 @@ class AuditLog:
     def _stream(self, t: _Tenant, name: str) -> _Stream:
         s = t.streams.get(name)
         if s is None:
+            seen = (self._witness or {}).get((t.name, name))
+            if seen is not None:
+                raise AuditRolledBack(f"{t.path / name}: missing, but the anchors witness saw its checkpoint "
+                                      f"{seen.get('n')} (seq {seen.get('seq')}): the stream was removed; refusing "
+                                      "to start it again (run `agentwatch audit verify --anchors`)")
             path = t.path / name
             ensure_dir(path)
             s = t.streams[name] = _Stream(t.name, name, path, 1, genesis_hash(t.name, name))
@@ -554,7 +705,8 @@ class AuditLog:
         self._write_checkpoint(s, {
             "v": FORMAT_VERSION, "kind": CP_CHECKPOINT, "n": 1, "tenant": s.tenant, "stream": s.name,
             "segment": None, "count": 0, "seq": 0, "head_hash": s.head_hash, "closed": False,
-            "time": self._clock(), "prev_sig": "",
+            "time": self._clock(), "prev_sig": "", "sealed": False,
+            "enc": self._cipher.kid if self._cipher is not None else None,
         })
 
     def _repair_tail(self, path: Path, data: bytes, tail: bytes) -> None:
@@ -578,6 +730,7 @@ class AuditLog:
         closed_names: set[str] = set()
         last_cp_seq, last_cp_head = 0, s.head_hash
         cp_path = path / CHECKPOINTS_FILE
+        witnessed = (self._witness or {}).get((t.name, name))
         if cp_path.exists():
             data = cp_path.read_bytes()
             lines, tail = split_lines(data)
@@ -587,6 +740,13 @@ class AuditLog:
                 try:
                     cp = parse_line(line)
                     s.cp_n, s.cp_sig, s.cp_time = int(cp["n"]), str(cp["sig"]), int(cp["time"])
+                    s.sealed = cp["kind"] == CP_CHECKPOINT and cp.get("sealed") is True
+                    s.encrypted = s.encrypted or bool(cp.get("enc"))
+                    s.last_cp = cp
+                    if witnessed is not None and cp["n"] == witnessed.get("n") and cp["sig"] != witnessed.get("sig"):
+                        raise AuditRolledBack(f"{cp_path}: checkpoint {cp['n']} is not the one the anchors witness "
+                                              "saw: the history was replaced; refusing to continue it (run "
+                                              "`agentwatch audit verify --anchors`)")
                     if cp["kind"] == CP_PRUNE:
                         s.pruned.add(cp["segment"])
                     elif cp.get("closed"):
@@ -597,6 +757,10 @@ class AuditLog:
                     raise AuditCorruption(f"{cp_path}: unreadable checkpoint ({exc}); run `agentwatch audit verify`") \
                         from None
             s.cp_size = len(data) - len(tail)
+        if witnessed is not None and isinstance(witnessed.get("n"), int) and s.cp_n < witnessed["n"]:
+            raise AuditRolledBack(f"{cp_path}: ends at checkpoint {s.cp_n} but the anchors witness saw checkpoint "
+                                  f"{witnessed['n']} (seq {witnessed.get('seq')}): rolled back; refusing to continue "
+                                  "it (run `agentwatch audit verify --anchors`)")
         names, _ = list_segments(path)
         if s.cp_n == 0:
             if names:
@@ -607,6 +771,7 @@ class AuditLog:
         # with its next checkpoint: it must not anchor a tail that was altered while it was down.
         last_record: dict[str, Any] | None = None
         running: str | None = None
+        unanchored: list[tuple[Path, dict[str, Any]]] = []  # records after the last signed checkpoint
         for i, seg_name in enumerate(names):
             seg_path = path / seg_name
             data = seg_path.read_bytes()
@@ -625,9 +790,15 @@ class AuditLog:
                     raise AuditCorruption(f"{seg_path}: unreadable record ({exc}); run `agentwatch audit verify`") \
                         from None
                 seg.note(rec, len(line) + 1)
+                seq = rec.get("seq")
+                if isinstance(seq, int) and seq > last_cp_seq:
+                    if isinstance(rec.get("event_id"), str) and rec["event_id"] in t.ids:
+                        raise AuditTailUnconfirmed(f"{seg_path}: seq {seq}, after the last signed checkpoint, repeats "
+                                                   f"event {rec['event_id']} already in the log; refusing to sign it "
+                                                   "(run `agentwatch audit verify`)")
+                    unanchored.append((seg_path, rec))
                 if isinstance(rec.get("event_id"), str):
                     t.ids.add(rec["event_id"])
-                seq = rec.get("seq")
                 if isinstance(seq, int) and seq >= last_cp_seq:
                     if seq == last_cp_seq:
                         if rec.get("hash") != last_cp_head:
@@ -644,6 +815,11 @@ class AuditLog:
                 last_record = rec
             s.segments.append(seg)
             t.nbytes += seg.size
+        if unanchored:
+            if self._deferred is not None and not s.sealed:
+                self._deferred.append((t.name, path, s, unanchored))  # recover() confirms all tails at once
+            else:
+                self._confirm_tail(path, s, unanchored)
         if last_record is not None:
             if not record_hash_ok(last_record) or not isinstance(last_record.get("seq"), int):
                 raise AuditCorruption(f"{path}: the last record does not hash to its stored hash; refusing to chain "
@@ -660,6 +836,76 @@ class AuditLog:
             raise AuditCorruption(f"{path / op.name}: empty segment does not start at the next seq {s.next_seq}")
         return s
 
+    def _confirm_tail(self, path: Path, s: _Stream, tail: list[tuple[Path, dict[str, Any]]], *,
+                      fetched: Mapping[SourceRef, list[Mapping[str, Any]]] | None = None) -> None:
+        """Refuse (raise) unless the source topic confirms every record after the last signed checkpoint
+        (``fetched``: what the source returned already, for every ref of the tail)."""
+        first = tail[0][1].get("seq")
+        if s.sealed:
+            raise AuditTailUnconfirmed(f"{tail[0][0]}: seq {first}..{tail[-1][1].get('seq')} were appended after the "
+                                       "stream was sealed by a clean stop; refusing to sign them "
+                                       "(run `agentwatch audit verify`)")
+        events = [rec for _, rec in tail if rec.get("kind") != KIND_PRUNED]
+        if events and self._source is None:
+            raise AuditTailUnconfirmed(f"{path}: {len(tail)} record(s) from seq {first} on were left unanchored by a "
+                                       "crashed writer and no source topic was given to confirm them; refusing to "
+                                       "sign them")
+        if fetched is None:
+            fetched = {}
+        elif events:
+            events = []  # already fetched
+        if events and self._source is not None:
+            refs = [r for r in (source_ref(rec) for rec in events) if r is not None]
+            try:
+                fetched = self._source.fetch(refs)
+            except Exception as exc:  # the source is unreachable: nothing is decided, the tenant is retried later
+                raise AuditTailUnconfirmed(f"{path}: could not read the source topic to confirm {len(tail)} "
+                                           f"unanchored record(s) ({exc}); not signing them yet") from exc
+        for seg_path, rec in tail:
+            if rec.get("kind") == KIND_PRUNED:
+                why = _prune_unconfirmed(s, rec)
+            else:
+                why = unconfirmed(rec, fetched, self._cipher)
+            if why is not None:
+                raise AuditTailUnconfirmed(f"{seg_path}: seq {rec.get('seq')}, after the last signed checkpoint, is "
+                                           f"not confirmed by the source topic: {why}; refusing to sign it "
+                                           "(run `agentwatch audit verify`)")
+        logger.info("audit log: %s: %d unanchored record(s) left by a crash confirmed against the source topic",
+                    path, len(tail))
 
-__all__ = ["AuditCorruption", "AuditError", "AuditLog", "AuditLogFull", "AuditWriteError", "Appended", "Pruned",
+
+def _prune_unconfirmed(s: _Stream, rec: Mapping[str, Any]) -> str | None:
+    """Why an unanchored ``segment_pruned`` record (a crash between recording a prune and signing it) is not this
+    writer's own, or None: it must describe a closed segment that is still there, exactly, and fully expired."""
+    decl = rec.get("pruned")
+    if not isinstance(decl, dict):
+        return "a prune record without a declared segment"
+    seg = next((x for x in s.segments if x.name == decl.get("segment")), None)
+    if seg is None or not seg.closed:
+        return f"it declares the prune of {decl.get('segment')!r}, which is not a closed segment of this stream"
+    want = {"segment": seg.name, "first_seq": seg.first_seq, "last_seq": seg.last_seq, "count": seg.count,
+            "first_prev_hash": seg.first_prev_hash, "last_hash": seg.last_hash}
+    if decl != want:
+        return f"it does not describe {seg.name} as it is"
+    if not isinstance(rec.get("recorded_at"), int) or not seg.expired(rec["recorded_at"]):
+        return f"{seg.name} had not expired when the prune was recorded"
+    return None
+
+
+def _last_checkpoint(path: Path) -> dict[str, Any] | None:
+    """A stream's newest checkpoint (reads only the end of the file); None when missing or unreadable."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 4096))
+            lines = fh.read().splitlines()
+        return parse_line(lines[-1]) if lines else None
+    except (OSError, FormatError):
+        return None
+
+
+__all__ = ["AuditCorruption", "AuditError", "AuditLog", "AuditLogFull", "AuditRolledBack", "AuditTailUnconfirmed",
+           "AuditTenantOverCap",
+           "AuditWriteError", "Appended", "Pruned",
            "Repair", "DAY_US", "FSYNC_POLICIES", "DIR_MODE", "FILE_MODE", "SEALED_MODE"]

@@ -7,6 +7,7 @@ itself survives a crash, not only the data.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from sinks.fsync import fsync_dir
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 SEALED_MODE = 0o400
+LOCK_FILE = ".writer.lock"  # flock-held by the one live writer; holds its pid
 
 
 def ensure_dir(path: Path) -> bool:
@@ -146,3 +148,26 @@ def iter_records(root: Path, tenant: str, stream: str | None = None) -> Iterator
                     yield parse_line(line)
                 except FormatError:
                     continue
+
+
+def writer_state(root: Path) -> str:
+    """Whether a writer holds ``root`` now, in words for a report: "is running (pid N)" or "crashed or was killed".
+
+    Probes the writer's flock with a non-blocking shared lock, released at once (a writer starting in that instant
+    fails fast and can be restarted; nothing else is affected).
+    """
+    path = root / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return "crashed or was killed (no writer lock file)"
+    try:
+        pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return f"is running (pid {pid} holds {LOCK_FILE})"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return f"crashed or was killed (pid {pid} last held {LOCK_FILE}, nobody holds it now)"
+    finally:
+        os.close(fd)

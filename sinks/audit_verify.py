@@ -13,24 +13,37 @@ The checks, per stream (tenant, retention class), and the ``check`` name each fa
   stream and closes every segment but the last, and every signed head
   still matches the log (``checkpoint_mismatch``: the records up to it were rewritten and re-hashed without the key;
   ``segment_truncated`` / ``tail_truncated``: records it covers are gone; ``appended_after_close``);
-* with the encryption key, every ciphertext authenticates (``decrypt_failed``).
+* with the encryption key, every ciphertext authenticates (``decrypt_failed``); without it, a stream whose
+  checkpoints declare encryption holds no plaintext record after that point (``plaintext_record``);
+* a stream whose newest checkpoint is a *seal* (the writer stopped cleanly) has nothing after it
+  (``appended_after_seal``);
+* the root is a non-empty audit root (``missing_root``, ``empty_root``), and no file or directory is open to group or
+  others (``permissions``);
+* without the HMAC key nothing is signature-checked: an error (``no_key``) unless the caller says so explicitly
+  (``no_signatures``, then a warning);
+* with anchors (:mod:`sinks.audit_anchor`), the log still holds every checkpoint the external witness saw, with the
+  same signature (``anchor_rollback``, ``anchor_mismatch``, ``anchor_sig``): :func:`check_anchors`;
+* with the source topic, every record after the last checkpoint holds the event at the offset it names
+  (``unconfirmed_record``): :func:`confirm_tails`.
 
-Warnings (do not fail): a torn last line (crash or writer active; repaired on the next open), an interrupted prune,
-unexpected files, files or directories open to group/other, no HMAC key given (signatures unchecked). Records after
-the last checkpoint are not yet anchored; the report says how many. Verifying while ``audit run`` writes is safe,
-except that a segment it prunes during the verify shows as missing: re-run.
+Records after the last checkpoint of an *unsealed* stream are the tail of a writer that is running (it holds the
+root's ``.writer.lock`` flock) or crashed (nobody holds it): a warning (``unanchored``) naming which, since the
+next writer signs them only after the source topic confirms each one (:mod:`sinks.audit_source`). Other warnings:
+a torn last line (crash or writer active; repaired on the next open), an interrupted prune, unexpected files.
+Verifying while ``audit run`` writes is safe, except that a segment it prunes during the verify shows as missing:
+re-run.
 
 What a hash chain plus signed checkpoints cannot show on its own: someone holding write access who removes the newest
-checkpoints *and* the records after the remaining ones, or a whole stream directory, leaves a consistent older log.
-Anchor the newest signatures elsewhere (WORM storage, another party) to close that; the report prints them.
+checkpoints *and* the records after the remaining ones, or a whole stream directory, leaves a consistent older log
+(a removed seal then looks like a crash). The anchors close that, down to the last anchor the witness received.
 
 :func:`check_stream` is pure (lines in, findings out); :func:`verify_root` walks the files.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,17 +64,20 @@ from sinks.audit_format import (
     segment_first_seq,
     tenant_dirname,
 )
+from sinks.audit_source import TailSource, source_ref, unconfirmed
 from sinks.audit_store import (
     iter_file_lines,
     list_segments,
     list_streams,
     list_tenant_dirs,
     read_tenant_dir,
+    writer_state,
 )
 
 ERROR = "error"
 WARNING = "warning"
 _MAX_PER_SEGMENT = 20  # findings of one kind per segment before summarising
+_MAX_TAIL = 100_000  # unanchored records kept per stream for confirm_tails (a writer leaves at most 999)
 
 Lines = Iterable[tuple[bytes, bool]]  # (line without newline, terminated by a newline)
 
@@ -97,6 +113,9 @@ class StreamSummary:
     head_seq: int = 0
     anchored_seq: int = 0
     head_sig: str = ""
+    sealed: bool = False
+    sigs: dict[int, str] = field(default_factory=dict, repr=False)  # checkpoint n -> its signature
+    tail: list[dict[str, Any]] = field(default_factory=list, repr=False)  # event records after the last checkpoint
 
 
 @dataclass
@@ -126,12 +145,12 @@ class VerifyReport:
         lines += [f"  ERROR   {f}" for f in self.errors]
         lines += [f"  warning {f}" for f in self.warnings]
         if heads and self.streams:
-            lines.append("signed heads (anchor these elsewhere to detect wholesale rollback):")
+            lines.append("signed heads (the writer publishes them to the anchors witness; --anchors compares):")
             for s in self.streams:
                 unanchored = s.head_seq - s.anchored_seq
                 note = f", {unanchored} record(s) after it not yet anchored" if unanchored > 0 else ""
                 lines.append(f"  {s.tenant!r} / {s.stream}: seq {s.head_seq}, checkpoint "
-                             f"{s.checkpoints} sig {s.head_sig[:16] or '-'}{note}")
+                             f"{s.checkpoints}{' (sealed)' if s.sealed else ''} sig {s.head_sig[:16] or '-'}{note}")
         return "\n".join(lines)
 
 
@@ -164,15 +183,18 @@ def _fmt_range(a: int, b: int) -> str:
 
 
 def check_stream(tenant: str, stream: str, segments: Iterable[tuple[str, Lines]], checkpoint_lines: Lines,
-                 hmac_key: bytes | None, cipher: RecordCipher | None = None) -> tuple[StreamSummary, list[Finding]]:
-    """All checks of one stream. ``segments`` are ``(name, lines)`` in seq order of their names."""
+                 hmac_key: bytes | None, cipher: RecordCipher | None = None,
+                 writer: str = "is running or crashed") -> tuple[StreamSummary, list[Finding]]:
+    """All checks of one stream. ``segments`` are ``(name, lines)`` in seq order of their names; ``writer`` says
+    what the root's writer lock showed (for the unanchored-tail warning)."""
     check = _StreamCheck(tenant, stream, hmac_key, cipher)
     check.checkpoints(checkpoint_lines)
     for name, lines in segments:
         check.segment(name, lines)
     check.timeline()
     check.heads()
-    return check.summary, check.findings
+    findings = [replace(f, message=f.message.replace("{writer}", writer)) for f in check.findings]
+    return check.summary, findings
 
 
 class _StreamCheck:
@@ -191,6 +213,9 @@ class _StreamCheck:
         self.order: list[str] = []
         self.chain_prunes: dict[str, tuple[dict[str, Any], int]] = {}  # from segment_pruned records
         self.torn_in: str | None = None
+        self.encrypted_after: int | None = None  # plaintext records past this seq are an error
+        self.cp_seq = 0  # the highest seq a regular checkpoint signed
+        self.plaintext_seen = 0
 
     def add(self, severity: str, check: str, message: str, segment: str | None = None, seq: int | None = None) -> None:
         self.findings.append(Finding(severity, check, message, self.tenant, self.stream, segment, seq))
@@ -237,9 +262,13 @@ class _StreamCheck:
                 add(ERROR, "checkpoint_mismatch", f"checkpoint {n} does not sign this stream's genesis hash", f)
             prev_sig, expect_n = sig, n + 1
             cps.append(cp)
+            self.summary.sigs[n] = sig
+            if cp.get("enc") and self.encrypted_after is None and isinstance(cp.get("seq"), int):
+                self.encrypted_after = cp["seq"]
         self.no_checkpoints = not cps
         self.summary.checkpoints = len(cps)
         self.summary.head_sig = cps[-1]["sig"] if cps else ""
+        self.summary.sealed = bool(cps) and cps[-1].get("kind") == CP_CHECKPOINT and cps[-1].get("sealed") is True
         for cp in cps:
             if cp.get("seq") == 0:
                 continue
@@ -249,6 +278,7 @@ class _StreamCheck:
                 self.regular.append(cp)
                 if isinstance(cp.get("seq"), int):
                     self.wanted.setdefault(str(cp.get("segment")), set()).add(cp["seq"])
+                    self.cp_seq = max(self.cp_seq, cp["seq"])
 
     # -- pass 1: each segment on its own --------------------------------------------------------------------------
 
@@ -309,8 +339,15 @@ class _StreamCheck:
                 self.cipher.decrypt(rec)
             except DecryptError as exc:
                 err("decrypt_failed", f"seq {seq} (line {lineno}): {exc}", seq)
+        if "enc" in rec and (self.encrypted_after is None or seq <= self.encrypted_after):
+            self.encrypted_after = seq - 1
+        elif "event" in rec and self.encrypted_after is not None and seq > self.encrypted_after:
+            err("plaintext_record", f"seq {seq} (line {lineno}) is plaintext in a stream written encrypted since seq "
+                f"{self.encrypted_after + 1}: not written by the writer", seq)
         if rec.get("kind") == KIND_PRUNED and isinstance(rec.get("pruned"), dict):
             self.chain_prunes[str(rec["pruned"].get("segment"))] = (rec["pruned"], seq)
+        elif seq > self.cp_seq and len(self.summary.tail) < _MAX_TAIL:
+            self.summary.tail.append(rec)
         return lineno, seq, prev_hash, rhash, ok
 
     @staticmethod
@@ -455,31 +492,40 @@ class _StreamCheck:
                 add(ERROR, "tail_truncated", f"the log ends at seq {summary.head_seq} but a signed checkpoint covers "
                     f"seq {summary.anchored_seq}: the tail was removed", seq=summary.head_seq + 1)
         if summary.head_seq > summary.anchored_seq:
-            add(WARNING, "unanchored", f"seq {summary.anchored_seq + 1}..{summary.head_seq} come after the last "
-                "checkpoint (normal while a writer runs or after a crash; anchored by its next checkpoint)")
+            records = f"seq {summary.anchored_seq + 1}..{summary.head_seq}"
+            if summary.sealed:
+                add(ERROR, "appended_after_seal", f"{records} come after the seal a cleanly stopped writer signed: "
+                    "appended by someone else", self.order[-1] if self.order else None, summary.anchored_seq + 1)
+            else:
+                add(WARNING, "unanchored", f"{records} come after the last checkpoint: the tail of a writer that "
+                    f"{{writer}}; the next writer signs them only once the source topic confirms each one")
 
 
-def _permission_findings(tenant_dir: Path, tenant: str) -> list[Finding]:
-    """Audit files must not be readable by group or others (0700 directories, 0600/0400 files)."""
+def _permission_findings(paths: Iterable[Path], base: Path, tenant: str | None) -> list[Finding]:
+    """Audit files must not be accessible to group or others (0700 directories, 0600/0400 files): an error."""
     out = []
-    for path in [tenant_dir, *tenant_dir.rglob("*")]:
-        mode = path.stat().st_mode & 0o777
+    for path in paths:
+        mode = path.lstat().st_mode & 0o777
         if mode & 0o077:
-            rel = path.relative_to(tenant_dir.parent).as_posix()
-            out.append(Finding(WARNING, "permissions", f"{rel} is mode {mode:o}: group/other can access it",
-                               tenant))
+            rel = path.relative_to(base).as_posix() if path != base else str(path)
+            out.append(Finding(ERROR, "permissions", f"{rel} is mode {mode:o}: group/other can access it (want "
+                               f"{'0700' if path.is_dir() else '0600'})", tenant))
     return out
 
 
 def verify_root(root: Path | str, hmac_key: bytes | None, *, tenant: str | None = None,
-                enc_key: bytes | None = None) -> VerifyReport:
-    """Verify every tenant under ``root`` (or one). Without ``hmac_key`` signatures are not checked (a warning)."""
+                enc_key: bytes | None = None, no_signatures: bool = False) -> VerifyReport:
+    """Verify every tenant under ``root`` (or one). Without ``hmac_key`` signatures are not checked: an error,
+    unless ``no_signatures`` says that is intended (then a warning)."""
     root = Path(root)
     report = VerifyReport()
     cipher = RecordCipher(enc_key) if enc_key else None
     if hmac_key is None:
-        report.findings.append(Finding(WARNING, "no_key", "no HMAC key given: checkpoint signatures not checked, so a "
-                                       "rewritten and re-hashed log cannot be told from a genuine one"))
+        report.findings.append(Finding(
+            WARNING if no_signatures else ERROR, "no_key",
+            "no HMAC key given: checkpoint signatures not checked, so a rewritten and re-hashed log cannot be told "
+            "from a genuine one" + ("" if no_signatures else " (set AGENTWATCH_AUDIT_HMAC_KEY, or pass "
+                                    "--no-signatures to check the hash chains only)")))
     if tenant is not None:
         path = root / tenant_dirname(tenant)
         if not path.is_dir():
@@ -492,13 +538,20 @@ def verify_root(root: Path | str, hmac_key: bytes | None, *, tenant: str | None 
             report.findings.append(Finding(ERROR, "missing_root", f"{root} does not exist"))
             return report
         tdirs = list_tenant_dirs(root)
+        if not tdirs:
+            report.findings.append(Finding(ERROR, "empty_root", f"{root} holds no tenant's audit log: wrong "
+                                           "directory, or the log was deleted"))
+    if root.is_dir():
+        others = (p for p in root.rglob("*") if not p.relative_to(root).parts[0].startswith("t-"))
+        report.findings.extend(_permission_findings([root, *others], root, None))
+    state = writer_state(root)
     for td in tdirs:
         if td.problem is not None or td.tenant is None:
             report.findings.append(Finding(ERROR, "tenant_dir", f"{td.path.name}: {td.problem}", td.tenant))
             if td.tenant is None:
                 continue
         assert td.tenant is not None
-        report.findings.extend(_permission_findings(td.path, td.tenant))
+        report.findings.extend(_permission_findings([td.path, *td.path.rglob("*")], root, td.tenant))
         for stream in list_streams(td.path):
             sdir = td.path / stream
             # Checkpoints before the listing: a checkpoint only ever names a segment that already exists, so a
@@ -510,7 +563,64 @@ def verify_root(root: Path | str, hmac_key: bytes | None, *, tenant: str | None 
                 report.findings.append(Finding(WARNING, "unexpected_file", "not part of the audit log", td.tenant,
                                                stream, other))
             summary, findings = check_stream(td.tenant, stream, ((n, iter_file_lines(sdir / n)) for n in names),
-                                             cp_lines, hmac_key, cipher)
+                                             cp_lines, hmac_key, cipher, writer=state)
             report.streams.append(summary)
             report.findings.extend(findings)
     return report
+
+
+def check_anchors(report: VerifyReport, anchors: Iterable[Mapping[str, Any]], hmac_key: bytes | None, *,
+                  tenant: str | None = None) -> list[Finding]:
+    """Compare the verified log with what an external witness saw (the newest signed checkpoint per stream). Pure.
+
+    The log may be ahead of the witness (publishing lags); it may never be behind it or differ from it.
+    """
+    out: list[Finding] = []
+    streams = {(s.tenant, s.stream): s for s in report.streams}
+    newest: dict[tuple[str, str], Mapping[str, Any]] = {}
+    for cp in anchors:
+        n, key = cp.get("n"), (str(cp.get("tenant")), str(cp.get("stream")))
+        if (tenant is not None and key[0] != tenant) or not isinstance(n, int):
+            continue
+        if hmac_key is not None and not checkpoint_sig_ok(hmac_key, cp):
+            out.append(Finding(ERROR, "anchor_sig", f"the witness holds checkpoint {n} with a bad signature: not "
+                               "written by the audit writer (or signed with another key)", key[0], key[1],
+                               CHECKPOINTS_FILE))
+            continue
+        if key not in newest or n > newest[key]["n"]:
+            newest[key] = cp
+    for (t, stream), cp in sorted(newest.items()):
+        n, seq, s = cp["n"], cp.get("seq"), streams.get((t, stream))
+        if s is None:
+            out.append(Finding(ERROR, "anchor_rollback", f"stream missing: the witness saw its checkpoint {n} "
+                               f"(seq {seq}); the stream directory was removed", t, stream))
+        elif s.checkpoints < n:
+            out.append(Finding(ERROR, "anchor_rollback", f"the log's newest checkpoint is {s.checkpoints} (seq "
+                               f"{s.anchored_seq}) but the witness saw checkpoint {n} covering seq {seq}: the newest "
+                               "checkpoints and the records after the remaining ones were removed (rollback)", t,
+                               stream, CHECKPOINTS_FILE))
+        elif s.sigs.get(n) != cp.get("sig"):
+            out.append(Finding(ERROR, "anchor_mismatch", f"checkpoint {n} is not the one the witness saw (seq {seq}): "
+                               "the checkpoint history was replaced", t, stream, CHECKPOINTS_FILE))
+    for t, stream in sorted(streams):
+        if (t, stream) not in newest:
+            out.append(Finding(WARNING, "not_anchored", "the witness holds no checkpoint of this stream yet "
+                               "(publishing failed or lags); rollback of it is not detectable", t, stream))
+    return out
+
+
+def confirm_tails(report: VerifyReport, source: TailSource, cipher: RecordCipher | None) -> list[Finding]:
+    """Check every unanchored event record against the topic it names (one fetch for all streams): a record the
+    topic does not hold, or holds differently, is ``unconfirmed_record``; this is what the next writer would refuse.
+    Records that cannot be compared (encrypted, no key given) are named too."""
+    refs = [r for s in report.streams for rec in s.tail if (r := source_ref(rec)) is not None]
+    fetched = source.fetch(refs) if refs else {}
+    out: list[Finding] = []
+    for s in report.streams:
+        for rec in s.tail:
+            why = unconfirmed(rec, fetched, cipher)
+            if why is not None:
+                seq = rec.get("seq") if isinstance(rec.get("seq"), int) else None
+                out.append(Finding(ERROR, "unconfirmed_record", f"after the last checkpoint and not confirmed by the "
+                                   f"source topic: {why}", s.tenant, s.stream, None, seq))
+    return out

@@ -189,8 +189,16 @@ def test_one_writer_per_root(tmp_path):
 
 # -- crash safety --------------------------------------------------------------------------------------------------
 
-_WRITER = """
-import sys, uuid, json
+# The killed writer appends event i read from offset i of topic SRC_TOPIC; WrittenTopic is that topic as the
+# restarting writer re-reads it (the same events at the same offsets), so its tail can be confirmed or refuted.
+SRC_TOPIC = "audit-src"
+_WRITER_EVENT = """
+def writer_event(i):
+    return {"event_id": "%032x" % i, "event_time": i, "producer_time": i, "tenant": "acme", "session_id": "s",
+            "seq": i, "type": "session_start", "payload": json.dumps({"pad": "x" * 300})}
+"""
+_WRITER = "import json\n" + _WRITER_EVENT + """
+import sys
 from sinks.audit_log import AuditLog
 from sinks.audit_classify import Classification
 root, key, every, seg_bytes = sys.argv[1], sys.argv[2].encode(), int(sys.argv[3]), int(sys.argv[4])
@@ -200,11 +208,30 @@ c = Classification("session_start", "session", 365)
 i = 0
 while True:
     i += 1
-    log.append({"event_id": uuid.uuid4().hex, "event_time": i, "producer_time": i, "tenant": "acme",
-                "session_id": "s", "seq": i, "type": "session_start", "payload": json.dumps({"pad": "x" * 300})}, c)
+    log.append(writer_event(i), c, ("audit-src", 0, i))
     if i == 40:
         print("ready", flush=True)
 """
+_ns: dict[str, object] = {"json": json}
+exec(_WRITER_EVENT, _ns)
+writer_event = _ns["writer_event"]
+
+
+class WrittenTopic:
+    """The source topic of the killed writer: offset i of partition 0 holds writer_event(i); ``edits`` changes one."""
+
+    def __init__(self, edits: dict[int, dict[str, object]] | None = None) -> None:
+        self.edits = edits or {}
+        self.fetched: list[tuple[str, int, int]] = []
+
+    def fetch(self, refs):
+        out = {}
+        for ref in refs:
+            self.fetched.append(ref)
+            topic, partition, offset = ref
+            if topic == SRC_TOPIC and partition == 0 and 0 < offset < 100_000:
+                out[ref] = [self.edits.get(offset, writer_event(offset))]
+        return out
 
 
 def kill_writer_midway(root: Path, checkpoint_every: int = 7, segment_max_bytes: int = 4000) -> None:
@@ -215,6 +242,7 @@ def kill_writer_midway(root: Path, checkpoint_every: int = 7, segment_max_bytes:
     time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)  # no close, no final checkpoint
     proc.wait(10)
+    proc.stdout.close()
 
 
 def test_killed_writer_then_torn_line_is_repaired_and_the_chain_continues(tmp_path):
@@ -230,7 +258,7 @@ def test_killed_writer_then_torn_line_is_repaired_and_the_chain_continues(tmp_pa
         fh.write(b'{"closed":fal')
     report = verify_root(root, KEY)
     assert report.ok and {f.check for f in report.warnings} >= {"torn_tail"}
-    with AuditLog(root, KEY) as log:
+    with AuditLog(root, KEY, source=WrittenTopic()) as log:
         append_all(log, [ev(i) for i in range(5)])
         assert {Path(r.path).name for r in log.repairs} == {last.name, "checkpoints.jsonl"}
     recs = records(root)
@@ -239,26 +267,46 @@ def test_killed_writer_then_torn_line_is_repaired_and_the_chain_continues(tmp_pa
     verify_ok(root)
 
 
-def test_restart_signs_the_unanchored_tail_only_if_it_still_chains(tmp_path):
-    for name in ("clean", "altered"):  # no checkpoint but the genesis one before the kill: every record unanchored
+def test_restart_signs_the_unanchored_tail_only_if_the_topic_confirms_it(tmp_path):
+    for name in ("clean", "altered", "forged", "no-source"):  # only the genesis checkpoint before the kill
         kill_writer_midway(tmp_path / name, checkpoint_every=1_000_000, segment_max_bytes=1 << 30)
         report = verify_root(tmp_path / name, KEY)
         [stream] = report.streams
         assert report.ok and stream.anchored_seq == 0 and stream.head_seq >= 40
         assert [f.check for f in report.warnings] == ["unanchored"]
-    with AuditLog(tmp_path / "clean", KEY) as log:  # a restart re-checks the tail, and anchors it
+    topic = WrittenTopic()
+    with AuditLog(tmp_path / "clean", KEY, source=topic) as log:  # a restart confirms the tail, and anchors it
         log.append(ev(1), cls(ev(1)))
+    assert len(topic.fetched) >= 40
     report = verify_root(tmp_path / "clean", KEY)
     assert report.ok and not report.warnings, report.render()
 
-    seg = next((tmp_path / "altered").rglob("seg-*.jsonl"))
-    lines = seg.read_bytes().splitlines(keepends=True)
-    lines[10] = lines[10].replace(b'"session_id":"s"', b'"session_id":"z"', 1)  # altered while the writer was down
-    assert lines[10] != seg.read_bytes().splitlines(keepends=True)[10]
-    seg.write_bytes(b"".join(lines))
-    with pytest.raises(AuditCorruption, match="after the last signed checkpoint"):
-        with AuditLog(tmp_path / "altered", KEY) as log:
+    # the topic holds different content at offset 10 than the log claims (the log was edited and re-chained)
+    with pytest.raises(AuditCorruption, match="seq 10, after the last signed checkpoint, is not confirmed by the "
+                       "source topic: audit-src.0.@10 holds event .* with different content"):
+        with AuditLog(tmp_path / "altered", KEY,
+                      source=WrittenTopic({10: {**writer_event(10), "session_id": "z"}})) as log:
             log.append(ev(2), cls(ev(2)))
+
+    # a record appended with a correctly recomputed chain, naming an offset the topic does not have
+    seg = next((tmp_path / "forged").rglob("seg-*.jsonl"))
+    last = json.loads(seg.read_bytes().splitlines()[-1])
+    body = {k: v for k, v in last.items() if k != "hash"}
+    body.update(seq=last["seq"] + 1, prev_hash=last["hash"], event_id="f" * 32,
+                event={**last["event"], "event_id": "f" * 32, "user_id": "mallory"},
+                src={"topic": SRC_TOPIC, "partition": 0, "offset": 999_999})
+    with open(seg, "ab") as fh:
+        fh.write(seal_record(body)[1])
+    log = AuditLog(tmp_path / "forged", KEY, source=WrittenTopic())
+    refused = log.recover()
+    log.close()
+    assert set(refused) == {"acme"} and "999999 is not on the topic" in str(refused["acme"])
+    report = verify_root(tmp_path / "forged", KEY)  # nothing was signed over it
+    assert [s.anchored_seq for s in report.streams] == [0]
+
+    with pytest.raises(AuditCorruption, match="no source topic was given"):
+        with AuditLog(tmp_path / "no-source", KEY) as log:
+            log.append(ev(3), cls(ev(3)))
 
 
 def test_corrupt_complete_record_is_refused_not_repaired(tmp_path):
@@ -432,3 +480,33 @@ def test_interrupted_prune_is_finished_by_the_next_one(tmp_path, monkeypatch):
     assert len([r for r in records(tmp_path) if r["kind"] == "segment_pruned"]) == 2
     report = verify_root(tmp_path, KEY)
     assert report.ok and not report.warnings, report.render()
+
+
+def test_recover_confirms_every_crashed_tail_with_one_fetch_and_refuses_only_the_bad_tenant(tmp_path):
+    topic: dict[tuple[str, int, int], list[dict[str, object]]] = {}
+    log = AuditLog(tmp_path, KEY, checkpoint_every=1_000_000, checkpoint_max_age_s=3600)
+    for i in range(60):
+        e = ev(i, tenant=f"t{i % 3}")
+        ref = ("events", i % 2, i)
+        topic[ref] = [e]
+        log.append(e, cls(e), ref)
+    log.flush()
+    os.close(log._lock_fd)  # killed: every record unanchored, nothing sealed
+
+    class Topic:
+        calls: list[int] = []
+
+        def fetch(self, refs):
+            refs = list(refs)
+            self.calls.append(len(refs))
+            return {r: topic[r] for r in refs if r in topic}
+
+    source = Topic()
+    topic[("events", 1, 7)] = [{**topic[("events", 1, 7)][0], "user_id": "someone-else"}]  # t1's event 7 differs
+    with AuditLog(tmp_path, KEY, source=source) as again:
+        refused = again.recover()
+    assert source.calls == [60]  # one fetch for the three tenants' tails
+    assert set(refused) == {"t1"} and "seq 3, after the last signed checkpoint" in str(refused["t1"])
+    report = verify_root(tmp_path, KEY)
+    assert {s.tenant for s in report.streams if s.sealed} == {"t0", "t2"}
+    assert [s.anchored_seq for s in report.streams if s.tenant == "t1"] == [0]  # nothing of t1 was signed

@@ -218,7 +218,8 @@ def test_rewritten_tail_and_checkpoints_is_caught_only_with_the_key(root):
             cp["head_hash"] = new_hashes[cp["seq"]]
             lines[i] = canonical(cp) + b"\n"
     write_lines(cp_path, lines)
-    assert verify_root(root, None).ok  # without the key, a rewrite of log and heads is indistinguishable
+    # without the key (explicitly), a rewrite of log and heads is indistinguishable
+    assert verify_root(root, None, no_signatures=True).ok
     found = errors(root)
     assert {c for c, _, _ in found} == {"checkpoint_sig"}
 
@@ -305,12 +306,17 @@ def test_cli_verify_exit_codes_and_messages(root, monkeypatch, capsys):
     assert canonical(shown[0]["event"]) == canonical(ev(100))
 
 
-def test_loosened_permissions_are_reported(root):
+def test_loosened_permissions_are_errors(root):
     seg = segments(root)[0]
     os.chmod(seg, 0o644)
     report = verify_root(root, KEY)
-    assert report.ok and [f.check for f in report.warnings] == ["permissions"]
-    assert seg.name in report.warnings[0].message
+    assert [f.check for f in report.errors] == ["permissions"]
+    assert f"t-acme/session/{seg.name} is mode 644" in report.errors[0].message
+    os.chmod(seg, 0o400)
+    os.chmod(stream_dir(root), 0o750)
+    os.chmod(root, 0o755)
+    found = {f.message.split(" is mode")[0] for f in verify_root(root, KEY).errors}
+    assert found == {str(root), "t-acme/session"}
 
 
 def test_deleted_checkpoint_file_is_caught_and_the_writer_refuses_to_continue(root):

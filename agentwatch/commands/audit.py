@@ -4,8 +4,12 @@ Configuration (read by :class:`agentwatch.config.AuditSettings`; flags override)
 
 * ``AGENTWATCH_AUDIT_DIR``: the audit root (default ``$AGENTWATCH_HOME/audit``).
 * ``AGENTWATCH_AUDIT_HMAC_KEY``: the checkpoint signing key (its UTF-8 bytes, at least 16; e.g. the output of
-  ``openssl rand -base64 32``). Required to write; ``verify`` without it checks the hash chain only.
-* ``AGENTWATCH_AUDIT_ENC_KEY``: optional, base64 of 32 bytes: encrypt records at rest (AES-256-GCM).
+  ``openssl rand -base64 32``). Required to write and to verify (``verify --no-signatures`` checks the hash
+  chains only, explicitly).
+* ``AGENTWATCH_AUDIT_ENC_KEY``: base64 of 32 bytes: records are encrypted at rest (AES-256-GCM). ``audit run``
+  refuses to start without it unless told ``--insecure-plaintext``.
+* ``AGENTWATCH_AUDIT_ANCHORS``: where signed heads are published for rollback detection: ``kafka`` (default, the
+  compacted topic ``<prefix>.audit.anchors``), ``kafka:TOPIC``, ``file:PATH``, ``http(s)://URL``, or ``none``.
 * ``AGENTWATCH_AUDIT_POLICY``: optional YAML file: ``retention_classes``, ``audit_classes``, ``business_tools``.
 * ``AGENTWATCH_AUDIT_BUSINESS_TOOLS``: optional comma-separated tool names or patterns (overrides the YAML list).
 * ``AGENTWATCH_AUDIT_MAX_TENANT_BYTES``: optional per-tenant size cap.
@@ -29,11 +33,21 @@ from agentwatch.config import Settings, parse_list
 from agentwatch.foreground import StatusLine, stop_on_signals
 from agentwatch.isotime import parse_utc, utc_iso
 from schemas.evidence import EvidenceError, EvidenceOpener, envelope_kid, load_private_key
+from sinks.audit_anchor import (
+    AnchorError,
+    AnchorPublisher,
+    FileWitness,
+    KafkaWitness,
+    Witness,
+    newest_per_stream,
+    open_witness,
+)
 from sinks.audit_classify import AUDIT_CLASSES, AuditPolicy, PolicyError
 from sinks.audit_format import DecryptError, RecordCipher, event_of
 from sinks.audit_log import AuditError, AuditLog
+from sinks.audit_source import KafkaTailSource
 from sinks.audit_store import iter_records
-from sinks.audit_verify import verify_root
+from sinks.audit_verify import check_anchors, confirm_tails, verify_root
 
 
 @dataclass(frozen=True)
@@ -45,6 +59,7 @@ class AuditOptions:
     enc_key: bytes | None = field(repr=False)
     policy: AuditPolicy
     max_tenant_bytes: int | None
+    anchors: str = "kafka"
 
     @classmethod
     def resolve(cls, args: argparse.Namespace, settings: Settings) -> AuditOptions:
@@ -65,7 +80,7 @@ class AuditOptions:
         except (OSError, yaml.YAMLError, PolicyError) as exc:
             raise SystemExit(f"audit policy: {exc}") from None
         cap = getattr(args, "max_tenant_bytes", None) or conf.max_tenant_bytes
-        return cls(root, conf.hmac_key, conf.enc_key, policy, cap)
+        return cls(root, conf.hmac_key, conf.enc_key, policy, cap, conf.anchors)
 
     def require_key(self) -> bytes:
         if self.hmac_key is None:
@@ -75,6 +90,18 @@ class AuditOptions:
     def open_log(self, **kwargs: Any) -> AuditLog:
         return AuditLog(self.root, self.require_key(), enc_key=self.enc_key, max_tenant_bytes=self.max_tenant_bytes,
                         **kwargs)
+
+
+def _witness(spec: str, settings: Settings) -> Witness | None:
+    return open_witness(spec, bootstrap_servers=settings.bootstrap_servers,
+                        default_topic=settings.topics.audit_anchors)
+
+
+def _witness_heads(witness: Witness | None) -> dict[tuple[str, str], dict[str, Any]] | None:
+    """The newest head per stream the witness holds (a file witness not written yet holds none)."""
+    if witness is None or (isinstance(witness, FileWitness) and not witness.path.exists()):
+        return None
+    return newest_per_stream(witness.read())
 
 
 def _iso(us: int | None) -> str:
@@ -89,14 +116,36 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     settings = settings.with_(bootstrap_servers=args.bootstrap_servers)
     conf = AuditOptions.resolve(args, settings)
     topic = args.topic or settings.topics.events
+    if conf.enc_key is None and not args.insecure_plaintext:
+        print("audit run: refusing to keep evidence unencrypted: set AGENTWATCH_AUDIT_ENC_KEY (base64 of 32 bytes, "
+              "e.g. `openssl rand -base64 32`), or pass --insecure-plaintext", file=sys.stderr)
+        return 2
+    conf.require_key()
     try:
-        log = conf.open_log(fsync=args.fsync)
+        witness = _witness(conf.anchors, settings)
+        if isinstance(witness, KafkaWitness):
+            witness.check()
+        heads = _witness_heads(witness)
+    except AnchorError as exc:
+        print(f"audit run: {exc}", file=sys.stderr)
+        return 2
+    anchors = AnchorPublisher(witness) if witness is not None else None
+    try:
+        log = conf.open_log(fsync=args.fsync, source=KafkaTailSource(settings.bootstrap_servers),
+                            on_checkpoint=anchors.publish if anchors is not None else None, witness_heads=heads)
     except AuditError as exc:
         print(f"audit: {exc}", file=sys.stderr)
         return 1
+    if not log.encrypted:
+        print("audit run: --insecure-plaintext: audit evidence is written UNENCRYPTED", file=sys.stderr)
     print(f"auditing {topic} at {settings.bootstrap_servers} (group {args.group}) into {conf.root}"
-          f"{' (encrypted)' if log.encrypted else ''}", file=sys.stderr)
-    sink = AuditSink(settings.bootstrap_servers, topic, log, conf.policy, group_id=args.group)
+          f"{' (encrypted)' if log.encrypted else ''}; signed heads to "
+          f"{witness.name if witness is not None else 'no witness (AGENTWATCH_AUDIT_ANCHORS=none)'}", file=sys.stderr)
+    for tenant, why in log.recover().items():
+        print(f"audit: tenant {tenant!r} refused: {why}; its events are held until this is resolved",
+              file=sys.stderr)
+    sink = AuditSink(settings.bootstrap_servers, topic, log, conf.policy, group_id=args.group, anchors=anchors,
+                     held_retry_s=args.held_retry)
     next_prune = time.monotonic() + args.prune_interval if args.prune_interval else None
 
     status = StatusLine()
@@ -104,10 +153,14 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     def progress(stats: Any) -> None:
         nonlocal next_prune
         status.show(stats.line())
+        sink.flush()  # between batches, about once a second: an idle stream's tail is signed within a minute
         if next_prune is not None and time.monotonic() >= next_prune:
             next_prune = time.monotonic() + args.prune_interval
-            for p in log.prune():
+            pruned = log.prune()
+            for p in pruned:
                 print(f"\n  pruned {p.tenant!r}/{p.stream}/{p.segment} ({p.count} records)", file=sys.stderr)
+            if pruned:
+                sink.retry_held()  # space came back: isolated tenants may fit again
 
     # Ctrl-C / SIGTERM: finish the batch, fsync, commit, checkpoint, then exit
     with stop_on_signals() as stop:
@@ -119,7 +172,11 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
                   "restart", file=sys.stderr)
             return 1
         finally:
-            log.close()
+            log.close()  # seals every stream it loaded
+            sink.held.close()
+            if anchors is not None and not anchors.close():
+                print(f"\naudit: the last signed heads could not be published to {anchors.witness.name} "
+                      f"({anchors.pending} stream(s) pending)", file=sys.stderr)
             for r in log.repairs:
                 print(f"\n  repaired a torn tail (crash mid-write): {r.path} cut to {r.kept_bytes} bytes "
                       f"({r.removed_bytes} removed)", file=sys.stderr)
@@ -129,15 +186,42 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
               file=sys.stderr)
     if stats.per_class:
         print("  audited: " + ", ".join(f"{k}={v}" for k, v in sorted(stats.per_class.items())), file=sys.stderr)
+    held = sink.held.counts()
+    if held:
+        print("  held (isolated tenants, kept in order for later): "
+              + ", ".join(f"{t!r}={n}" for t, n in sorted(held.items())), file=sys.stderr)
     return 0
 
 
 # -- verify -------------------------------------------------------------------------------------------------------
 
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
+    settings = settings.with_(bootstrap_servers=args.bootstrap_servers)
     conf = AuditOptions.resolve(args, settings)
+    if args.decrypt and conf.enc_key is None:
+        print("audit verify --decrypt: set AGENTWATCH_AUDIT_ENC_KEY (the key the log was encrypted with)",
+              file=sys.stderr)
+        return 2
     report = verify_root(conf.root, conf.hmac_key, tenant=args.tenant,
-                         enc_key=conf.enc_key if args.decrypt else None)
+                         enc_key=conf.enc_key if args.decrypt else None, no_signatures=args.no_signatures)
+    if args.anchors is not None:
+        spec = conf.anchors if args.anchors == "configured" else args.anchors
+        try:
+            witness = _witness(spec, settings)
+            if witness is None:
+                raise AnchorError("--anchors needs a witness, not 'none' (kafka, kafka:TOPIC, file:PATH, URL)")
+            seen = witness.read()
+        except AnchorError as exc:
+            print(f"audit verify: {exc}", file=sys.stderr)
+            return 2
+        report.findings.extend(check_anchors(report, seen, conf.hmac_key, tenant=args.tenant))
+    if args.confirm_tail:
+        try:
+            report.findings.extend(confirm_tails(report, KafkaTailSource(settings.bootstrap_servers),
+                                                 RecordCipher(conf.enc_key) if conf.enc_key else None))
+        except Exception as exc:  # the broker is unreachable: say so, decide nothing
+            print(f"audit verify --confirm-tail: could not read the source topic ({exc})", file=sys.stderr)
+            return 2
     print(report.render(heads=not args.quiet))
     return 0 if report.ok else 1
 
@@ -145,13 +229,25 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
 # -- prune --------------------------------------------------------------------------------------------------------
 
 def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
+    settings = settings.with_(bootstrap_servers=args.bootstrap_servers)
     conf = AuditOptions.resolve(args, settings)
     try:
-        with conf.open_log() as log:
+        witness = _witness(conf.anchors, settings)
+        heads = _witness_heads(witness)
+    except AnchorError as exc:
+        print(f"audit prune: {exc}", file=sys.stderr)
+        return 2
+    anchors = AnchorPublisher(witness) if witness is not None else None
+    try:
+        with conf.open_log(source=KafkaTailSource(settings.bootstrap_servers), witness_heads=heads,
+                           on_checkpoint=anchors.publish if anchors is not None else None) as log:
             pruned = log.prune(int(parse_utc(args.now).timestamp() * 1_000_000) if args.now else None)
     except AuditError as exc:
         print(f"audit: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if anchors is not None and not anchors.close():
+            print(f"audit prune: signed heads not published to {anchors.witness.name}", file=sys.stderr)
     for p in pruned:
         print(f"pruned {p.tenant!r} / {p.stream} / {p.segment}: seq {p.first_seq}..{p.last_seq} ({p.count} records)")
     print(f"{len(pruned)} expired segment(s) pruned; each deletion is recorded in its stream's chain")
@@ -257,7 +353,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the tamper-evident audit log: run the sink, verify, prune, show",
         description="Append-only, hash-chained, HMAC-checkpointed audit log of the seed's must-keep events "
         "(session start, dangerous tool approved, permission denied, business data modified, memory cleared), "
-        "per tenant, with retention classes. Keys come from AGENTWATCH_AUDIT_HMAC_KEY and (optional) "
+        "per tenant, with retention classes, encrypted at rest, sealed on a clean stop, its signed heads published "
+        "to an external witness (AGENTWATCH_AUDIT_ANCHORS). Keys come from AGENTWATCH_AUDIT_HMAC_KEY and "
         "AGENTWATCH_AUDIT_ENC_KEY; the root from AGENTWATCH_AUDIT_DIR or --dir.",
     )
     common = argparse.ArgumentParser(add_help=False)
@@ -281,20 +378,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--fsync", choices=("batch", "always"), default="batch",
                    help="fsync before every offset commit (batch, default) or after every record (always)")
     r.add_argument("--max-tenant-bytes", type=whole_number(1), metavar="BYTES",
-                   help="per-tenant size cap; an append over it stops the sink uncommitted "
-                   "(default: $AGENTWATCH_AUDIT_MAX_TENANT_BYTES, else none)")
+                   help="per-tenant size cap; a tenant over it is isolated (its events held in order under "
+                   "<dir>/.held, logged) while the others flow (default: $AGENTWATCH_AUDIT_MAX_TENANT_BYTES, "
+                   "else none)")
+    r.add_argument("--held-retry", type=float, default=60.0, metavar="SECONDS",
+                   help="seconds between attempts to give isolated tenants' held events back to the log (default 60)")
+    r.add_argument("--insecure-plaintext", action="store_true",
+                   help="allow running without AGENTWATCH_AUDIT_ENC_KEY: evidence is then stored UNENCRYPTED")
     r.add_argument("--prune-interval", type=float, default=3600.0, metavar="SECONDS",
                    help="seconds between retention prunes while running (0: never; default 3600)")
     r.set_defaults(func=cmd_run)
 
     v = asub.add_parser("verify", parents=[common],
-                        help="check the hash chains and signed checkpoints (exit 0 OK, 1 tampered)",
-                        description="Say OK, or exactly which record or segment was modified, deleted, reordered "
-                        "or truncated, and which check failed. Without AGENTWATCH_AUDIT_HMAC_KEY the "
-                        "checkpoint signatures are not checked (a warning).")
+                        help="check the hash chains, signed checkpoints and seals (exit 0 OK, 1 tampered, 2 cannot "
+                        "check)",
+                        description="Say OK, or exactly which record, segment or checkpoint was modified, deleted, "
+                        "reordered, truncated, appended after a seal or rolled back, and which check failed. Needs "
+                        "AGENTWATCH_AUDIT_HMAC_KEY (or --no-signatures). Records after the last checkpoint are an "
+                        "error after a clean stop (sealed), a warning while a writer runs or after a crash. Without "
+                        "--anchors, removing the newest checkpoints and the records after the remaining ones is not "
+                        "detectable; with it, it is, up to the last head the witness received.")
+    add_bootstrap_servers(v)
     v.add_argument("--tenant", help="verify one tenant only")
     v.add_argument("--decrypt", action="store_true",
-                   help="also authenticate every ciphertext with AGENTWATCH_AUDIT_ENC_KEY")
+                   help="also authenticate every ciphertext with AGENTWATCH_AUDIT_ENC_KEY (required then)")
+    v.add_argument("--no-signatures", action="store_true",
+                   help="run without AGENTWATCH_AUDIT_HMAC_KEY: hash chains only; a rewrite that recomputes them "
+                   "is then undetectable")
+    v.add_argument("--anchors", nargs="?", const="configured", metavar="WITNESS",
+                   help="also check against the signed heads an external witness saw: kafka, kafka:TOPIC, "
+                   "file:PATH or http(s)://URL (no value: $AGENTWATCH_AUDIT_ANCHORS, default the "
+                   "<prefix>.audit.anchors topic)")
+    v.add_argument("--confirm-tail", action="store_true",
+                   help="also check every record after the last checkpoint against the Kafka offset it names (what "
+                   "the next writer does before signing them; uses AGENTWATCH_AUDIT_ENC_KEY for encrypted logs)")
     v.add_argument("--quiet", action="store_true", help="do not list the signed stream heads")
     v.set_defaults(func=cmd_verify)
 
@@ -302,6 +419,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                          description="Delete closed segments whose every record has expired, recording each "
                          "deletion in the stream's chain and in a signed prune checkpoint first. Fails if "
                          "`audit run` holds the log (it prunes by itself, see --prune-interval).")
+    add_bootstrap_servers(pr)
     pr.add_argument("--now", metavar="TIME",
                     help="pretend it is this ISO-8601 time (to preview a future prune on a copy)")
     pr.set_defaults(func=cmd_prune)

@@ -11,6 +11,7 @@ At the end the demo prints what each part produced and checks the alerts against
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import secrets
@@ -184,6 +185,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                "AGENTWATCH_APP_ID": settings.app_id,
                "AGENTWATCH_EVENTS_PARTITIONS": str(args.partitions), "AGENTWATCH_HOME": str(settings.home),
                "AGENTWATCH_AUDIT_DIR": str(workdir / "audit"), "AGENTWATCH_AUDIT_HMAC_KEY": hmac_key,
+               "AGENTWATCH_AUDIT_ENC_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
                "AGENTWATCH_REPLAY_DIR": str(workdir / "replay"), "PYTHONUNBUFFERED": "1"}
 
         _say("creating topics")
