@@ -114,7 +114,7 @@ class TopicNames:
             alerts=_env("AGENTWATCH_ALERTS_TOPIC", f"{prefix}.alerts"),
             partials=_env("AGENTWATCH_PARTIALS_TOPIC", f"{prefix}.events.partials"),
             late=_env("AGENTWATCH_LATE_TOPIC", ""),  # "": "<events>.late"
-            audit_anchors=_env("AGENTWATCH_AUDIT_ANCHORS_TOPIC", f"{prefix}.audit.anchors"),
+            audit_anchors=_env("AGENTWATCH_AUDIT_ANCHORS_TOPIC", ""),  # "": "<events without .events>.audit.anchors"
         )
 
 

@@ -157,13 +157,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     specs = default_topics(settings)
     if args.create_topics:
         ensure_topics(settings.bootstrap_servers, specs, settings.replication_factor)
-    counts = _partition_counts(settings.bootstrap_servers, [s.name for s in specs])
+    t = settings.topics
+    mine = {t.events, t.dead_letter, t.metrics, t.alerts, t.partials, t.late}  # and the tables' changelogs
+    counts = _partition_counts(settings.bootstrap_servers,
+                               [s.name for s in specs if s.name in mine or s.name.startswith(settings.app_id)])
     missing = [name for name, n in counts.items() if n is None]
     if missing:
         print(f"agentwatch worker: missing topics {missing} on {settings.bootstrap_servers}; create them with "
               "`agentwatch topics create` (or pass --create-topics)", file=sys.stderr)
         return 2
-    t = settings.topics
     try:
         options = build_options(args, settings, int(counts[t.events] or 0), int(counts[t.partials] or 0))
     except ValueError as exc:
