@@ -144,6 +144,9 @@ class TraceAssembler:
         self._open: OrderedDict[TurnKey, _OpenTurn] = OrderedDict()  # least recently touched first
         self._closed: OrderedDict[TurnKey, None] = OrderedDict()
         self._watermark_us: dict[int | None, int] = {}  # per partition, the highest event time seen
+        # per partition, offset -> the turns with events in that record, for records not yet committed past
+        self._record_turns: dict[int, dict[int, set[TurnKey]]] = {}
+        self._skip: dict[int, set[str]] = {}  # per partition, tags of turns an earlier run exported already
 
     @property
     def open_turns(self) -> int:
@@ -156,10 +159,14 @@ class TraceAssembler:
         if key is None:
             self.stats.no_turn += 1
             return []
+        partition = position[0] if position is not None else None
+        if partition is not None and key not in self._open and turn_tag(key) in self._skip.get(partition, ()):
+            self._remember_closed(key)  # exported by the run that committed this record's offset
         if key in self._closed:
             self.stats.after_close += 1
             return []
-        partition = position[0] if position is not None else None
+        if position is not None:
+            self._record_turns.setdefault(position[0], {}).setdefault(position[1], set()).add(key)
         t_us = _int(event.get("event_time")) or 0
         if t_us > self._watermark_us.get(partition, 0):
             self._watermark_us[partition] = t_us
@@ -206,6 +213,35 @@ class TraceAssembler:
                 out += self._close(turn, how)
         return out
 
+    def closed_in_record(self, partition: int, offset: int) -> list[str]:
+        """Tags of the turns closed (exported) that have events in record (partition, offset): what a commit at
+        that offset must carry, so a rerun from it skips them instead of exporting their tail as a new turn."""
+        keys = self._record_turns.get(partition, {}).get(offset, ())
+        return sorted(turn_tag(k) for k in keys if k in self._closed)
+
+    def release_below(self, partition: int, offset: int) -> None:
+        """Forget which turns the records before ``offset`` held: committed past."""
+        records = self._record_turns.get(partition)
+        if records:
+            for o in [o for o in records if o < offset]:
+                del records[o]
+
+    def skip_turns(self, partition: int, tags: Iterable[str]) -> None:
+        """Turns (by :func:`turn_tag`) an earlier run exported whose events the re-read records still hold."""
+        self._skip[partition] = set(tags)
+
+    def forget(self, partitions: set[int]) -> int:
+        """Drop, unexported, the open turns read from ``partitions`` (revoked: their new owner re-reads them from
+        the held-back commit); how many."""
+        gone = [k for k, t in self._open.items() if t.partition in partitions or partitions & t.low.keys()]
+        for k in gone:
+            del self._open[k]
+        for p in partitions:
+            self._watermark_us.pop(p, None)
+            self._record_turns.pop(p, None)
+            self._skip.pop(p, None)
+        return len(gone)
+
     def held_offsets(self) -> dict[int, int]:
         """Per partition, the lowest offset of an event of a turn still open: a commit must not pass it, or a
         crash would lose that turn."""
@@ -216,10 +252,13 @@ class TraceAssembler:
                     held[partition] = low
         return held
 
-    def _close(self, turn: _OpenTurn, how: str) -> list[Span]:
-        self._closed[turn.key] = None
+    def _remember_closed(self, key: TurnKey) -> None:
+        self._closed[key] = None
         if len(self._closed) > self.config.max_closed_remembered:
             self._closed.popitem(last=False)
+
+    def _close(self, turn: _OpenTurn, how: str) -> list[Span]:
+        self._remember_closed(turn.key)
         spans = build_turn_spans(turn.events, closed_by=how, dropped=turn.dropped,
                                  timeout_s=self.config.turn_timeout_s)
         self.stats.turns += 1
@@ -237,6 +276,11 @@ def turn_key(event: Mapping[str, Any]) -> TurnKey | None:
     if not (isinstance(turn, str) and turn and isinstance(session, str) and isinstance(tenant, str)):
         return None
     return tenant, session, turn
+
+
+def turn_tag(key: TurnKey) -> str:
+    """A short stable tag of a turn (12 hex), small enough to list a record's turns in a commit's metadata."""
+    return f"{derived_id(48, 'turn', *key):012x}"
 
 
 def parse_traceparent(text: Any) -> tuple[int, int] | None:
