@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -282,3 +283,33 @@ def test_a_simulated_fleet_makes_complete_trees_and_accounts_for_every_event() -
     subs = [s for s in spans if s.name.startswith("invoke_agent ") and s.parent_span_id is not None]
     assert subs and all(s.parent_span_id in {c.span_id for c in spans if c.name.startswith("execute_tool")}
                         for s in subs)
+
+
+def test_otlp_settings_follow_the_standard_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentwatch.config import DEFAULT_OTLP_TRACES_ENDPOINT, ConfigError, TracesSettings
+
+    for name in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_HEADERS",
+                 "OTEL_EXPORTER_OTLP_TRACES_HEADERS", "AGENTWATCH_TRACES_TURN_TIMEOUT_S"):
+        monkeypatch.delenv(name, raising=False)
+    assert TracesSettings.from_env().endpoint == DEFAULT_OTLP_TRACES_ENDPOINT
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/")
+    assert TracesSettings.from_env().endpoint == "http://collector:4318/v1/traces"  # the signal path is appended
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "https://x.example/custom")
+    assert TracesSettings.from_env().endpoint == "https://x.example/custom"  # the per-signal one is used as is
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "Authorization=Bearer%20abc, x-project = p1")
+    conf = TracesSettings.from_env()
+    assert conf.headers == {"authorization": "Bearer abc", "x-project": "p1"}
+    assert "abc" not in repr(conf), "headers carry API keys: never in a repr"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "api_key=k")
+    assert TracesSettings.from_env().headers == {"api_key": "k"}
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "no-equals-sign")
+    with pytest.raises(ConfigError, match="OTEL_EXPORTER_OTLP_TRACES_HEADERS"):
+        TracesSettings.from_env()
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+    monkeypatch.setenv("AGENTWATCH_TRACES_TURN_TIMEOUT_S", "-5")
+    with pytest.raises(ConfigError, match="AGENTWATCH_TRACES_TURN_TIMEOUT_S"):
+        TracesSettings.from_env()
+    monkeypatch.setenv("AGENTWATCH_TRACES_TURN_TIMEOUT_S", "90")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "collector:4318")
+    with pytest.raises(ConfigError, match="http"):
+        TracesSettings.from_env()
