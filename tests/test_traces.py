@@ -313,3 +313,43 @@ def test_otlp_settings_follow_the_standard_variables(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "collector:4318")
     with pytest.raises(ConfigError, match="http"):
         TracesSettings.from_env()
+
+
+class _Collect:
+    def __init__(self) -> None:
+        self.spans: list[Span] = []
+
+    def send(self, spans: list[Span]) -> None:
+        self.spans += spans
+
+
+def test_sink_counts_hostile_records_and_commits_with_the_exported_turns_named() -> None:
+    """No Kafka: the sink's per-batch logic. Garbage records are counted by reason and lose nothing else; the
+    commit stops at the open turn's record and names the finished turn that shares it."""
+    from schemas.codec import AvroCodec
+    from sinks.traces import turn_tag
+    from sinks.traces_sink import METADATA_PREFIX, TracesSink
+
+    codec = AvroCodec()
+    events = crafted_session()
+    split = next(i for i, e in enumerate(events) if e["type"] == "turn_end")
+    # one record holds turn-1's end and turn-2's start, as a batching publisher makes it
+    recs = [(0, 0, codec.encode_batch("p", 0, 0, events[:split])), (0, 1, b"\x00garbage"), (0, 2, None),
+            (0, 3, codec.encode_batch("p", 1, 0, events[split:]))]
+    sender = _Collect()
+    sink = TracesSink("unused:9092", "events", sender, codec=codec)
+    spans = sink.process(recs)
+    sink.export(spans, __import__("threading").Event())
+    assert sum(sink.stats.undecodable.values()) == 2 and sink.stats.events == len(events)
+    assert len(sender.spans) == 7 and sink.assembler.open_turns == 1
+    (tp,) = sink.commit_offsets({0: 4})
+    assert tp.offset == 3, "held at the record where the open turn starts"
+    assert tp.metadata == METADATA_PREFIX + turn_tag(("acme", "sess-trace-1", "turn-1"))
+
+    # a rerun from that commit skips turn-1's tail instead of exporting a partial copy of it
+    again = TracesSink("unused:9092", "events", _Collect(), codec=codec)
+    again.skip_from_commits([tp])
+    assert again.process([recs[3]]) == []
+    tail = [e for e in events[split:] if e.get("turn_id") == "turn-1"]
+    assert again.assembler.open_turns == 1 and again.assembler.stats.after_close == len(tail) == 1
+    assert again.assembler.stats.events == len(events) - split
