@@ -8,7 +8,7 @@ COPY producers producers
 COPY streams streams
 COPY sinks sinks
 COPY agentwatch agentwatch
-RUN pip install . && useradd --system --uid 10001 agentwatch && mkdir -p /data && chown agentwatch /data
+RUN pip install '.[traces]' && useradd --system --uid 10001 agentwatch && mkdir -p /data && chown agentwatch /data
 USER agentwatch
 ENV AGENTWATCH_HOME=/data
 ENTRYPOINT ["agentwatch"]

@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "agentwatch.commands.worker",
     "agentwatch.commands.audit",
     "agentwatch.commands.replay",
+    "agentwatch.commands.traces",
     "agentwatch.commands.exporter",
     "agentwatch.commands.alerts",
 )

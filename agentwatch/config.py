@@ -294,6 +294,75 @@ class EvidenceSettings:
         text = _env_opt("AGENTWATCH_EVIDENCE_PRIVATE_KEYS")
         return cls(private_keys=tuple(Path(p) for p in parse_list(text)) if text else ())
 
+DEFAULT_OTLP_TRACES_ENDPOINT = "http://localhost:4318/v1/traces"
+
+
+def _env_seconds(name: str, default: float) -> float:
+    text = _env_opt(name)
+    if text is None:
+        return default
+    try:
+        value = float(text.strip())
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise ConfigError(f"{name} must be a positive number of seconds, not {text!r}")
+    return value
+
+
+def parse_otlp_headers(text: str, *, what: str) -> dict[str, str]:
+    """``"api_key=abc,x-tenant=a%20b"`` (the OTLP exporter format: comma-separated, percent-encoded) to a dict."""
+    from urllib.parse import unquote
+
+    out: dict[str, str] = {}
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"{what}: expected key=value pairs separated by commas, not {item!r}")
+        out[unquote(name.strip()).lower()] = unquote(value.strip())
+    return out
+
+
+@dataclass(frozen=True)
+class TracesSettings:
+    """The traces sink (``agentwatch traces run``); the headers (they often carry an API key) never show in a repr.
+
+    The OTLP variables are the OpenTelemetry standard ones: ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` (used as is),
+    else ``OTEL_EXPORTER_OTLP_ENDPOINT`` + ``/v1/traces``, else ``http://localhost:4318/v1/traces``;
+    ``OTEL_EXPORTER_OTLP_TRACES_HEADERS``, else ``OTEL_EXPORTER_OTLP_HEADERS``. The OTel SDK's exporter reads the
+    remaining ``OTEL_EXPORTER_OTLP_*`` (time-out, compression, certificates) itself.
+    ``AGENTWATCH_TRACES_TURN_TIMEOUT_S`` (default 600): a turn without ``turn_end`` is closed and marked after it;
+    ``AGENTWATCH_TRACES_SETTLE_S`` (default 10): how long a turn with a gap in its events waits after ``turn_end``;
+    ``AGENTWATCH_TRACES_MAX_OPEN_TURNS`` (default 10000).
+    """
+
+    endpoint: str = DEFAULT_OTLP_TRACES_ENDPOINT
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    turn_timeout_s: float = 600.0
+    settle_s: float = 10.0
+    max_open_turns: int = 10_000
+
+    @classmethod
+    def from_env(cls) -> TracesSettings:
+        endpoint = _env_opt("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        if endpoint is None:
+            base = _env_opt("OTEL_EXPORTER_OTLP_ENDPOINT")
+            endpoint = base.rstrip("/") + "/v1/traces" if base else DEFAULT_OTLP_TRACES_ENDPOINT
+        if not endpoint.startswith(("http://", "https://")):
+            raise ConfigError(f"the OTLP traces endpoint must be an http(s) URL, not {endpoint!r} "
+                              "(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT)")
+        which = "OTEL_EXPORTER_OTLP_TRACES_HEADERS" if _env_opt("OTEL_EXPORTER_OTLP_TRACES_HEADERS") \
+            else "OTEL_EXPORTER_OTLP_HEADERS"
+        return cls(
+            endpoint=endpoint,
+            headers=parse_otlp_headers(_env(which, ""), what=which),
+            turn_timeout_s=_env_seconds("AGENTWATCH_TRACES_TURN_TIMEOUT_S", 600.0),
+            settle_s=_env_seconds("AGENTWATCH_TRACES_SETTLE_S", 10.0),
+            max_open_turns=_env_int("AGENTWATCH_TRACES_MAX_OPEN_TURNS", 10_000, minimum=1),
+        )
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -318,6 +387,8 @@ class Settings:
     listen_addr: str = "127.0.0.1"
     producer: ProducerSettings = field(default_factory=ProducerSettings)
     evidence: EvidenceSettings = field(default_factory=EvidenceSettings)
+
+    traces: TracesSettings = field(default_factory=TracesSettings)
 
     def __post_init__(self) -> None:
         if not self.app_id:
@@ -344,6 +415,8 @@ class Settings:
             listen_addr=_env("AGENTWATCH_LISTEN_ADDR", "127.0.0.1"),
             producer=ProducerSettings.from_env(),
             evidence=EvidenceSettings.from_env(),
+
+            traces=TracesSettings.from_env(),
         )
 
     def with_(self, **changes: object) -> Settings:

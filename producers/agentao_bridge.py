@@ -254,6 +254,10 @@ class AgentaoBridge:
                 rest["agentao_version"] = version
             if self._confirm_timeout_s is not None:
                 rest["confirm_timeout_s"] = self._confirm_timeout_s
+            # Agentao's own session_started row carries the runtime's working directory; so does ours.
+            cwd = getattr(self._agent, "working_directory", None) if self._agent is not None else None
+            if cwd is not None:
+                rest["cwd"] = str(cwd)
             llm = getattr(self._agent, "llm", None)
             model = getattr(llm, "model", None)
             self._emit("session_start", {"model": model if isinstance(model, str) else None,

@@ -9,8 +9,9 @@ metric families at scrape time. What counts as what follows the ground truth's d
 series                                                      counted from
 ==========================================================  ===================================================
 ``agent_turns_total{tenant}``                               ``turn_end``
-``agent_turn_duration_seconds{tenant}`` (histogram)         ``turn_end.duration_ms`` / 1000; the seed's buckets
-                                                            100, 500, 1000, 3000, 10000, 30000 ms in seconds
+``agent_turn_duration_seconds{tenant}`` (histogram)         ``turn_end.duration_ms`` / 1000; OTel's GenAI
+                                                            duration buckets 0.01 .. 81.92 s, doubled on to
+                                                            655.36 s (a turn can take minutes)
 ``agent_max_iterations_hits_total{tenant}``                 ``turn_end`` with ``incomplete_reason=max_iterations``
 ``agent_tool_calls_total{tenant,tool,status}``              ``tool_complete`` (status ok|error|cancelled)
 ``agent_tool_failures_total{tenant,tool}``                  ``tool_complete`` with ``status=error``
@@ -29,6 +30,14 @@ series                                                      counted from
 ``agent_confirm_requests_total{tenant,outcome}``            request = ``tool_confirmation``; allow | reject |
                                                             timeout = ``confirm_resolved.confirm_outcome``
 ==========================================================  ===================================================
+
+Counters start at 0: the first event of a tenant creates its ``agent_turns``, ``agent_max_iterations_hits``,
+``agent_llm_attempts`` and ``agent_confirm_requests`` (every outcome) series; the first call of a (tenant, tool)
+creates ``agent_tool_calls`` for every status and ``agent_tool_failures``; of a (tenant, model), ``agent_llm_calls``
+for both statuses. So ``rate()`` and ``increase()`` see the first increment of each (a series born at 1 has no
+earlier sample to differ from). Label values that cannot be known before they happen (``error_type``) start with
+their first event, and a token type starts with its first reported count (a series at 0 would claim the provider
+reported zero where it reported nothing).
 
 ``error_type`` follows OpenTelemetry's ``error.type``: the provider's HTTP status (``"500"``, ``"429"``) when the
 event carries one, else the exception class, else ``_OTHER``.
@@ -87,14 +96,16 @@ OTHER = "other"  # folded label values (cardinality guard, unexpected enum value
 UNKNOWN = "unknown"  # a missing or empty value
 OTEL_OTHER = "_OTHER"  # OTel's fallback for error.type / provider name
 
-TURN_BUCKETS_S: tuple[float, ...] = tuple(ms / 1000 for ms in (100, 500, 1000, 3000, 10_000, 30_000))
-# The seed's list is for whole turns; tools run 4 ms (todo_write) to minutes (run_shell_command), so 10 ms and
-# 50 ms below it and 120 s above it.
-TOOL_BUCKETS_S: tuple[float, ...] = (0.01, 0.05, *TURN_BUCKETS_S, 120.0)
 GENAI_TOKEN_BUCKETS: tuple[float, ...] = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304,
                                           16777216, 67108864)
 GENAI_DURATION_BUCKETS_S: tuple[float, ...] = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24,
                                                20.48, 40.96, 81.92)
+# Whole turns: the OTel GenAI operation-duration boundaries, doubled on to 655.36 s, so the longest turns (real
+# Agentao turns took 37-164 s; a turn that loops to max_iterations, minutes) land in a bucket instead of reading as
+# the top bound in every quantile.
+TURN_BUCKETS_S: tuple[float, ...] = (*GENAI_DURATION_BUCKETS_S, 163.84, 327.68, 655.36)
+# Tools run 4 ms (todo_write) to minutes (run_shell_command).
+TOOL_BUCKETS_S: tuple[float, ...] = (0.01, 0.05, 0.1, 0.5, 1.0, 3.0, 10.0, 30.0, 120.0)
 
 TOKEN_TYPES: tuple[tuple[str, str], ...] = (
     ("prompt_tokens", "prompt"), ("completion_tokens", "completion"), ("cache_read_tokens", "cached"),
@@ -304,6 +315,10 @@ class EventMetrics:
         self._genai_tokens = h["gen_ai_client_token_usage"]
         self._genai_dur = h["gen_ai_client_operation_duration_seconds"]
         self._types = frozenset(contract.event_types())
+        # label sets whose known series were created at 0 (bounded by the cardinality guard's caps)
+        self._seen_tenants: set[str] = set()
+        self._seen_tools: set[tuple[str, str]] = set()
+        self._seen_models: set[tuple[str, str]] = set()
         self._handlers = {
             "turn_end": self._turn_end, "tool_complete": self._tool_complete,
             "llm_call_completed": self._llm_call_completed, "llm_retry": self._llm_retry,
@@ -316,7 +331,29 @@ class EventMetrics:
         self._events[key] = self._events.get(key, 0) + 1
         handler = self._handlers.get(key[0])
         if handler is not None:
-            handler(event, self.guard.tenant(event.get("tenant")))
+            t = self.guard.tenant(event.get("tenant"))
+            if t not in self._seen_tenants:
+                self._zero_tenant(t)
+            handler(event, t)
+
+    def _zero_tenant(self, t: str) -> None:
+        """The tenant's series at 0 (see the module docstring: rate() needs a sample before the first event)."""
+        self._seen_tenants.add(t)
+        for counter in (self._turns, self._max_iter, self._attempts):
+            _inc(counter, (t,), 0)
+        for outcome in ("request", *sorted(CONFIRM_OUTCOMES)):
+            _inc(self._confirm, (t, outcome), 0)
+
+    def _zero_tool(self, t: str, tool: str) -> None:
+        self._seen_tools.add((t, tool))
+        for status in sorted(TOOL_STATUSES):
+            _inc(self._tool_calls, (t, tool, status), 0)
+        _inc(self._tool_failures, (t, tool), 0)
+
+    def _zero_model(self, t: str, model: str) -> None:
+        self._seen_models.add((t, model))
+        for status in sorted(LLM_STATUSES):
+            _inc(self._llm_calls, (t, model, status), 0)
 
     def _turn_end(self, ev: Mapping[str, Any], t: str) -> None:
         key = (t,)
@@ -331,6 +368,8 @@ class EventMetrics:
         tool = self.guard.value(t, "tool", ev.get("tool_name"))
         status = ev.get("status")
         status = status if status in TOOL_STATUSES else UNKNOWN if status is None else OTHER
+        if (t, tool) not in self._seen_tools:
+            self._zero_tool(t, tool)
         _inc(self._tool_calls, (t, tool, status))
         _inc(self._tool_failures, (t, tool), 1 if status == "error" else 0)
         d = ev.get("duration_ms")
@@ -342,6 +381,8 @@ class EventMetrics:
         model = self.guard.value(t, "model", raw_model)
         status = ev.get("status")
         status = status if status in LLM_STATUSES else UNKNOWN if status is None else OTHER
+        if (t, model) not in self._seen_models:
+            self._zero_model(t, model)
         _inc(self._llm_calls, (t, model, status))
         _inc(self._attempts, (t,))
         prompt, completion = ev.get("prompt_tokens"), ev.get("completion_tokens")

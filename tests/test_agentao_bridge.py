@@ -522,3 +522,30 @@ def test_scripted_session_through_kafka(kafka_bootstrap: str, make_topic: Any, t
     finally:
         consumer.close()
     check_session(events, conv)
+
+
+def test_session_start_carries_the_agents_working_directory_into_the_archive(tmp_path: Path) -> None:
+    """Issue 10: session_started.cwd arrived null in the replay archive while Agentao's own file has the path."""
+    from sinks.archive_store import ArchiveWriter, read_rows
+
+    publisher = CollectingPublisher()
+    bridge = AgentaoBridge(publisher, tenant="t", stamper=Stamper(tenant="t"), defer_payload=False)
+    wd = tmp_path / "project"
+    wd.mkdir()
+    agent = Agentao(api_key="sk-fake", base_url="http://127.0.0.1:9/v1", model=MODEL, working_directory=wd,
+                    transport=bridge.transport(), logger=quiet_logger())
+    try:
+        bridge.attach(agent)
+        bridge.close()
+    finally:
+        agent.close()
+    start = by_key(publisher.events, "session_start")[0]
+    assert payload(start)["cwd"] == str(agent.working_directory)
+    with ArchiveWriter(tmp_path / "archive") as w:
+        for i, e in enumerate(publisher.events):
+            w.add(e, (0, i))
+    (path,) = sorted((tmp_path / "archive").rglob("*.jsonl"))
+    rows, _bad = read_rows(path)
+    started = next(r for r in rows if r["kind"] == "session_started")
+    assert started["payload"]["cwd"] == str(agent.working_directory)
+    assert started["payload"]["model"] == MODEL

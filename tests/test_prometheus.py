@@ -147,9 +147,9 @@ def test_histograms_are_in_seconds_and_agree_with_the_events(fleet):
 
 def test_units_buckets_and_label_values_on_crafted_events():
     evs = [
-        event("turn_end", 0, duration_ms=100),  # exactly on the 0.1 s bound: le is inclusive
+        event("turn_end", 0, duration_ms=160),  # exactly on the 0.16 s bound: le is inclusive
         event("turn_end", 1, duration_ms=3001, incomplete_reason="max_iterations"),
-        event("turn_end", 2, duration_ms=45_000),  # above the last bound: only +Inf
+        event("turn_end", 2, duration_ms=45_000),  # above the seed's old 30 s top bound: now in 81.92
         event("tool_complete", 3, tool_name="read_file", status="ok", duration_ms=12),
         event("tool_complete", 4, tool_name="read_file", status="error", duration_ms=40),
         event("tool_complete", 5, tool_name="write_file", status="cancelled", duration_ms=0),
@@ -166,12 +166,13 @@ def test_units_buckets_and_label_values_on_crafted_events():
         event("confirm_resolved", 13, confirm_outcome="surprise"),
     ]
     _, s = state_with(batches(evs))
-    assert s.value("agent_turn_duration_seconds_bucket", tenant="acme", le="0.1") == 1
-    assert s.value("agent_turn_duration_seconds_bucket", tenant="acme", le="3.0") == 1
-    assert s.value("agent_turn_duration_seconds_bucket", tenant="acme", le="10.0") == 2
-    assert s.value("agent_turn_duration_seconds_bucket", tenant="acme", le="30.0") == 2
+    assert s.value("agent_turn_duration_seconds_bucket", tenant="acme", le="0.16") == 1
+    assert s.value("agent_turn_duration_seconds_bucket", tenant="acme", le="2.56") == 1
+    assert s.value("agent_turn_duration_seconds_bucket", tenant="acme", le="5.12") == 2
+    assert s.value("agent_turn_duration_seconds_bucket", tenant="acme", le="40.96") == 2
+    assert s.value("agent_turn_duration_seconds_bucket", tenant="acme", le="81.92") == 3
     assert s.value("agent_turn_duration_seconds_bucket", tenant="acme", le="+Inf") == 3
-    assert s.value("agent_turn_duration_seconds_sum", tenant="acme") == pytest.approx(48.101)
+    assert s.value("agent_turn_duration_seconds_sum", tenant="acme") == pytest.approx(48.161)
     assert s.families["agent_turn_duration_seconds"].type == "histogram"
     assert s.value("agent_max_iterations_hits_total", tenant="acme") == 1
     assert s.value("agent_tool_calls_total", tenant="acme", tool="read_file", status="error") == 1
@@ -236,7 +237,8 @@ def test_a_tenant_with_ten_thousand_tool_names_is_folded_into_other_and_counted(
               for i in range(30)]
     _, s = state_with(batches(hostile + normal, size=500), limits=limits)
     evil = [lab["tool"] for lab, _ in s.series("agent_tool_calls_total") if lab["tenant"] == "evil"]
-    assert len(evil) == 51 and "other" in evil
+    assert len(set(evil)) == 51 and "other" in evil
+    assert len(evil) == 51 * 3  # each admitted tool's three statuses, created at 0 with its first call
     assert set(evil) - {"other"} == {f"tool_{i}" for i in range(50)}  # first come, first kept
     assert s.value("agent_tool_calls_total", tenant="evil", tool="other", status="ok") == 10_000 - 50
     assert s.total("agent_tool_calls_total", tenant="evil") == 10_000  # folded, never lost
@@ -354,6 +356,36 @@ def test_exporter_command_builds_a_registry_from_flags(tmp_path):
         [event("tool_complete", i, tenant=f"t{i % 5}", tool_name=f"x{i}", status="ok") for i in range(20)]))
     s = Scrape(registry)
     assert {lab["tenant"] for lab, _ in s.series("agent_tool_calls_total")} == {"t0", "t1", "t2", "other"}
-    assert len([1 for lab, _ in s.series("agent_tool_calls_total") if lab["tenant"] == "t0"]) == 3  # 2 + other
+    assert len({lab["tool"] for lab, _ in s.series("agent_tool_calls_total") if lab["tenant"] == "t0"}) == 3  # 2+other
     assert s.series("process_cpu_seconds_total") or s.series("python_info")
     assert s.value("agentwatch_producer_spool_observed_bytes", path=str(tmp_path)) == 0
+
+
+def test_turn_buckets_are_otels_genai_boundaries_reaching_ten_minutes():
+    """Issue 10: real turns took 37-164 s and the old top bucket (30 s) made p95/p99 read exactly 30 s."""
+    assert TURN_BUCKETS_S[:len(GENAI_DURATION_BUCKETS_S)] == GENAI_DURATION_BUCKETS_S
+    assert TURN_BUCKETS_S[-1] >= 600 and list(TURN_BUCKETS_S) == sorted(set(TURN_BUCKETS_S))
+    evs = [event("turn_end", i, duration_ms=ms) for i, ms in enumerate((37_000, 164_000, 590_000))]
+    _, s = state_with(batches(evs))
+    assert s.value("agent_turn_duration_seconds_bucket", tenant="acme", le="40.96") == 1
+    assert s.value("agent_turn_duration_seconds_bucket", tenant="acme", le="163.84") == 1
+    assert s.value("agent_turn_duration_seconds_bucket", tenant="acme", le="327.68") == 2
+    assert s.value("agent_turn_duration_seconds_bucket", tenant="acme", le="655.36") == 3, "none only in +Inf"
+
+
+def test_known_series_exist_at_zero_before_their_first_event():
+    """rate()/increase() need a sample before the first increment: a series born at 1 shows no increase."""
+    _, s = state_with(batches([event("llm_call_completed", 0, model="gpt-4.1", status="ok", prompt_tokens=10,
+                                     completion_tokens=2)]))
+    assert s.value("agent_turns_total", tenant="acme") == 0
+    assert s.value("agent_max_iterations_hits_total", tenant="acme") == 0
+    for outcome in ("request", "allow", "reject", "timeout"):
+        assert s.value("agent_confirm_requests_total", tenant="acme", outcome=outcome) == 0
+    assert s.value("agent_llm_calls_total", tenant="acme", model="gpt-4.1", status="error") == 0
+    assert s.value("agent_llm_calls_total", tenant="acme", model="gpt-4.1", status="ok") == 1
+    assert not s.series("agent_tool_calls_total")  # no tool seen yet: its name cannot be known
+    _, s = state_with(batches([event("tool_complete", 0, tool_name="read_file", status="ok")]))
+    assert s.value("agent_tool_calls_total", tenant="acme", tool="read_file", status="error") == 0
+    assert s.value("agent_tool_calls_total", tenant="acme", tool="read_file", status="cancelled") == 0
+    assert s.value("agent_tool_calls_total", tenant="acme", tool="read_file", status="ok") == 1
+    assert not [lab for lab, _ in s.series("agent_llm_tokens_total")], "no token count reported: no token series"
