@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from trace_session import CHILD, HOST_SPAN_ID, HOST_TRACE_ID, MODEL, crafted_session
 
 from producers.simulator import FleetSimulator
 from sinks.traces import (
@@ -20,7 +21,6 @@ from sinks.traces import (
     derived_id,
     parse_traceparent,
 )
-from tests.trace_session import CHILD, HOST_SPAN_ID, HOST_TRACE_ID, MODEL, crafted_session
 
 
 def _turn(events: list[dict[str, Any]], turn_id: str) -> list[dict[str, Any]]:

@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from otlp_receiver import OtlpReceiver, ReceivedSpan
+from trace_session import HOST_SPAN_ID, HOST_TRACE_ID, crafted_session
 
 from agentwatch.cli import main
 from producers.publisher import EventPublisher
 from producers.simulator import FleetSimulator
 from sinks.traces import build_turn_spans, turn_key
-from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
-from tests.trace_session import HOST_SPAN_ID, HOST_TRACE_ID, crafted_session
 
 pytestmark = pytest.mark.kafka
 ROOT = Path(__file__).resolve().parents[1]

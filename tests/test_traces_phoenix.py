@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_traces_kafka import publish
+from trace_session import HOST_SPAN_ID, HOST_TRACE_ID, crafted_session
 
 from agentwatch.cli import main
-from tests.test_traces_kafka import publish
-from tests.trace_session import HOST_SPAN_ID, HOST_TRACE_ID, crafted_session
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(os.environ.get("AGENTWATCH_PHOENIX_VENV") or ROOT / ".venv-phoenix")
