@@ -67,7 +67,7 @@ from producers.metrics import PublisherCollector, register
 from producers.normalize import COERCED, EventNormalizer
 from producers.scrub import Scrubber
 from producers.sharding import shard_key
-from producers.spool import Spool, SpoolEntry
+from producers.spool import Spool, SpoolEntry, SpoolLockedError
 from schemas.codec import AvroCodec
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,7 @@ MiB = 1024 * 1024
 _PERMANENT = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE, KafkaError.RECORD_LIST_TOO_LARGE,
                         KafkaError.INVALID_RECORD, KafkaError._INVALID_ARG})
 _PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
+_OVERFLOW_SEQ_GAP = 1 << 32
 
 
 def _close_at_exit(ref: weakref.ReferenceType[EventPublisher], timeout: float) -> None:
@@ -112,10 +113,26 @@ class EventPublisher:
                  linger_ms: float = 50, buffer_max_events: int = 100_000, spool_max_bytes: int = 256 * MiB,
                  scrubber: Scrubber | None = None, producer_config: dict[str, Any] | None = None,
                  registry: CollectorRegistry | None = None, producer_id: str | None = None,
-                 max_record_bytes: int = 900_000, stall_timeout_s: float = 2.0, spool_window: int = 64,
+                 max_record_bytes: int = 900_000, stall_timeout_s: float = 2.0, spool_window: int = 256,
                  fsync_interval_s: float = 1.0, atexit_timeout_s: float = 5.0) -> None:
         self.topic = topic
-        self.producer_id = producer_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        new_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self._spool: Spool | None = None
+        self.spool_dir = Path(spool_dir) if spool_dir is not None else None
+        self.spool_degraded: str | None = None  # why the spool could not be opened (None: fine or not asked for)
+        first_seq = 1
+        if self.spool_dir is not None:
+            try:
+                self._spool = Spool(self.spool_dir, max_bytes=spool_max_bytes, fsync_interval_s=fsync_interval_s)
+                producer_id, first_seq = self._spool.identity(producer_id, new_id)
+            except SpoolLockedError:
+                raise
+            except OSError as exc:  # read-only, full, missing permissions: start without it and say so
+                self._spool = None
+                self.spool_degraded = f"{exc.strerror or exc} ({exc.filename or self.spool_dir})"
+                log.error("publisher: spool %s unavailable: %s; running DEGRADED without a disk buffer (events live "
+                          "only in memory until Kafka acknowledges them)", self.spool_dir, self.spool_degraded)
+        self.producer_id = producer_id or new_id
         self._codec = codec or AvroCodec()
         self._normalizer = EventNormalizer(scrubber=scrubber)
         self._shards = shards
@@ -129,9 +146,8 @@ class EventPublisher:
         self._stall_timeout_s = stall_timeout_s
         self._spool_window = spool_window
         self._max_drain = max(20_000, 4 * self._batch_max)
-        self._spool = (Spool(Path(spool_dir), max_bytes=spool_max_bytes, fsync_interval_s=fsync_interval_s)
-                       if spool_dir is not None else None)
         self.spool_recovery = self._spool.recovery if self._spool is not None else None
+        self._recovered_pending = self.spool_recovery.events if self.spool_recovery is not None else 0
 
         # hot path state
         self._buf: deque[Any] = deque()
@@ -156,9 +172,12 @@ class EventPublisher:
         self._ovf_events = 0                         # written under _ovf_lock
         self._ovf_coerced = 0
         self._drop_logged: dict[str, float] = {}
+        self._drop_unlogged: dict[str, int] = {}      # per reason, dropped since the last log line
 
         # Kafka state (sender thread only)
-        self._batch_seq = 0
+        self._batch_seq = first_seq - 1
+        self._seq_reserved = first_seq  # up to here the spool has reserved sequences on disk
+        self._ovf_seq = 0                # overflow records' sequences (callers, under _ovf_lock)
         self._direct_out = 0       # direct records outstanding in the client
         self._last_progress = time.monotonic()
         self._stalled = False
@@ -250,8 +269,8 @@ class EventPublisher:
             self._drop("invalid", 1)
             return False
         try:
-            clean["producer_time"] = time.time_ns() // 1000
-            value = self._codec.encode_event(clean)
+            clean["producer_time"] = now_us = time.time_ns() // 1000
+            body = self._codec.encode_event_body(clean)
         except Exception:
             self._drop("invalid", 1)
             return False
@@ -267,11 +286,22 @@ class EventPublisher:
                 spool.begin_overflow()
                 self._overflow = True
                 self._limit = 0
+                # overflow records sit between the sender's current tail and its next one in the spool, so their
+                # sequences lie between: far above what the sender can reach during the episode, below its next
+                self._ovf_seq = self._batch_seq + _OVERFLOW_SEQ_GAP
                 log.warning("publisher %s: buffer full (%d events); callers write to the spool until the sender "
                             "catches up", self.producer_id, self._buffer_max)
-            if not spool.append_overflow(key, value, 1):
-                self._drop("spool_full", 1)
+            seq = self._ovf_seq + 1
+            spool.reserve(seq)
+            try:
+                value = self._codec.encode_batch_bodies(self.producer_id, seq, now_us, [body])
+            except Exception:  # not expected: the header is the publisher's own
+                self._drop("internal", 1)
                 return False
+            if not spool.append_overflow(key, value, 1):
+                self._drop(self._spool_refusal(), 1)
+                return False
+            self._ovf_seq = seq
             self._ovf_events += 1
             if status is COERCED:
                 self._ovf_coerced += 1
@@ -280,7 +310,9 @@ class EventPublisher:
     # -- flush / close -----------------------------------------------------------------------------------------
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until everything handed in so far is acknowledged, spooled (fsync'ed) or counted as dropped."""
+        """Wait until everything handed in so far is acknowledged by Kafka or counted as dropped (with a spool:
+        also what an earlier run left in it); False when ``timeout`` passed first, e.g. while Kafka is away and
+        events wait in the spool (they are safe on disk, but not delivered)."""
         deadline = time.monotonic() + timeout
         with self._cond:
             self._flush_req += 1
@@ -289,7 +321,7 @@ class EventPublisher:
         with self._cond:
             while True:
                 target = self._flush_targets.get(req)
-                if target is not None and self._settled_total() >= target:
+                if target is not None and self._settled_total() >= target and self._recovered_pending <= 0:
                     self._flush_targets.pop(req, None)
                     return True
                 remaining = deadline - time.monotonic()
@@ -298,11 +330,13 @@ class EventPublisher:
                     return False
                 self._cond.wait(min(remaining, 0.05))
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Flush, wait for in-flight records until ``timeout``, spool (or count as dropped) the rest, stop."""
+    def close(self, timeout: float = 10.0) -> bool:
+        """Flush, wait for in-flight records until ``timeout``, keep the rest in the spool (or count it as dropped
+        without one), stop. Returns True when nothing accepted is left undelivered; otherwise logs how many events
+        remain spooled and where (the next publisher on that directory sends them)."""
         with self._close_lock:
             if self._close_started:
-                return
+                return self.undelivered == 0
             self._close_started = True
         deadline = time.monotonic() + timeout
         self.flush(max(0.0, timeout * 0.8))
@@ -316,6 +350,21 @@ class EventPublisher:
         if self._thread.is_alive():
             log.error("publisher %s: sender thread did not stop", self.producer_id)
         atexit.unregister(self._atexit)
+        left = self.undelivered
+        if left and self._spool is not None:
+            log.warning("publisher %s: closed with %d event(s) not delivered, kept in the spool %s (%d bytes); the "
+                        "next publisher on that directory sends them", self.producer_id, left, self._spool.directory,
+                        self._spool.pending_bytes)
+        elif left:
+            log.warning("publisher %s: closed with %d event(s) not delivered", self.producer_id, left)
+        return left == 0
+
+    @property
+    def undelivered(self) -> int:
+        """Events accepted (by this or, via the spool, an earlier publisher) and neither delivered nor dropped."""
+        if self._spool is not None:
+            return self._spool.pending_events + len(self._buf)
+        return max(0, self._popped + len(self._buf) - self._settled)
 
     def __enter__(self) -> EventPublisher:
         return self
@@ -340,11 +389,15 @@ class EventPublisher:
             "dropped": sum(self._dropped.values()),
             "buffer_depth": depth,
             "spool_bytes": spool.pending_bytes if spool is not None else 0,
+            "spool_events": spool.pending_events if spool is not None else 0,
+            "spool_write_errors": spool.write_errors if spool is not None else 0,
+            "spool_degraded": int(self.spool_degraded is not None),
             "coerced": self._coerced + self._ovf_coerced,
             "redactions": self._counters.get("redactions", 0),
             "truncated": self._counters.get("truncated", 0),
             "batches": self._batches,
             "inflight_batches": self._direct_out + (spool.inflight if spool is not None else 0),
+            "undelivered": self.undelivered,
             "spool_corrupt_regions": recovery.corrupt_regions if recovery else 0,
             "spool_torn_tails": recovery.torn_tails if recovery else 0,
             "spool_recovered_events": recovery.events if recovery else 0,
@@ -355,13 +408,29 @@ class EventPublisher:
             return dict(self._dropped)
 
     def _settled_total(self) -> int:
-        return self._settled + self._ovf_events
+        """Events of this publisher delivered or dropped (spooled ones count once Kafka acknowledged them)."""
+        return self._settled
 
     def _drop(self, reason: str, n: int) -> None:
+        """Count ``n`` dropped events; one log line per reason per 10 s with the count since the last line."""
+        now = time.monotonic()
         with self._count_lock:
-            self._dropped[reason] = self._dropped.get(reason, 0) + n
-        self._warn(f"drop:{reason}", "publisher %s: dropped %d event(s), reason %s (logged at most every 10 s)",
-                   self.producer_id, n, reason)
+            total = self._dropped[reason] = self._dropped.get(reason, 0) + n
+            since = self._drop_unlogged[reason] = self._drop_unlogged.get(reason, 0) + n
+            if now - self._drop_logged.get(f"drop:{reason}", -10.0) < 10.0:
+                return
+            self._drop_logged[f"drop:{reason}"] = now
+            self._drop_unlogged[reason] = 0
+        where = f" (spool {self._spool.directory})" if reason == "spool_full" and self._spool is not None else ""
+        log.warning("publisher %s: dropped %d event(s), reason %s%s, since the last such line; %d in all (logged at "
+                    "most every 10 s)", self.producer_id, since, reason, where, total)
+
+    def _spool_refusal(self) -> str:
+        """The drop reason for an append the spool refused: a full disk or the size cap is ``spool_full``."""
+        spool = self._spool
+        if spool is not None and spool.last_error is not None and not spool.disk_full:
+            return "spool_error"
+        return "spool_full"
 
     def _warn(self, topic: str, msg: str, *args: Any) -> None:
         """A warning at most every 10 s per ``topic``: an outage must not flood the host's log."""
@@ -503,6 +572,8 @@ class EventPublisher:
 
     def _frame(self, key: bytes, bodies: list[bytes], now_us: int) -> None:
         self._batch_seq += 1
+        if self._batch_seq > self._seq_reserved and self._spool is not None:
+            self._seq_reserved = self._spool.reserve(self._batch_seq)
         try:
             value = self._codec.encode_batch_bodies(self.producer_id, self._batch_seq, now_us, bodies)
         except Exception:  # not expected: the header is the publisher's own
@@ -513,8 +584,7 @@ class EventPublisher:
         self._route(key, value, len(bodies))
 
     def _route(self, key: bytes, value: bytes, n: int) -> None:
-        spool = self._spool
-        if spool is not None and (self._stalled or spool.front_open or spool.pending_bytes > 0):
+        if self._spool is not None:  # the disk buffer: on disk first, sent from there, deleted when acknowledged
             self._to_spool(key, value, n)
             return
         try:
@@ -537,12 +607,13 @@ class EventPublisher:
         self._batches += 1
 
     def _to_spool(self, key: bytes, value: bytes, n: int) -> None:
+        """Write a record to the spool; it settles when Kafka acknowledges it (:meth:`_on_spool`)."""
         assert self._spool is not None
         if self._spool.append(key, value, n):
             self._spooled += n
         else:
-            self._drop("spool_full", n)
-        self._settled += n
+            self._drop(self._spool_refusal(), n)
+            self._settled += n
 
     def _to_spool_or_drop(self, key: bytes, value: bytes, n: int, reason: str) -> None:
         if self._spool is not None:
@@ -579,11 +650,17 @@ class EventPublisher:
             self._stalled = False
 
     def _check_stall(self, now: float) -> None:
-        if self._direct_out > 0 and not self._stalled and now - self._last_progress > self._stall_timeout_s:
+        """Say once per stall that Kafka acknowledges nothing (events keep going to the spool, or memory)."""
+        spool = self._spool
+        outstanding = self._direct_out + (spool.inflight if spool is not None else 0)
+        if outstanding == 0:
+            self._last_progress = now
+            return
+        if not self._stalled and now - self._last_progress > self._stall_timeout_s:
             self._stalled = True
             log.warning("publisher %s: Kafka acknowledged nothing for %.1f s (%d records outstanding)%s",
-                        self.producer_id, now - self._last_progress, self._direct_out,
-                        "; spooling" if self._spool is not None else "")
+                        self.producer_id, now - self._last_progress, outstanding,
+                        f"; events wait in the spool {spool.directory}" if spool is not None else "")
 
     def _pump_spool(self, now: float) -> None:
         spool = self._spool
@@ -609,11 +686,18 @@ class EventPublisher:
     def _on_spool(self, entry: SpoolEntry, err: KafkaError | None, msg: Any) -> None:
         spool = self._spool
         assert spool is not None
+        recovered = entry.seg_id <= spool.recovered_until
         if err is None:
             spool.ack(entry)
             self._delivered += entry.n_events
-            self._resent += entry.n_events
             self._spool_backoff = 0.5
+            self._last_progress = time.monotonic()
+            self._stalled = False
+            if recovered:
+                self._resent += entry.n_events
+                self._recovered_pending -= entry.n_events
+            else:
+                self._settled += entry.n_events
             return
         code = err.code()
         if code in _PERMANENT:
@@ -622,6 +706,10 @@ class EventPublisher:
             self._failed += entry.n_events
             self._drop("rejected", entry.n_events)
             spool.ack(entry)
+            if recovered:
+                self._recovered_pending -= entry.n_events
+            else:
+                self._settled += entry.n_events
             return
         spool.fail(entry)
         if code not in _PURGED:
@@ -640,6 +728,7 @@ class EventPublisher:
                 return
             self._spool.seal_overflow()
             self._overflow = False
+            self._batch_seq = max(self._batch_seq, self._ovf_seq)
             if not self._closed:
                 self._limit = self._buffer_max
         log.info("publisher %s: buffer drained; overflow episode over", self.producer_id)
@@ -672,10 +761,13 @@ class EventPublisher:
         spool = self._spool
         while time.monotonic() < self._stop_deadline:
             self._producer.poll(0.05)
-            self._check_stall(time.monotonic())
-            if spool is not None and spool.front_open and self._direct_out == 0:
-                spool.seal_front()
-            if self._direct_out == 0 and (spool is None or spool.inflight == 0):
+            now = time.monotonic()
+            self._check_stall(now)
+            if spool is not None:
+                if spool.front_open and self._direct_out == 0:
+                    spool.seal_front()
+                self._pump_spool(now)
+            if self._direct_out == 0 and (spool is None or spool.pending_events == 0):
                 break
         if self._direct_out > 0 or (spool is not None and spool.inflight > 0):
             self._producer.purge(in_queue=True, in_flight=True, blocking=True)

@@ -285,20 +285,23 @@ def test_spool_cap_drops_the_newest_and_counts(tmp_path: Path) -> None:
     pub.close(timeout=2)
 
 
-def test_flush_waits_for_records_the_client_holds_and_close_spools_them(tmp_path: Path) -> None:
+def test_flush_is_false_while_events_wait_in_the_spool_and_close_says_where(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     pub = EventPublisher(UNREACHABLE, "t", spool_dir=tmp_path / "spool", stall_timeout_s=0.3, linger_ms=5)
     stamper = Stamper()
     first = good_events(stamper, 50)
     for e in first:
         pub.publish(e)
-    assert pub.flush(1.0) is False  # handed to the client, which cannot reach Kafka: neither acked nor spooled
+    assert pub.flush(1.0) is False  # on disk, handed to the client, which cannot reach Kafka: not delivered
+    assert pub.stats["spooled"] == 50 and pub.stats["undelivered"] == 50
     later = good_events(stamper, 50)  # the same sessions, later seqs
     for e in later:
         pub.publish(e)
-    wait_for(lambda: pub.stats["spooled"] == 50, 5, "later batches to be spooled")  # the stall was detected
-    assert pub.flush(0.5) is False  # the first 50 are still only in the client's memory
-    pub.close(timeout=1)
-    # the purged first batches went to the spool's front: per session, they still come before the later ones
+    assert pub.flush(0.5) is False
+    with caplog.at_level("WARNING", logger="producers.publisher"):
+        assert pub.close(timeout=1) is False
+    assert f"closed with 100 event(s) not delivered, kept in the spool {tmp_path / 'spool'}" in caplog.text
+    # the disk buffer holds every record in hand-over order: per session, the first ones come first
     assert_exactly_once_in_order(spooled_events(tmp_path / "spool"), {e["event_id"] for e in first + later})
 
 
