@@ -5,6 +5,9 @@ Measured in the same run:
 * ``EventPublisher``: ``publish()`` of ready event dicts (stamped beforehand) from the calling thread, then
   ``flush()``; the clock runs from the first ``publish`` until every event is acknowledged. Validation,
   Avro batch encoding (``AgentEventBatch`` per session shard), lz4 and the idempotent producer are included.
+* ``EventPublisher`` with a disk spool (the disk buffer: every record is written to a spool segment before it is
+  handed to librdkafka, and acknowledged records are deleted), same events, spool in ``--spool-parent`` (a temp
+  directory by default: put it on the disk you would use).
 * baseline: raw confluent-kafka producing the same events as pre-encoded single ``AgentEvent`` records (encoding
   done before the clock starts), same producer settings, until ``flush()`` returns.
 
@@ -20,6 +23,7 @@ import importlib.metadata
 import os
 import platform
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -66,8 +70,10 @@ def make_events(n: int, sessions: int, *, foreign_payload: bool = False) -> list
     return out
 
 
-def run_publisher(bootstrap: str, topic: str, events: list[dict[str, Any]], batch: int) -> tuple[float, dict]:
-    with EventPublisher(bootstrap, topic, batch_max_events=batch, buffer_max_events=len(events) + 1) as pub:
+def run_publisher(bootstrap: str, topic: str, events: list[dict[str, Any]], batch: int,
+                  spool_dir: Path | None = None) -> tuple[float, dict]:
+    with EventPublisher(bootstrap, topic, batch_max_events=batch, buffer_max_events=len(events) + 1,
+                        spool_dir=spool_dir) as pub:
         t0 = time.perf_counter()
         c0 = time.process_time()
         publish = pub.publish
@@ -116,6 +122,8 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, default=200)
     parser.add_argument("--batch", type=int, default=500, help="batch_max_events of the publisher (default 500)")
     parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--spool-parent", type=Path, default=None,
+                        help="directory in which the spooled run makes its spool (default: a temp directory)")
     parser.add_argument("--foreign-payload", action="store_true",
                         help="payload texts as plain str (validated by parsing) instead of the bridge's own")
     args = parser.parse_args()
@@ -128,7 +136,8 @@ def main() -> int:
           f"librdkafka {confluent_kafka.libversion()[0]}  fastavro {fastavro.__version__}  "
           f"prometheus_client {importlib.metadata.version('prometheus_client')}  cpus {os.cpu_count()}")
     suffix = uuid.uuid4().hex[:8]
-    topics = {"publisher": f"bench-publish-{suffix}", "raw": f"bench-raw-{suffix}"}
+    topics = {"publisher": f"bench-publish-{suffix}", "raw": f"bench-raw-{suffix}",
+              "spooled": f"bench-spooled-{suffix}"}
     ensure_topics(args.bootstrap, [TopicSpec(t, args.partitions, 3_600_000) for t in topics.values()])
     n = args.events
     events = make_events(n, args.sessions, foreign_payload=args.foreign_payload)
@@ -139,6 +148,9 @@ def main() -> int:
     try:
         raw_s, raw_delivered, raw_cpu = run_raw(args.bootstrap, topics["raw"], values)
         pub_s, stats = run_publisher(args.bootstrap, topics["publisher"], events, args.batch)
+        with tempfile.TemporaryDirectory(dir=args.spool_parent) as tmp:
+            spool_s, spool_stats = run_publisher(args.bootstrap, topics["spooled"], events, args.batch,
+                                                 spool_dir=Path(tmp) / "spool")
     finally:
         AdminClient({"bootstrap.servers": args.bootstrap}).delete_topics(list(topics.values()))
     pub_rate = stats["delivered"] / pub_s
@@ -150,11 +162,18 @@ def main() -> int:
           f" {raw_cpu / n * 1e6:13.1f}")
     print(f"{'EventPublisher (validate + batch-encode + produce + ack)':58s} {pub_rate:10,.0f} {pub_s:8.2f}"
           f" {stats['cpu_s'] / n * 1e6:13.1f}   {pub_rate / raw_rate:.2f}x raw")
+    spool_rate = spool_stats["delivered"] / spool_s
+    print(f"{'EventPublisher with a disk spool (on disk before librdkafka)':58s} {spool_rate:10,.0f} {spool_s:8.2f}"
+          f" {spool_stats['cpu_s'] / n * 1e6:13.1f}   {spool_rate / raw_rate:.2f}x raw, "
+          f"{spool_rate / pub_rate:.2f}x without spool")
     print("(CPU: this process, all threads, while the run lasted; less sensitive to other load than events/s)")
     print(f"\n(encoding single events alone, outside the raw timing: {n / encode_s:,.0f} events/s)")
     print(f"publisher: delivered={stats['delivered']} flushed={stats['flushed']} records={stats['batches']} "
           f"(~{stats['delivered'] / max(1, stats['batches']):.0f} events/record) dropped={stats['dropped']} "
           f"publish() loop {stats['enqueue_s']:.2f} s")
+    print(f"spooled publisher: delivered={spool_stats['delivered']} flushed={spool_stats['flushed']} "
+          f"records={spool_stats['batches']} dropped={spool_stats['dropped']} "
+          f"left in spool={spool_stats['spool_events']}")
     print(f"goal: >= 50,000 events/s; raw delivered={raw_delivered}")
     return 0
 
