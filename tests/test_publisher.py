@@ -305,6 +305,37 @@ def test_flush_is_false_while_events_wait_in_the_spool_and_close_says_where(
     assert_exactly_once_in_order(spooled_events(tmp_path / "spool"), {e["event_id"] for e in first + later})
 
 
+def test_an_unusable_spool_starts_degraded_and_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    with caplog.at_level("ERROR", logger="producers.publisher"):
+        pub = EventPublisher(UNREACHABLE, "t", spool_dir=blocker / "spool")  # must not raise
+    assert "running DEGRADED without a disk buffer" in caplog.text
+    assert pub.spool_degraded is not None and pub.stats["spool_degraded"] == 1
+    assert pub.publish(Stamper().stamp("turn_begin"))
+    assert 'agentwatch_producer_spool_degraded{producer_id="' in generate_latest(pub.registry).decode()
+    pub.close(timeout=0.5)
+
+
+def test_drops_are_logged_once_per_interval_with_their_count(tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    pub = EventPublisher(UNREACHABLE, "t", spool_dir=tmp_path / "spool", spool_max_bytes=4_000, linger_ms=1,
+                         batch_max_events=1)
+    with caplog.at_level("WARNING", logger="producers.publisher"):
+        for e in good_events(Stamper(), 300):
+            assert pub.publish(e)
+            time.sleep(0.001)  # many drains, many refused appends
+        pub.flush(0.5)
+    dropped = pub.dropped_by_reason()["spool_full"]
+    lines = [r.getMessage() for r in caplog.records if "reason spool_full" in r.getMessage()]
+    assert dropped > 100 and len(lines) == 1, lines
+    assert f"(spool {tmp_path / 'spool'})" in lines[0]
+    text = generate_latest(pub.registry).decode()
+    assert f'agentwatch_producer_events_dropped_total{{producer_id="{pub.producer_id}",reason="spool_full"}} ' \
+           f'{float(dropped)}' in text
+    pub.close(timeout=0.5)
+
+
 def test_metrics_are_exposed_on_a_private_registry_per_publisher(tmp_path: Path) -> None:
     a = EventPublisher(UNREACHABLE, "t", producer_id="pub-a")
     b = EventPublisher(UNREACHABLE, "t", producer_id="pub-b", buffer_max_events=1)
