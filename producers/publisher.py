@@ -10,39 +10,46 @@ callback delays the turn by exactly its duration. So the design splits the work:
   anything unexpected is counted as dropped (reason ``internal``) and ``False`` is returned.
 * One daemon sender thread does everything else: validation and coercion (:mod:`producers.normalize`), the
   optional :class:`~producers.scrub.Scrubber`, encoding each event's Avro body right after (while the dict is
-  still in the CPU cache; an event the encoder refuses is dropped alone as ``invalid``), grouping the bodies by
-  record key (a CRC-32 shard of the session id, :mod:`producers.sharding`), framing each group as one
-  ``AgentEventBatch`` sized exactly (``producer_id`` unique per publisher instance, ``batch_seq`` strictly
-  increasing in the order records are handed to Kafka), and producing with a confluent-kafka idempotent producer
+  still in the CPU cache; an event the encoder refuses is dropped alone as ``invalid``), grouping the bodies per
+  Kafka *partition* in arrival order (:mod:`producers.sharding`: a session's shard decides its partition, the
+  record carries the partition's representative shard key; per shard until the partition count is known),
+  framing each group as one ``AgentEventBatch`` sized exactly (``producer_id``, ``batch_seq`` strictly increasing
+  in the order records are handed to Kafka), and producing with a confluent-kafka idempotent producer
   (``enable.idempotence``, ``acks=all``, lz4, a short ``linger.ms`` since batching already happened here).
   Delivery callbacks run on the same thread (it calls ``poll``), so the counters each have a single writer. The
   W3C ``traceparent`` travels in each event's own field, not in record headers: a batch mixes spans.
-* Per-session order holds end to end: one session -> one key -> one partition; the sender produces in arrival
-  order and the idempotent producer keeps per-partition order across retries.
+* Order: one session -> one partition; a partition receives its events in hand-over order (so history sent in
+  bulk stays in event-time order per partition), and the idempotent producer keeps it across retries.
 
-When Kafka is away (the :class:`~producers.spool.Spool`, when ``spool_dir`` is set):
+With a spool (``spool_dir``), a disk buffer like Vector's (:class:`~producers.spool.Spool`):
 
-* The producer never times a record out (``message.timeout.ms=0``): what it holds is retried by the idempotent
-  producer until Kafka takes it, so a broker restart costs neither loss nor duplicates. When records are
-  outstanding and Kafka acknowledged nothing for ``stall_timeout_s``, every new batch goes to the spool's tail
-  instead. What the client already holds stays there (purging it could duplicate records that reached the broker
-  unacknowledged) until it is acknowledged, or until ``close()``, which purges it into the spool's *front*
-  segment (it is older than anything spooled). So ``flush()`` returns False while such records wait.
-* While the spool holds anything, everything goes through it (the simplest order-preserving policy). It is read
-  only when no direct record is outstanding, frames are produced in file order (a bounded window), and a frame
-  is removed only after Kafka acknowledged it. A new publisher on the same directory re-sends what is there.
+* Every record is appended to the spool (written to the OS: a process crash loses nothing appended) *before* it
+  is handed to librdkafka, sent from there in file order (``spool_window`` records in flight), and removed once
+  Kafka acknowledged it. So a SIGKILL while Kafka is away loses none of the records librdkafka held; the next
+  publisher on the directory re-sends them. It takes the directory's ``producer_id`` (unless one is given) and
+  starts its ``batch_seq`` above every sequence the directory handed out (reserved on disk in blocks), so a
+  re-sent record is recognised downstream by its ``(producer_id, batch_seq)`` and never confused with new
+  content. The producer never times a record out (``message.timeout.ms=0``): it retries until Kafka takes it.
+* What a SIGKILL can still lose: events in the in-memory buffer the sender had not yet written (the last few
+  milliseconds of hand-overs, ``linger_ms`` at most while the sender keeps up).
 * Buffer full (``buffer_max_events``): the event is written to the spool by the calling thread (it pays for
   validation, scrubbing and encoding of that one event: back-pressure instead of loss while the sender is
-  behind). These go to an *overflow* segment placed after everything the sender still holds, so order is kept;
-  the episode ends when the sender has emptied the buffer. Without a spool the event is dropped (``buffer_full``).
-* Spool at ``spool_max_bytes``: the newest data is dropped and counted (``spool_full``); what is on disk stays.
-* Permanent Kafka rejections (record too large, invalid record) are dropped (``rejected``); other delivery
-  errors go to the spool (or are dropped as ``delivery_failed`` without one).
+  behind), as a one-event batch record, into an *overflow* segment placed after everything the sender still
+  holds; its sequences lie between the sender's (a gap of 2^32), so order and identity are kept. Without a spool
+  the event is dropped (``buffer_full``).
+* Spool at ``spool_max_bytes``, or its file system full: the record is dropped and counted (``spool_full``;
+  other write errors ``spool_error``), logged once per 10 s per reason with the count since the last line; what
+  is on disk stays. A spool directory that cannot be opened (read-only, not a directory) does not stop the
+  constructor: the publisher runs without a disk buffer, logs it and exports ``spool_degraded`` = 1.
+* Permanent Kafka rejections (record too large, invalid record) are dropped (``rejected``).
 
-``flush(timeout)`` returns True once everything handed in before the call is acknowledged, spooled (and
-fsync'ed) or counted as dropped. ``close()`` flushes, waits for in-flight records until the timeout, then purges
-and spools what is left. An unclosed publisher is closed at interpreter exit (atexit holds only a weak
-reference); its sender thread keeps it alive until then.
+Without a spool, records live in memory until acknowledged; delivery errors are dropped (``delivery_failed``).
+
+``flush(timeout)`` returns True once everything handed in before the call is acknowledged by Kafka or counted as
+dropped (with a spool, also what an earlier run left there); False while events wait in the spool. ``close()``
+flushes, keeps sending until the timeout, then stops; it returns False and logs how many events remain in the
+spool and where when anything is undelivered. An unclosed publisher is closed at interpreter exit (atexit holds
+only a weak reference); its sender thread keeps it alive until then.
 """
 
 from __future__ import annotations
@@ -66,7 +73,7 @@ from prometheus_client import CollectorRegistry
 from producers.metrics import PublisherCollector, register
 from producers.normalize import COERCED, EventNormalizer
 from producers.scrub import Scrubber
-from producers.sharding import shard_key
+from producers.sharding import partition_keys, shard_key
 from producers.spool import Spool, SpoolEntry, SpoolLockedError
 from schemas.codec import AvroCodec
 
@@ -185,7 +192,10 @@ class EventPublisher:
         self._spool_backoff = 0.5
         self._fatal: KafkaError | None = None
         self._brokers_down = False
-        self._key_cache: dict[str, bytes] = {}
+        self._key_cache: dict[str, bytes] = {}      # session id -> record key
+        self._rekey: dict[bytes, bytes] = {}         # shard key -> its partition's representative key (see sharding)
+        self._partitions: int | None = None
+        self._meta_at = 0.0
         self._producer_conf = {
             "bootstrap.servers": bootstrap_servers,
             "enable.idempotence": True,
@@ -275,6 +285,7 @@ class EventPublisher:
             self._drop("invalid", 1)
             return False
         key = shard_key(clean["session_id"], self._shards)
+        key = self._rekey.get(key, key)
         with self._ovf_lock:
             if self._closed:
                 self._drop("closed", 1)
@@ -472,6 +483,8 @@ class EventPublisher:
         self._producer.poll(0)
         if self._fatal is not None:
             self._recreate_producer()
+        if time.monotonic() >= self._meta_at:
+            self._refresh_partitions()
         self._drain()
         self._producer.poll(0)
         if self._overflow and not self._buf:
@@ -494,8 +507,26 @@ class EventPublisher:
             with self._cond:
                 self._cond.notify_all()
 
+    def _refresh_partitions(self) -> None:
+        """Learn the topic's partition count, so that records are batched per partition (see
+        :mod:`producers.sharding`); until it is known (Kafka away, topic missing) records are per shard."""
+        try:
+            md = self._producer.list_topics(self.topic, timeout=0.25).topics.get(self.topic)
+            n = len(md.partitions) if md is not None and md.error is None else 0
+        except KafkaException:
+            n = 0
+        self._meta_at = time.monotonic() + (60.0 if n else 5.0)
+        if n and n != self._partitions:
+            if self._partitions is not None:
+                log.warning("publisher %s: topic %s now has %d partitions (was %d)", self.producer_id, self.topic, n,
+                            self._partitions)
+            self._partitions = n
+            self._rekey = partition_keys(self._shards, n)
+            self._key_cache.clear()
+
     def _drain(self) -> None:
-        """Validate and encode up to ``_max_drain`` buffered events, group them by record key, send the groups.
+        """Validate and encode up to ``_max_drain`` buffered events, group them by record key (one per partition
+        once the partition count is known), send the groups.
 
         Each event is encoded as soon as it is validated (its Avro body, while the dict is still in the CPU
         cache), so an event the encoder refuses is found alone and the groups hold compact bytes, not dicts.
@@ -534,7 +565,8 @@ class EventPublisher:
             if key is None:
                 if len(keys) >= 100_000:
                     keys.clear()
-                key = keys[sid] = shard_key(sid, shards)
+                key = shard_key(sid, shards)
+                key = keys[sid] = self._rekey.get(key, key)
             group = groups.get(key)
             if group is None:
                 groups[key] = [body]

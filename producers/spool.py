@@ -23,14 +23,26 @@ that ``append`` accepted); segment files are fsync'ed at most every ``fsync_inte
 crash can lose up to that interval; the checksums turn such a loss into a counted torn tail, never garbage.
 
 Ordering. Three writers keep the replay order equal to the order in which data was handed to the publisher:
-the sender appends to the *tail*; the failed or purged batches of the direct path, which are older than anything
-spooled, go to a *front* segment (id below every other one); events that arrive while the in-memory buffer is
-full are written by the calling threads to an *overflow* segment placed after the sender's current tail, and the
-sender rolls to a new tail after it once the episode ends. Unsealed front and overflow segments are not read.
+the sender appends to the *tail*; data older than anything spooled (for a caller that sends directly and spools
+only what failed; the publisher always appends to the tail) goes to a *front* segment (id below every other one);
+events that arrive while the in-memory buffer is full are written by the calling threads to an *overflow* segment
+placed after the sender's current tail, and the sender rolls to a new tail after it once the episode ends.
+Unsealed front and overflow segments are not read.
 
-Size cap. ``max_bytes`` bounds unacknowledged bytes; an append that would pass it is refused (the publisher
-drops the newest data and counts it, reason ``spool_full``). A directory is owned by one process at a time
-(``flock`` on ``.lock``).
+Size cap and full disks. ``max_bytes`` bounds unacknowledged bytes; an append that would pass it is refused (the
+publisher drops the newest data and counts it, reason ``spool_full``). An append the file system refuses (ENOSPC,
+EIO) is refused the same way, counted in ``write_errors`` and logged at most every 10 s; the segment is cut back
+to its last whole frame, so a full disk never leaves a torn frame between good ones. Start-up on a full disk
+does not fail: a segment that cannot be rewritten is read in place (resynchronising past damage), and a
+checkpoint that cannot be written leaves the old one (a restart may then re-send acknowledged frames, which
+carry their identity).
+
+Identity. ``producer`` (a small file rewritten in place, so it works on a full disk) keeps the publisher's
+``producer_id`` and a reserved block of batch sequences: :meth:`Spool.identity` gives a restarted publisher the
+same id and a first sequence above everything handed out before (and above the wall clock in microseconds).
+
+Ownership and modes. A directory is owned by one process at a time (``flock`` on ``.lock``). Agent events may
+hold prompts and tool output: the directory is made 0700 and every file in it 0600.
 """
 
 from __future__ import annotations
