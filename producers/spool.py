@@ -447,9 +447,12 @@ class Spool:
                 return
             self._overflow = None
             self._seal(seg)
+            if self._tail is not None and self._tail.id < seg.id:
+                self._seal(self._tail)  # readable to its end now; the sender's next append starts a new tail
             self._roll_tail = True
             if seg.size == 0:
                 self._drop_segment(seg)
+            self._advance()
 
     def append_front(self, key: bytes, value: bytes, n_events: int) -> bool:
         """Append to the front segment: data older than everything spooled (failed or purged direct batches).
@@ -662,12 +665,11 @@ class Spool:
             seg = self._segments.get(e.seg_id)
             if seg is not None:
                 seg.start = max(seg.start, e.end)
-        # delete fully acknowledged segments at the head
+        # delete fully acknowledged sealed segments at the head; the open tail is kept and appended to until it
+        # reaches segment_bytes (a new file per record would cost a create, a directory fsync and an unlink each)
         while self._order:
             head = self._segments[self._order[0]]
-            if head.start < head.size or any(e.seg_id == head.id for e in self._inflight):
-                break
-            if head.state != SEALED and not (head is self._tail and self._overflow is None):
+            if head.start < head.size or head.state != SEALED or any(e.seg_id == head.id for e in self._inflight):
                 break
             self._drop_segment(head)
 
@@ -748,6 +750,7 @@ class Spool:
             for seg in list(self._segments.values()):
                 self._seal(seg)
             self._overflow = self._front = self._tail = None
+            self._advance()  # the tail, sealed now, goes too when everything in it is acknowledged
             self._ckpt_written = None
             self._write_checkpoint(force=True)
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)

@@ -104,8 +104,9 @@ def test_frames_come_back_in_order_and_acked_segments_are_deleted(tmp_path: Path
     got = drain(spool)
     assert [(e.key, e.value, e.n_events) for e in got] == data
     assert spool.pending_bytes == 0 and spool.is_empty
-    assert segment_files(tmp_path) == []
+    assert len(segment_files(tmp_path)) == 1  # only the open tail, reused until it is full
     spool.close()
+    assert segment_files(tmp_path) == []
 
 
 def test_unacked_frames_survive_a_restart_and_acked_ones_do_not(tmp_path: Path) -> None:
@@ -378,3 +379,17 @@ def test_a_read_only_spool_directory_raises_oserror_for_the_publisher_to_degrade
             Spool(mnt / "spool")
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_an_ended_overflow_episode_is_readable_without_further_appends(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    assert spool.append(b"k", b"tail", 1)
+    assert [e.value for e in drain(spool)] == [b"tail"]  # acknowledged; the open tail stays for more appends
+    spool.begin_overflow()
+    assert spool.append_overflow(b"k", b"over", 1)
+    assert spool.append(b"k", b"tail2", 1)  # the sender, still before the overflow segment
+    spool.seal_overflow()
+    assert [e.value for e in drain(spool)] == [b"tail2", b"over"]
+    assert spool.pending_events == 0
+    spool.close()
+    assert segment_files(tmp_path) == []
