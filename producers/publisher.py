@@ -154,7 +154,6 @@ class EventPublisher:
         self._spool_window = spool_window
         self._max_drain = max(20_000, 4 * self._batch_max)
         self.spool_recovery = self._spool.recovery if self._spool is not None else None
-        self._recovered_pending = self.spool_recovery.events if self.spool_recovery is not None else 0
 
         # hot path state
         self._buf: deque[Any] = deque()
@@ -332,7 +331,7 @@ class EventPublisher:
         with self._cond:
             while True:
                 target = self._flush_targets.get(req)
-                if target is not None and self._settled_total() >= target and self._recovered_pending <= 0:
+                if target is not None and self._settled_total() >= target and not self._recovered_left():
                     self._flush_targets.pop(req, None)
                     return True
                 remaining = deadline - time.monotonic()
@@ -417,6 +416,10 @@ class EventPublisher:
     def dropped_by_reason(self) -> dict[str, int]:
         with self._count_lock:
             return dict(self._dropped)
+
+    def _recovered_left(self) -> bool:
+        """An earlier run's records are still in the spool, not acknowledged."""
+        return self._spool is not None and self._spool.holds_recovered
 
     def _settled_total(self) -> int:
         """Events of this publisher delivered or dropped (spooled ones count once Kafka acknowledged them)."""
@@ -727,7 +730,6 @@ class EventPublisher:
             self._stalled = False
             if recovered:
                 self._resent += entry.n_events
-                self._recovered_pending -= entry.n_events
             else:
                 self._settled += entry.n_events
             return
@@ -738,9 +740,7 @@ class EventPublisher:
             self._failed += entry.n_events
             self._drop("rejected", entry.n_events)
             spool.ack(entry)
-            if recovered:
-                self._recovered_pending -= entry.n_events
-            else:
+            if not recovered:
                 self._settled += entry.n_events
             return
         spool.fail(entry)

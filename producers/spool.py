@@ -252,6 +252,12 @@ class Spool:
         return self._events
 
     @property
+    def holds_recovered(self) -> bool:
+        """Frames found at start-up are still unacknowledged."""
+        with self._lock:
+            return any(seg.start < seg.size for seg in self._segments.values() if seg.id <= self.recovered_until)
+
+    @property
     def is_empty(self) -> bool:
         return self.pending_bytes == 0
 
