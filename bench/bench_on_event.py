@@ -110,6 +110,9 @@ def main() -> int:
     parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
     parser.add_argument("--events", type=int, default=100_000, help="calls per measurement (default 100000)")
     parser.add_argument("--rate", type=float, default=2_000.0, help="events/s of the paced pattern (default 2000)")
+    parser.add_argument("--spool", action="store_true",
+                        help="give the publisher a disk spool (a temp directory): its sender then writes every record "
+                        "to disk before producing, competing with the agent's thread for the GIL meanwhile")
     parser.add_argument("--topic", default=None, help="topic to publish to (default: a new one, deleted after)")
     args = parser.parse_args()
 
@@ -144,7 +147,10 @@ def main() -> int:
 
     # -- agentwatch: stamp + publish ------------------------------------------------------------------------------
     stamper = Stamper(tenant="acme", service="bench")
-    publisher = EventPublisher(args.bootstrap, topic, buffer_max_events=max(100_000, 2 * n))
+    spool_tmp = tempfile.TemporaryDirectory() if args.spool else None
+    publisher = EventPublisher(args.bootstrap, topic, buffer_max_events=max(100_000, 2 * n),
+                               spool_dir=Path(spool_tmp.name) / "spool" if spool_tmp is not None else None)
+    print(f"publisher spool: {'on (disk buffer)' if spool_tmp is not None else 'off'}")
 
     def typed(etype: str, payload: dict[str, Any]) -> dict[str, Any]:
         fields = {k: payload[k] for k in ("status", "duration_ms", "prompt_tokens", "completion_tokens",
@@ -194,6 +200,8 @@ def main() -> int:
 
     flushed = publisher.flush(60)
     publisher.close(30)
+    if spool_tmp is not None:
+        spool_tmp.cleanup()
     stats = publisher.stats
     handler.close()
 

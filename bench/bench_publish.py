@@ -6,6 +6,9 @@ Measured in the same run:
   ``flush()``; the clock runs from the first ``publish`` until every event is acknowledged. Validation,
   Avro batch encoding (``AgentEventBatch`` per session shard), lz4 and the idempotent producer are included.
 * the same with ``publish_raw=True``: what the default scrubbing (secret scan, capture flags) costs;
+* ``EventPublisher`` with a disk spool (the disk buffer: every record is written to a spool segment before it is
+  handed to librdkafka, and acknowledged records are deleted), same events, spool in ``--spool-parent`` (a temp
+  directory by default: put it on the disk you would use).
 * baseline: raw confluent-kafka producing the same events as pre-encoded single ``AgentEvent`` records (encoding
   done before the clock starts), same producer settings, until ``flush()`` returns.
 
@@ -21,6 +24,7 @@ import importlib.metadata
 import os
 import platform
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -68,9 +72,9 @@ def make_events(n: int, sessions: int, *, foreign_payload: bool = False) -> list
 
 
 def run_publisher(bootstrap: str, topic: str, events: list[dict[str, Any]], batch: int,
-                  publish_raw: bool = False) -> tuple[float, dict]:
+                  publish_raw: bool = False, spool_dir: Path | None = None) -> tuple[float, dict]:
     with EventPublisher(bootstrap, topic, batch_max_events=batch, buffer_max_events=len(events) + 1,
-                        publish_raw=publish_raw) as pub:
+                        publish_raw=publish_raw, spool_dir=spool_dir) as pub:
         t0 = time.perf_counter()
         c0 = time.process_time()
         publish = pub.publish
@@ -119,6 +123,8 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, default=200)
     parser.add_argument("--batch", type=int, default=500, help="batch_max_events of the publisher (default 500)")
     parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--spool-parent", type=Path, default=None,
+                        help="directory in which the spooled run makes its spool (default: a temp directory)")
     parser.add_argument("--foreign-payload", action="store_true",
                         help="payload texts as plain str (validated by parsing) instead of the bridge's own")
     args = parser.parse_args()
@@ -132,7 +138,7 @@ def main() -> int:
           f"prometheus_client {importlib.metadata.version('prometheus_client')}  cpus {os.cpu_count()}")
     suffix = uuid.uuid4().hex[:8]
     topics = {"publisher": f"bench-publish-{suffix}", "raw": f"bench-raw-{suffix}",
-              "unscrubbed": f"bench-unscrubbed-{suffix}"}
+              "unscrubbed": f"bench-unscrubbed-{suffix}", "spooled": f"bench-spooled-{suffix}"}
     ensure_topics(args.bootstrap, [TopicSpec(t, args.partitions, 3_600_000) for t in topics.values()])
     n = args.events
     events = make_events(n, args.sessions, foreign_payload=args.foreign_payload)
@@ -145,6 +151,9 @@ def main() -> int:
         pub_s, stats = run_publisher(args.bootstrap, topics["publisher"], events, args.batch)
         unscrubbed_s, unscrubbed = run_publisher(args.bootstrap, topics["unscrubbed"], events, args.batch,
                                                  publish_raw=True)
+        with tempfile.TemporaryDirectory(dir=args.spool_parent) as tmp:
+            spool_s, spool_stats = run_publisher(args.bootstrap, topics["spooled"], events, args.batch,
+                                                 spool_dir=Path(tmp) / "spool")
     finally:
         AdminClient({"bootstrap.servers": args.bootstrap}).delete_topics(list(topics.values()))
     pub_rate = stats["delivered"] / pub_s
@@ -159,11 +168,18 @@ def main() -> int:
     unscrubbed_rate = unscrubbed["delivered"] / unscrubbed_s
     print(f"{'EventPublisher, publish_raw=True (no scrubbing, no flags)':58s} {unscrubbed_rate:10,.0f} "
           f"{unscrubbed_s:8.2f} {unscrubbed['cpu_s'] / n * 1e6:13.1f}   {unscrubbed_rate / raw_rate:.2f}x raw")
+    spool_rate = spool_stats["delivered"] / spool_s
+    print(f"{'EventPublisher with a disk spool (on disk before librdkafka)':58s} {spool_rate:10,.0f} {spool_s:8.2f}"
+          f" {spool_stats['cpu_s'] / n * 1e6:13.1f}   {spool_rate / raw_rate:.2f}x raw, "
+          f"{spool_rate / pub_rate:.2f}x without spool")
     print("(CPU: this process, all threads, while the run lasted; less sensitive to other load than events/s)")
     print(f"\n(encoding single events alone, outside the raw timing: {n / encode_s:,.0f} events/s)")
     print(f"publisher: delivered={stats['delivered']} flushed={stats['flushed']} records={stats['batches']} "
           f"(~{stats['delivered'] / max(1, stats['batches']):.0f} events/record) dropped={stats['dropped']} "
           f"publish() loop {stats['enqueue_s']:.2f} s")
+    print(f"spooled publisher: delivered={spool_stats['delivered']} flushed={spool_stats['flushed']} "
+          f"records={spool_stats['batches']} dropped={spool_stats['dropped']} "
+          f"left in spool={spool_stats['spool_events']}")
     print(f"goal: >= 50,000 events/s; raw delivered={raw_delivered}")
     return 0
 

@@ -39,14 +39,18 @@ COUNTERS: dict[str, tuple[str, str]] = {
     "batches": ("batches_produced", "Kafka records (AgentEventBatch values) handed to the Kafka client."),
     "spool_corrupt_regions": ("spool_corrupt_regions", "Damaged spool byte ranges found at start-up (quarantined)."),
     "spool_torn_tails": ("spool_torn_tails", "Torn spool tails found at start-up (quarantined)."),
+    "spool_write_errors": ("spool_write_errors", "Spool writes the file system refused (disk full, I/O error)."),
 }
 GAUGES: dict[str, tuple[str, str]] = {
     "buffer_depth": ("buffer_depth", "Events waiting in the in-memory buffer."),
     "spool_bytes": ("spool_bytes", "Bytes in the disk spool not yet acknowledged by Kafka."),
     "inflight_batches": ("inflight_batches", "Records handed to the Kafka client and not yet acknowledged."),
+    "spool_events": ("spool_events", "Events in the disk spool not yet acknowledged by Kafka."),
+    "undelivered": ("events_undelivered", "Events accepted and neither acknowledged by Kafka nor dropped."),
+    "spool_degraded": ("spool_degraded", "1 when the configured spool could not be opened (no disk buffer)."),
 }
-DROPPED = ("events_dropped", "Events dropped, by reason (buffer_full, spool_full, invalid, too_large, rejected, "
-                             "delivery_failed, closed, internal).")
+DROPPED = ("events_dropped", "Events dropped, by reason (buffer_full, spool_full, spool_error, invalid, too_large, "
+                             "rejected, delivery_failed, closed, internal).")
 
 
 class PublisherCollector(Collector):

@@ -10,39 +10,46 @@ callback delays the turn by exactly its duration. So the design splits the work:
   anything unexpected is counted as dropped (reason ``internal``) and ``False`` is returned.
 * One daemon sender thread does everything else: validation and coercion (:mod:`producers.normalize`), the
   :class:`~producers.scrub.Scrubber` (default on), encoding each event's Avro body right after (while the dict is
-  still in the CPU cache; an event the encoder refuses is dropped alone as ``invalid``), grouping the bodies by
-  record key (a CRC-32 shard of the session id, :mod:`producers.sharding`), framing each group as one
-  ``AgentEventBatch`` sized exactly (``producer_id`` unique per publisher instance, ``batch_seq`` strictly
-  increasing in the order records are handed to Kafka), and producing with a confluent-kafka idempotent producer
+  still in the CPU cache; an event the encoder refuses is dropped alone as ``invalid``), grouping the bodies per
+  Kafka *partition* in arrival order (:mod:`producers.sharding`: a session's shard decides its partition, the
+  record carries the partition's representative shard key; per shard until the partition count is known),
+  framing each group as one ``AgentEventBatch`` sized exactly (``producer_id``, ``batch_seq`` strictly increasing
+  in the order records are handed to Kafka), and producing with a confluent-kafka idempotent producer
   (``enable.idempotence``, ``acks=all``, lz4, a short ``linger.ms`` since batching already happened here).
   Delivery callbacks run on the same thread (it calls ``poll``), so the counters each have a single writer. The
   W3C ``traceparent`` travels in each event's own field, not in record headers: a batch mixes spans.
-* Per-session order holds end to end: one session -> one key -> one partition; the sender produces in arrival
-  order and the idempotent producer keeps per-partition order across retries.
+* Order: one session -> one partition; a partition receives its events in hand-over order (so history sent in
+  bulk stays in event-time order per partition), and the idempotent producer keeps it across retries.
 
-When Kafka is away (the :class:`~producers.spool.Spool`, when ``spool_dir`` is set):
+With a spool (``spool_dir``), a disk buffer like Vector's (:class:`~producers.spool.Spool`):
 
-* The producer never times a record out (``message.timeout.ms=0``): what it holds is retried by the idempotent
-  producer until Kafka takes it, so a broker restart costs neither loss nor duplicates. When records are
-  outstanding and Kafka acknowledged nothing for ``stall_timeout_s``, every new batch goes to the spool's tail
-  instead. What the client already holds stays there (purging it could duplicate records that reached the broker
-  unacknowledged) until it is acknowledged, or until ``close()``, which purges it into the spool's *front*
-  segment (it is older than anything spooled). So ``flush()`` returns False while such records wait.
-* While the spool holds anything, everything goes through it (the simplest order-preserving policy). It is read
-  only when no direct record is outstanding, frames are produced in file order (a bounded window), and a frame
-  is removed only after Kafka acknowledged it. A new publisher on the same directory re-sends what is there.
+* Every record is appended to the spool (written to the OS: a process crash loses nothing appended) *before* it
+  is handed to librdkafka, sent from there in file order (``spool_window`` records in flight), and removed once
+  Kafka acknowledged it. So a SIGKILL while Kafka is away loses none of the records librdkafka held; the next
+  publisher on the directory re-sends them. It takes the directory's ``producer_id`` (unless one is given) and
+  starts its ``batch_seq`` above every sequence the directory handed out (reserved on disk in blocks), so a
+  re-sent record is recognised downstream by its ``(producer_id, batch_seq)`` and never confused with new
+  content. The producer never times a record out (``message.timeout.ms=0``): it retries until Kafka takes it.
+* What a SIGKILL can still lose: events in the in-memory buffer the sender had not yet written (the last few
+  milliseconds of hand-overs, ``linger_ms`` at most while the sender keeps up).
 * Buffer full (``buffer_max_events``): the event is written to the spool by the calling thread (it pays for
   validation, scrubbing and encoding of that one event: back-pressure instead of loss while the sender is
-  behind). These go to an *overflow* segment placed after everything the sender still holds, so order is kept;
-  the episode ends when the sender has emptied the buffer. Without a spool the event is dropped (``buffer_full``).
-* Spool at ``spool_max_bytes``: the newest data is dropped and counted (``spool_full``); what is on disk stays.
-* Permanent Kafka rejections (record too large, invalid record) are dropped (``rejected``); other delivery
-  errors go to the spool (or are dropped as ``delivery_failed`` without one).
+  behind), as a one-event batch record, into an *overflow* segment placed after everything the sender still
+  holds; its sequences lie between the sender's (a gap of 2^32), so order and identity are kept. Without a spool
+  the event is dropped (``buffer_full``).
+* Spool at ``spool_max_bytes``, or its file system full: the record is dropped and counted (``spool_full``;
+  other write errors ``spool_error``), logged once per 10 s per reason with the count since the last line; what
+  is on disk stays. A spool directory that cannot be opened (read-only, not a directory) does not stop the
+  constructor: the publisher runs without a disk buffer, logs it and exports ``spool_degraded`` = 1.
+* Permanent Kafka rejections (record too large, invalid record) are dropped (``rejected``).
 
-``flush(timeout)`` returns True once everything handed in before the call is acknowledged, spooled (and
-fsync'ed) or counted as dropped. ``close()`` flushes, waits for in-flight records until the timeout, then purges
-and spools what is left. An unclosed publisher is closed at interpreter exit (atexit holds only a weak
-reference); its sender thread keeps it alive until then.
+Without a spool, records live in memory until acknowledged; delivery errors are dropped (``delivery_failed``).
+
+``flush(timeout)`` returns True once everything handed in before the call is acknowledged by Kafka or counted as
+dropped (with a spool, also what an earlier run left there); False while events wait in the spool. ``close()``
+flushes, keeps sending until the timeout, then stops; it returns False and logs how many events remain in the
+spool and where when anything is undelivered. An unclosed publisher is closed at interpreter exit (atexit holds
+only a weak reference); its sender thread keeps it alive until then.
 """
 
 from __future__ import annotations
@@ -66,8 +73,8 @@ from prometheus_client import CollectorRegistry
 from producers.metrics import PublisherCollector, register
 from producers.normalize import COERCED, EventNormalizer
 from producers.scrub import Scrubber
-from producers.sharding import shard_key
-from producers.spool import Spool, SpoolEntry
+from producers.sharding import partition_keys, shard_key
+from producers.spool import Spool, SpoolEntry, SpoolLockedError
 from schemas.codec import AvroCodec
 
 log = logging.getLogger(__name__)
@@ -96,6 +103,7 @@ MiB = 1024 * 1024
 _PERMANENT = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE, KafkaError.RECORD_LIST_TOO_LARGE,
                         KafkaError.INVALID_RECORD, KafkaError._INVALID_ARG})
 _PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
+_OVERFLOW_SEQ_GAP = 1 << 32
 
 
 _raw_warned = False
@@ -126,10 +134,26 @@ class EventPublisher:
                  scrubber: Scrubber | None = None, publish_raw: bool = False,
                  producer_config: dict[str, Any] | None = None,
                  registry: CollectorRegistry | None = None, producer_id: str | None = None,
-                 max_record_bytes: int = 900_000, stall_timeout_s: float = 2.0, spool_window: int = 64,
+                 max_record_bytes: int = 900_000, stall_timeout_s: float = 2.0, spool_window: int = 256,
                  fsync_interval_s: float = 1.0, atexit_timeout_s: float = 5.0) -> None:
         self.topic = topic
-        self.producer_id = producer_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        new_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self._spool: Spool | None = None
+        self.spool_dir = Path(spool_dir) if spool_dir is not None else None
+        self.spool_degraded: str | None = None  # why the spool could not be opened (None: fine or not asked for)
+        first_seq = 1
+        if self.spool_dir is not None:
+            try:
+                self._spool = Spool(self.spool_dir, max_bytes=spool_max_bytes, fsync_interval_s=fsync_interval_s)
+                producer_id, first_seq = self._spool.identity(producer_id, new_id)
+            except SpoolLockedError:
+                raise
+            except OSError as exc:  # read-only, full, missing permissions: start without it and say so
+                self._spool = None
+                self.spool_degraded = f"{exc.strerror or exc} ({exc.filename or self.spool_dir})"
+                log.error("publisher: spool %s unavailable: %s; running DEGRADED without a disk buffer (events live "
+                          "only in memory until Kafka acknowledges them)", self.spool_dir, self.spool_degraded)
+        self.producer_id = producer_id or new_id
         self._codec = codec or AvroCodec()
         if publish_raw and scrubber is not None:
             raise ValueError("publish_raw=True and a scrubber contradict each other: pass one or the other")
@@ -147,8 +171,6 @@ class EventPublisher:
         self._stall_timeout_s = stall_timeout_s
         self._spool_window = spool_window
         self._max_drain = max(20_000, 4 * self._batch_max)
-        self._spool = (Spool(Path(spool_dir), max_bytes=spool_max_bytes, fsync_interval_s=fsync_interval_s)
-                       if spool_dir is not None else None)
         self.spool_recovery = self._spool.recovery if self._spool is not None else None
 
         # hot path state
@@ -174,9 +196,12 @@ class EventPublisher:
         self._ovf_events = 0                         # written under _ovf_lock
         self._ovf_coerced = 0
         self._drop_logged: dict[str, float] = {}
+        self._drop_unlogged: dict[str, int] = {}      # per reason, dropped since the last log line
 
         # Kafka state (sender thread only)
-        self._batch_seq = 0
+        self._batch_seq = first_seq - 1
+        self._seq_reserved = first_seq  # up to here the spool has reserved sequences on disk
+        self._ovf_seq = 0                # overflow records' sequences (callers, under _ovf_lock)
         self._direct_out = 0       # direct records outstanding in the client
         self._last_progress = time.monotonic()
         self._stalled = False
@@ -184,7 +209,10 @@ class EventPublisher:
         self._spool_backoff = 0.5
         self._fatal: KafkaError | None = None
         self._brokers_down = False
-        self._key_cache: dict[str, bytes] = {}
+        self._key_cache: dict[str, bytes] = {}      # session id -> record key
+        self._rekey: dict[bytes, bytes] = {}         # shard key -> its partition's representative key (see sharding)
+        self._partitions: int | None = None
+        self._meta_at = 0.0
         self._producer_conf = {
             "bootstrap.servers": bootstrap_servers,
             "enable.idempotence": True,
@@ -268,12 +296,13 @@ class EventPublisher:
             self._drop("invalid", 1)
             return False
         try:
-            clean["producer_time"] = time.time_ns() // 1000
-            value = self._codec.encode_event(clean)
+            clean["producer_time"] = now_us = time.time_ns() // 1000
+            body = self._codec.encode_event_body(clean)
         except Exception:
             self._drop("invalid", 1)
             return False
         key = shard_key(clean["session_id"], self._shards)
+        key = self._rekey.get(key, key)
         with self._ovf_lock:
             if self._closed:
                 self._drop("closed", 1)
@@ -285,11 +314,22 @@ class EventPublisher:
                 spool.begin_overflow()
                 self._overflow = True
                 self._limit = 0
+                # overflow records sit between the sender's current tail and its next one in the spool, so their
+                # sequences lie between: far above what the sender can reach during the episode, below its next
+                self._ovf_seq = self._batch_seq + _OVERFLOW_SEQ_GAP
                 log.warning("publisher %s: buffer full (%d events); callers write to the spool until the sender "
                             "catches up", self.producer_id, self._buffer_max)
-            if not spool.append_overflow(key, value, 1):
-                self._drop("spool_full", 1)
+            seq = self._ovf_seq + 1
+            spool.reserve(seq)
+            try:
+                value = self._codec.encode_batch_bodies(self.producer_id, seq, now_us, [body])
+            except Exception:  # not expected: the header is the publisher's own
+                self._drop("internal", 1)
                 return False
+            if not spool.append_overflow(key, value, 1):
+                self._drop(self._spool_refusal(), 1)
+                return False
+            self._ovf_seq = seq
             self._ovf_events += 1
             if status is COERCED:
                 self._ovf_coerced += 1
@@ -298,7 +338,9 @@ class EventPublisher:
     # -- flush / close -----------------------------------------------------------------------------------------
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until everything handed in so far is acknowledged, spooled (fsync'ed) or counted as dropped."""
+        """Wait until everything handed in so far is acknowledged by Kafka or counted as dropped (with a spool:
+        also what an earlier run left in it); False when ``timeout`` passed first, e.g. while Kafka is away and
+        events wait in the spool (they are safe on disk, but not delivered)."""
         deadline = time.monotonic() + timeout
         with self._cond:
             self._flush_req += 1
@@ -307,7 +349,7 @@ class EventPublisher:
         with self._cond:
             while True:
                 target = self._flush_targets.get(req)
-                if target is not None and self._settled_total() >= target:
+                if target is not None and self._settled_total() >= target and not self._recovered_left():
                     self._flush_targets.pop(req, None)
                     return True
                 remaining = deadline - time.monotonic()
@@ -316,11 +358,13 @@ class EventPublisher:
                     return False
                 self._cond.wait(min(remaining, 0.05))
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Flush, wait for in-flight records until ``timeout``, spool (or count as dropped) the rest, stop."""
+    def close(self, timeout: float = 10.0) -> bool:
+        """Flush, wait for in-flight records until ``timeout``, keep the rest in the spool (or count it as dropped
+        without one), stop. Returns True when nothing accepted is left undelivered; otherwise logs how many events
+        remain spooled and where (the next publisher on that directory sends them)."""
         with self._close_lock:
             if self._close_started:
-                return
+                return self.undelivered == 0
             self._close_started = True
         deadline = time.monotonic() + timeout
         self.flush(max(0.0, timeout * 0.8))
@@ -334,6 +378,21 @@ class EventPublisher:
         if self._thread.is_alive():
             log.error("publisher %s: sender thread did not stop", self.producer_id)
         atexit.unregister(self._atexit)
+        left = self.undelivered
+        if left and self._spool is not None:
+            log.warning("publisher %s: closed with %d event(s) not delivered, kept in the spool %s (%d bytes); the "
+                        "next publisher on that directory sends them", self.producer_id, left, self._spool.directory,
+                        self._spool.pending_bytes)
+        elif left:
+            log.warning("publisher %s: closed with %d event(s) not delivered", self.producer_id, left)
+        return left == 0
+
+    @property
+    def undelivered(self) -> int:
+        """Events accepted (by this or, via the spool, an earlier publisher) and neither delivered nor dropped."""
+        if self._spool is not None:
+            return self._spool.pending_events + len(self._buf)
+        return max(0, self._popped + len(self._buf) - self._settled)
 
     def __enter__(self) -> EventPublisher:
         return self
@@ -358,11 +417,15 @@ class EventPublisher:
             "dropped": sum(self._dropped.values()),
             "buffer_depth": depth,
             "spool_bytes": spool.pending_bytes if spool is not None else 0,
+            "spool_events": spool.pending_events if spool is not None else 0,
+            "spool_write_errors": spool.write_errors if spool is not None else 0,
+            "spool_degraded": int(self.spool_degraded is not None),
             "coerced": self._coerced + self._ovf_coerced,
             "redactions": self._counters.get("redactions", 0),
             "truncated": self._counters.get("truncated", 0),
             "batches": self._batches,
             "inflight_batches": self._direct_out + (spool.inflight if spool is not None else 0),
+            "undelivered": self.undelivered,
             "spool_corrupt_regions": recovery.corrupt_regions if recovery else 0,
             "spool_torn_tails": recovery.torn_tails if recovery else 0,
             "spool_recovered_events": recovery.events if recovery else 0,
@@ -372,14 +435,34 @@ class EventPublisher:
         with self._count_lock:
             return dict(self._dropped)
 
+    def _recovered_left(self) -> bool:
+        """An earlier run's records are still in the spool, not acknowledged."""
+        return self._spool is not None and self._spool.holds_recovered
+
     def _settled_total(self) -> int:
-        return self._settled + self._ovf_events
+        """Events of this publisher delivered or dropped (spooled ones count once Kafka acknowledged them)."""
+        return self._settled
 
     def _drop(self, reason: str, n: int) -> None:
+        """Count ``n`` dropped events; one log line per reason per 10 s with the count since the last line."""
+        now = time.monotonic()
         with self._count_lock:
-            self._dropped[reason] = self._dropped.get(reason, 0) + n
-        self._warn(f"drop:{reason}", "publisher %s: dropped %d event(s), reason %s (logged at most every 10 s)",
-                   self.producer_id, n, reason)
+            total = self._dropped[reason] = self._dropped.get(reason, 0) + n
+            since = self._drop_unlogged[reason] = self._drop_unlogged.get(reason, 0) + n
+            if now - self._drop_logged.get(f"drop:{reason}", -10.0) < 10.0:
+                return
+            self._drop_logged[f"drop:{reason}"] = now
+            self._drop_unlogged[reason] = 0
+        where = f" (spool {self._spool.directory})" if reason == "spool_full" and self._spool is not None else ""
+        log.warning("publisher %s: dropped %d event(s), reason %s%s, since the last such line; %d in all (logged at "
+                    "most every 10 s)", self.producer_id, since, reason, where, total)
+
+    def _spool_refusal(self) -> str:
+        """The drop reason for an append the spool refused: a full disk or the size cap is ``spool_full``."""
+        spool = self._spool
+        if spool is not None and spool.last_error is not None and not spool.disk_full:
+            return "spool_error"
+        return "spool_full"
 
     def _warn(self, topic: str, msg: str, *args: Any) -> None:
         """A warning at most every 10 s per ``topic``: an outage must not flood the host's log."""
@@ -421,6 +504,8 @@ class EventPublisher:
         self._producer.poll(0)
         if self._fatal is not None:
             self._recreate_producer()
+        if time.monotonic() >= self._meta_at:
+            self._refresh_partitions()
         self._drain()
         self._producer.poll(0)
         if self._overflow and not self._buf:
@@ -443,8 +528,26 @@ class EventPublisher:
             with self._cond:
                 self._cond.notify_all()
 
+    def _refresh_partitions(self) -> None:
+        """Learn the topic's partition count, so that records are batched per partition (see
+        :mod:`producers.sharding`); until it is known (Kafka away, topic missing) records are per shard."""
+        try:
+            md = self._producer.list_topics(self.topic, timeout=0.25).topics.get(self.topic)
+            n = len(md.partitions) if md is not None and md.error is None else 0
+        except KafkaException:
+            n = 0
+        self._meta_at = time.monotonic() + (60.0 if n else 5.0)
+        if n and n != self._partitions:
+            if self._partitions is not None:
+                log.warning("publisher %s: topic %s now has %d partitions (was %d)", self.producer_id, self.topic, n,
+                            self._partitions)
+            self._partitions = n
+            self._rekey = partition_keys(self._shards, n)
+            self._key_cache.clear()
+
     def _drain(self) -> None:
-        """Validate and encode up to ``_max_drain`` buffered events, group them by record key, send the groups.
+        """Validate and encode up to ``_max_drain`` buffered events, group them by record key (one per partition
+        once the partition count is known), send the groups.
 
         Each event is encoded as soon as it is validated (its Avro body, while the dict is still in the CPU
         cache), so an event the encoder refuses is found alone and the groups hold compact bytes, not dicts.
@@ -483,7 +586,8 @@ class EventPublisher:
             if key is None:
                 if len(keys) >= 100_000:
                     keys.clear()
-                key = keys[sid] = shard_key(sid, shards)
+                key = shard_key(sid, shards)
+                key = keys[sid] = self._rekey.get(key, key)
             group = groups.get(key)
             if group is None:
                 groups[key] = [body]
@@ -521,6 +625,8 @@ class EventPublisher:
 
     def _frame(self, key: bytes, bodies: list[bytes], now_us: int) -> None:
         self._batch_seq += 1
+        if self._batch_seq > self._seq_reserved and self._spool is not None:
+            self._seq_reserved = self._spool.reserve(self._batch_seq)
         try:
             value = self._codec.encode_batch_bodies(self.producer_id, self._batch_seq, now_us, bodies)
         except Exception:  # not expected: the header is the publisher's own
@@ -531,8 +637,7 @@ class EventPublisher:
         self._route(key, value, len(bodies))
 
     def _route(self, key: bytes, value: bytes, n: int) -> None:
-        spool = self._spool
-        if spool is not None and (self._stalled or spool.front_open or spool.pending_bytes > 0):
+        if self._spool is not None:  # the disk buffer: on disk first, sent from there, deleted when acknowledged
             self._to_spool(key, value, n)
             return
         try:
@@ -555,12 +660,13 @@ class EventPublisher:
         self._batches += 1
 
     def _to_spool(self, key: bytes, value: bytes, n: int) -> None:
+        """Write a record to the spool; it settles when Kafka acknowledges it (:meth:`_on_spool`)."""
         assert self._spool is not None
         if self._spool.append(key, value, n):
             self._spooled += n
         else:
-            self._drop("spool_full", n)
-        self._settled += n
+            self._drop(self._spool_refusal(), n)
+            self._settled += n
 
     def _to_spool_or_drop(self, key: bytes, value: bytes, n: int, reason: str) -> None:
         if self._spool is not None:
@@ -597,11 +703,17 @@ class EventPublisher:
             self._stalled = False
 
     def _check_stall(self, now: float) -> None:
-        if self._direct_out > 0 and not self._stalled and now - self._last_progress > self._stall_timeout_s:
+        """Say once per stall that Kafka acknowledges nothing (events keep going to the spool, or memory)."""
+        spool = self._spool
+        outstanding = self._direct_out + (spool.inflight if spool is not None else 0)
+        if outstanding == 0:
+            self._last_progress = now
+            return
+        if not self._stalled and now - self._last_progress > self._stall_timeout_s:
             self._stalled = True
             log.warning("publisher %s: Kafka acknowledged nothing for %.1f s (%d records outstanding)%s",
-                        self.producer_id, now - self._last_progress, self._direct_out,
-                        "; spooling" if self._spool is not None else "")
+                        self.producer_id, now - self._last_progress, outstanding,
+                        f"; events wait in the spool {spool.directory}" if spool is not None else "")
 
     def _pump_spool(self, now: float) -> None:
         spool = self._spool
@@ -627,11 +739,17 @@ class EventPublisher:
     def _on_spool(self, entry: SpoolEntry, err: KafkaError | None, msg: Any) -> None:
         spool = self._spool
         assert spool is not None
+        recovered = entry.seg_id <= spool.recovered_until
         if err is None:
             spool.ack(entry)
             self._delivered += entry.n_events
-            self._resent += entry.n_events
             self._spool_backoff = 0.5
+            self._last_progress = time.monotonic()
+            self._stalled = False
+            if recovered:
+                self._resent += entry.n_events
+            else:
+                self._settled += entry.n_events
             return
         code = err.code()
         if code in _PERMANENT:
@@ -640,6 +758,8 @@ class EventPublisher:
             self._failed += entry.n_events
             self._drop("rejected", entry.n_events)
             spool.ack(entry)
+            if not recovered:
+                self._settled += entry.n_events
             return
         spool.fail(entry)
         if code not in _PURGED:
@@ -658,6 +778,7 @@ class EventPublisher:
                 return
             self._spool.seal_overflow()
             self._overflow = False
+            self._batch_seq = max(self._batch_seq, self._ovf_seq)
             if not self._closed:
                 self._limit = self._buffer_max
         log.info("publisher %s: buffer drained; overflow episode over", self.producer_id)
@@ -690,10 +811,13 @@ class EventPublisher:
         spool = self._spool
         while time.monotonic() < self._stop_deadline:
             self._producer.poll(0.05)
-            self._check_stall(time.monotonic())
-            if spool is not None and spool.front_open and self._direct_out == 0:
-                spool.seal_front()
-            if self._direct_out == 0 and (spool is None or spool.inflight == 0):
+            now = time.monotonic()
+            self._check_stall(now)
+            if spool is not None:
+                if spool.front_open and self._direct_out == 0:
+                    spool.seal_front()
+                self._pump_spool(now)
+            if self._direct_out == 0 and (spool is None or spool.pending_events == 0):
                 break
         if self._direct_out > 0 or (spool is not None and spool.inflight > 0):
             self._producer.purge(in_queue=True, in_flight=True, blocking=True)

@@ -23,18 +23,31 @@ that ``append`` accepted); segment files are fsync'ed at most every ``fsync_inte
 crash can lose up to that interval; the checksums turn such a loss into a counted torn tail, never garbage.
 
 Ordering. Three writers keep the replay order equal to the order in which data was handed to the publisher:
-the sender appends to the *tail*; the failed or purged batches of the direct path, which are older than anything
-spooled, go to a *front* segment (id below every other one); events that arrive while the in-memory buffer is
-full are written by the calling threads to an *overflow* segment placed after the sender's current tail, and the
-sender rolls to a new tail after it once the episode ends. Unsealed front and overflow segments are not read.
+the sender appends to the *tail*; data older than anything spooled (for a caller that sends directly and spools
+only what failed; the publisher always appends to the tail) goes to a *front* segment (id below every other one);
+events that arrive while the in-memory buffer is full are written by the calling threads to an *overflow* segment
+placed after the sender's current tail, and the sender rolls to a new tail after it once the episode ends.
+Unsealed front and overflow segments are not read.
 
-Size cap. ``max_bytes`` bounds unacknowledged bytes; an append that would pass it is refused (the publisher
-drops the newest data and counts it, reason ``spool_full``). A directory is owned by one process at a time
-(``flock`` on ``.lock``).
+Size cap and full disks. ``max_bytes`` bounds unacknowledged bytes; an append that would pass it is refused (the
+publisher drops the newest data and counts it, reason ``spool_full``). An append the file system refuses (ENOSPC,
+EIO) is refused the same way, counted in ``write_errors`` and logged at most every 10 s; the segment is cut back
+to its last whole frame, so a full disk never leaves a torn frame between good ones. Start-up on a full disk
+does not fail: a segment that cannot be rewritten is read in place (resynchronising past damage), and a
+checkpoint that cannot be written leaves the old one (a restart may then re-send acknowledged frames, which
+carry their identity).
+
+Identity. ``producer`` (a small file rewritten in place, so it works on a full disk) keeps the publisher's
+``producer_id`` and a reserved block of batch sequences: :meth:`Spool.identity` gives a restarted publisher the
+same id and a first sequence above everything handed out before (and above the wall clock in microseconds).
+
+Ownership and modes. A directory is owned by one process at a time (``flock`` on ``.lock``). Agent events may
+hold prompts and tool output: the directory is made 0700 and every file in it 0600.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -45,7 +58,6 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 from zlib import crc32
 
 FRAME_MAGIC = b"AWS1"
@@ -57,6 +69,9 @@ SEGMENT_PREFIX, SEGMENT_SUFFIX = "seg-", ".spool"
 FIRST_SEGMENT_ID = 1_000_000_000
 
 SEALED, TAIL, OVERFLOW, FRONT = "sealed", "tail", "overflow", "front"
+DIR_MODE, FILE_MODE = 0o700, 0o600  # agent events may hold prompts and tool output: owner only
+IDENTITY_FILE, IDENTITY_SIZE = "producer", 256
+SEQ_BLOCK = 1 << 20  # batch sequences reserved on disk at a time
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +186,7 @@ class _Segment:
     size: int
     state: str
     start: int = 0  # first byte not yet acknowledged
-    fh: BinaryIO | None = None
+    fd: int | None = None
     dirty: bool = False
 
 
@@ -185,13 +200,14 @@ class Spool:
         self.segment_bytes = segment_bytes
         self.fsync_interval_s = fsync_interval_s
         self.checkpoint_interval_s = checkpoint_interval_s
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        _restrict(self.directory, DIR_MODE)
         self._lock = threading.RLock()
-        self._lock_fh = open(self.directory / ".lock", "a+b")  # noqa: SIM115 - held for the spool's lifetime
+        self._lock_fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
         try:
-            fcntl.flock(self._lock_fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
-            self._lock_fh.close()
+            os.close(self._lock_fd)
             raise SpoolLockedError(f"spool directory {self.directory} is in use by another publisher") from exc
         self._segments: dict[int, _Segment] = {}
         self._order: list[int] = []   # segment ids, ascending = replay order
@@ -209,7 +225,15 @@ class Spool:
         self._last_ckpt = 0.0
         self._ckpt_written: dict[str, int] | None = None
         self._closed = False
+        self._events = 0              # events in frames not yet acknowledged
+        self.write_errors = 0         # appends refused by the file system (ENOSPC, EIO, ...)
+        self.last_error: OSError | None = None
+        self._error_logged = -1e9
+        self._identity = ""
+        self._reserved = 0
         self.recovery = self._recover()
+        self.recovered_until = self._order[-1] if self._order else 0  # segment ids <= this were found at start
+        self._events = self.recovery.events
 
     # -- state ---------------------------------------------------------------------------------------------
 
@@ -223,6 +247,17 @@ class Spool:
         return self._total - sum(seg.start for seg in self._segments.values())
 
     @property
+    def pending_events(self) -> int:
+        """Events in frames not yet acknowledged (recovered ones included)."""
+        return self._events
+
+    @property
+    def holds_recovered(self) -> bool:
+        """Frames found at start-up are still unacknowledged."""
+        with self._lock:
+            return any(seg.start < seg.size for seg in self._segments.values() if seg.id <= self.recovered_until)
+
+    @property
     def is_empty(self) -> bool:
         return self.pending_bytes == 0
 
@@ -230,6 +265,56 @@ class Spool:
     def inflight(self) -> int:
         """Frames handed out and not yet acknowledged (failed ones waiting for a retry included)."""
         return len(self._inflight)
+
+    # -- the producer's identity --------------------------------------------------------------------------
+
+    def identity(self, producer_id: str | None, new_id: str) -> tuple[str, int]:
+        """``(producer_id, first batch_seq)`` for a publisher on this directory.
+
+        The id is the one stored here (``new_id`` on a fresh directory) unless ``producer_id`` is given; the first
+        sequence is above every sequence this directory ever handed out for that id (a reserved block is kept on
+        disk, see :meth:`reserve`) and above the wall clock in microseconds, so a restarted publisher never reuses a
+        ``batch_seq`` for other content and re-sent frames are recognised by consumers as what they are.
+        """
+        stored_id, floor = None, 0
+        try:
+            data = json.loads((self.directory / IDENTITY_FILE).read_bytes().rstrip(b"\0 \n") or b"{}")
+            stored_id, floor = str(data["producer_id"]), int(data["next_seq"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        pid = producer_id or stored_id or new_id
+        first = max(floor if pid == stored_id else 0, time.time_ns() // 1000 + 1)
+        self._identity = pid
+        self._reserved = 0
+        self.reserve(first)
+        return pid, first
+
+    def reserve(self, seq: int) -> int:
+        """Record on disk that sequences up to ``seq`` may be used (in blocks); returns the reserved bound.
+
+        Written in place into a preallocated file, so a full disk does not stop it; if it fails all the same the
+        wall clock (the other floor of :meth:`identity`) still keeps sequences increasing across restarts.
+        """
+        with self._lock:
+            return self._reserve_locked(seq)
+
+    def _reserve_locked(self, seq: int) -> int:
+        if seq <= self._reserved:
+            return self._reserved
+        bound = seq + SEQ_BLOCK
+        text = json.dumps({"producer_id": self._identity, "next_seq": bound + 1}).encode()
+        try:
+            fd = os.open(self.directory / IDENTITY_FILE, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+            try:
+                os.pwrite(fd, text.ljust(IDENTITY_SIZE, b" "), 0)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            self._refused(exc)
+            bound = seq  # try again with the next frame
+        self._reserved = bound
+        return bound
 
     # -- recovery ------------------------------------------------------------------------------------------
 
@@ -245,21 +330,29 @@ class Spool:
             if start > len(data):
                 start = 0  # inconsistent checkpoint: re-send rather than lose
             scan = scan_frames(data, start)
+            seg_start = 0
             if scan.bad or start:
                 if scan.bad:
                     self._quarantine(seg_id, data, scan.bad, report)
-                data = b"".join(data[f.offset:f.end] for f in scan.frames)
-                self._rewrite(path, data)
-            if not data:
+                kept = b"".join(data[f.offset:f.end] for f in scan.frames)
+                try:
+                    self._rewrite(path, kept)
+                    data = kept
+                except OSError as exc:  # a full disk: keep the file as is, skip what is acknowledged, resync on read
+                    log.warning("spool %s: could not rewrite %s (%s); reading it in place", self.directory,
+                                path.name, exc)
+                    seg_start = scan.frames[0].offset if scan.frames else len(data)
+            if not data or seg_start >= len(data):
                 path.unlink(missing_ok=True)
                 continue
-            self._segments[seg_id] = _Segment(seg_id, path, len(data), SEALED)
+            _restrict(path, FILE_MODE)
+            self._segments[seg_id] = _Segment(seg_id, path, len(data), SEALED, start=seg_start)
             self._order.append(seg_id)
             self._total += len(data)
             report.segments += 1
             report.frames += len(scan.frames)
             report.events += sum(f.n_events for f in scan.frames)
-            report.bytes += len(data)
+            report.bytes += len(data) - seg_start
         if self._order:
             self._next_id = self._order[-1] + 1
         self._write_checkpoint(force=True)
@@ -274,12 +367,16 @@ class Spool:
 
     def _quarantine(self, seg_id: int, data: bytes, bad: list[BadRegion], report: RecoveryReport) -> None:
         qdir = self.directory / "quarantine"
-        qdir.mkdir(exist_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%S")
         for region in bad:
             target = qdir / f"seg-{seg_id:012d}.{region.start}-{region.end}.{region.kind}.{stamp}.bad"
-            target.write_bytes(data[region.start:region.end])
-            report.quarantined.append(str(target))
+            try:
+                qdir.mkdir(mode=DIR_MODE, exist_ok=True)
+                _write_private(target, data[region.start:region.end])
+                report.quarantined.append(str(target))
+            except OSError as exc:
+                log.warning("spool %s: could not quarantine %d damaged bytes (%s)", self.directory,
+                            region.end - region.start, exc)
             report.lost_bytes += region.end - region.start
             if region.kind == "torn_tail":
                 report.torn_tails += 1
@@ -288,10 +385,11 @@ class Spool:
 
     def _rewrite(self, path: Path, data: bytes) -> None:
         tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            _write_private(tmp, data, fsync=True)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, path)
         self._fsync_dir()
 
@@ -303,12 +401,16 @@ class Spool:
         with self._lock:
             if self._closed or self._pending_locked() + len(frame) > self.max_bytes:
                 return False
-            tail = self._tail
-            if tail is None or self._roll_tail or (tail.size >= self.segment_bytes and self._overflow is None):
-                self._new_tail()
+            try:
                 tail = self._tail
-            assert tail is not None
-            self._write(tail, frame)
+                if tail is None or self._roll_tail or (tail.size >= self.segment_bytes and self._overflow is None):
+                    self._new_tail()
+                    tail = self._tail
+                assert tail is not None
+                self._write(tail, frame, n_events)
+            except OSError as exc:
+                self._refused(exc)
+                return False
             return True
 
     def _new_tail(self) -> None:
@@ -322,9 +424,12 @@ class Spool:
         with self._lock:
             if self._overflow is not None or self._closed:
                 return
-            if self._tail is None or self._roll_tail:
-                self._new_tail()
-            self._overflow = self._create(self._take_next_id(), OVERFLOW)
+            try:
+                if self._tail is None or self._roll_tail:
+                    self._new_tail()
+                self._overflow = self._create(self._take_next_id(), OVERFLOW)
+            except OSError as exc:  # appends to the overflow then return False: counted by the caller
+                self._refused(exc)
 
     def append_overflow(self, key: bytes, value: bytes, n_events: int) -> bool:
         """Append to the open overflow segment (any thread); False when there is none or the cap would be passed."""
@@ -333,7 +438,11 @@ class Spool:
             seg = self._overflow
             if seg is None or self._closed or self._pending_locked() + len(frame) > self.max_bytes:
                 return False
-            self._write(seg, frame)
+            try:
+                self._write(seg, frame, n_events)
+            except OSError as exc:
+                self._refused(exc)
+                return False
             return True
 
     def seal_overflow(self) -> None:
@@ -344,9 +453,12 @@ class Spool:
                 return
             self._overflow = None
             self._seal(seg)
+            if self._tail is not None and self._tail.id < seg.id:
+                self._seal(self._tail)  # readable to its end now; the sender's next append starts a new tail
             self._roll_tail = True
             if seg.size == 0:
                 self._drop_segment(seg)
+            self._advance()
 
     def append_front(self, key: bytes, value: bytes, n_events: int) -> bool:
         """Append to the front segment: data older than everything spooled (failed or purged direct batches).
@@ -362,9 +474,17 @@ class Spool:
                 seg_id = (self._order[0] - 1) if self._order else self._take_next_id()
                 if self._inflight:
                     log.warning("spool %s: front segment opened while frames are in flight", self.directory)
-                self._front = self._create(seg_id, FRONT)
+                try:
+                    self._front = self._create(seg_id, FRONT)
+                except OSError as exc:
+                    self._refused(exc)
+                    return False
                 self._read = None
-            self._write(self._front, frame)
+            try:
+                self._write(self._front, frame, n_events)
+            except OSError as exc:
+                self._refused(exc)
+                return False
             return True
 
     def seal_front(self) -> None:
@@ -386,29 +506,64 @@ class Spool:
 
     def _create(self, seg_id: int, state: str) -> _Segment:
         path = self._path(seg_id)
-        fh = open(path, "ab")  # noqa: SIM115 - closed in _seal / _drop_segment / close
-        seg = _Segment(seg_id, path, 0, state, fh=fh)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, FILE_MODE)
+        seg = _Segment(seg_id, path, os.fstat(fd).st_size, state, fd=fd)
+        self._total += seg.size
         self._segments[seg_id] = seg
         self._order.append(seg_id)
         self._order.sort()
-        self._fsync_dir()
+        try:
+            self._fsync_dir()
+        except OSError as exc:
+            self._refused(exc)
         return seg
 
-    def _write(self, seg: _Segment, frame: bytes) -> None:
-        assert seg.fh is not None
-        seg.fh.write(frame)
-        seg.fh.flush()
+    def _write(self, seg: _Segment, frame: bytes, n_events: int) -> None:
+        """Write ``frame`` to the OS (a process crash loses nothing written); on failure cut the file back, so a
+        frame is either whole or absent (a full disk never leaves a torn frame in the middle of a segment)."""
+        assert seg.fd is not None
+        view, done = memoryview(frame), 0
+        try:
+            while done < len(frame):
+                done += os.write(seg.fd, view[done:])
+        except OSError:
+            try:
+                os.ftruncate(seg.fd, seg.size)
+            except OSError as exc:  # the resync on read and at start-up skips what is left
+                log.error("spool %s: could not cut %s back after a failed write: %s", self.directory,
+                          seg.path.name, exc)
+            raise
         seg.size += len(frame)
         seg.dirty = True
         self._total += len(frame)
+        self._events += n_events
+
+    def _refused(self, exc: OSError) -> None:
+        """Count a file-system refusal; log it at most every 10 s (a full disk refuses every append)."""
+        self.write_errors += 1
+        self.last_error = exc
+        now = time.monotonic()
+        if now - self._error_logged >= 10.0:
+            self._error_logged = now
+            log.error("spool %s: cannot write (%s); %d write(s) refused so far%s", self.directory,
+                      exc.strerror or exc, self.write_errors,
+                      " (disk full)" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "")
+
+    @property
+    def disk_full(self) -> bool:
+        """The last refusal was a full disk or quota (the publisher counts those as ``spool_full``)."""
+        return self.last_error is not None and self.last_error.errno in (errno.ENOSPC, errno.EDQUOT)
 
     def _seal(self, seg: _Segment) -> None:
-        if seg.fh is not None:
+        if seg.fd is not None:
             if seg.dirty:
-                os.fsync(seg.fh.fileno())
+                try:
+                    os.fsync(seg.fd)
+                except OSError as exc:
+                    self._refused(exc)
                 seg.dirty = False
-            seg.fh.close()
-            seg.fh = None
+            os.close(seg.fd)
+            seg.fd = None
         seg.state = SEALED
         if seg is self._tail:
             self._tail = None
@@ -444,10 +599,7 @@ class Spool:
                     return None
                 frame = self._read_at(seg, offset)
                 if frame is None:
-                    log.error("spool %s: unreadable frame in %s at %d; skipping the rest of the segment",
-                              self.directory, seg.path.name, offset)
-                    self._total -= seg.size - offset
-                    seg.size = offset
+                    self._resync(seg, offset)
                     continue
                 entry = SpoolEntry(seg_id, offset, frame.end, frame.key, frame.value, frame.n_events)
                 self._inflight.append(entry)
@@ -470,6 +622,18 @@ class Spool:
             return None
         frame.offset, frame.end = offset, offset + frame.end
         return frame
+
+    def _resync(self, seg: _Segment, offset: int) -> None:
+        """An unreadable frame at ``offset``: continue at the next intact frame of the segment (or its end)."""
+        with open(seg.path, "rb") as f:
+            f.seek(offset)
+            data = f.read(max(0, seg.size - offset))
+        scan = scan_frames(data)
+        nxt = offset + scan.frames[0].offset if scan.frames else seg.size
+        log.error("spool %s: unreadable bytes in %s at %d-%d; skipped", self.directory, seg.path.name, offset, nxt)
+        if seg.start == offset:
+            seg.start = nxt
+        self._read = (seg.id, nxt)
 
     def _close_reader(self) -> None:
         if self._reader is not None:
@@ -503,22 +667,22 @@ class Spool:
     def _advance(self) -> None:
         while self._inflight and self._inflight[0].state == 1:
             e = self._inflight.popleft()
+            self._events -= e.n_events
             seg = self._segments.get(e.seg_id)
             if seg is not None:
                 seg.start = max(seg.start, e.end)
-        # delete fully acknowledged segments at the head
+        # delete fully acknowledged sealed segments at the head; the open tail is kept and appended to until it
+        # reaches segment_bytes (a new file per record would cost a create, a directory fsync and an unlink each)
         while self._order:
             head = self._segments[self._order[0]]
-            if head.start < head.size or any(e.seg_id == head.id for e in self._inflight):
-                break
-            if head.state != SEALED and not (head is self._tail and self._overflow is None):
+            if head.start < head.size or head.state != SEALED or any(e.seg_id == head.id for e in self._inflight):
                 break
             self._drop_segment(head)
 
     def _drop_segment(self, seg: _Segment) -> None:
-        if seg.fh is not None:
-            seg.fh.close()
-            seg.fh = None
+        if seg.fd is not None:
+            os.close(seg.fd)
+            seg.fd = None
         if self._reader is not None and self._reader[0] == seg.id:
             self._close_reader()
         if seg is self._tail:
@@ -539,8 +703,11 @@ class Spool:
             now = time.monotonic()
             if force or now - self._last_fsync >= self.fsync_interval_s:
                 for seg in self._segments.values():
-                    if seg.fh is not None and seg.dirty:
-                        os.fsync(seg.fh.fileno())
+                    if seg.fd is not None and seg.dirty:
+                        try:
+                            os.fsync(seg.fd)
+                        except OSError as exc:
+                            self._refused(exc)
                         seg.dirty = False
                 self._last_fsync = now
             self._write_checkpoint(force=force)
@@ -552,11 +719,18 @@ class Spool:
         now = time.monotonic()
         if not force and now - self._last_ckpt < self.checkpoint_interval_s:
             return
-        tmp = self.directory / "checkpoint.tmp"
-        tmp.write_text(json.dumps({"starts": starts}))
-        os.replace(tmp, self.directory / "checkpoint")
-        self._ckpt_written = starts
         self._last_ckpt = now
+        tmp = self.directory / "checkpoint.tmp"
+        try:
+            _write_private(tmp, json.dumps({"starts": starts}).encode())
+            os.replace(tmp, self.directory / "checkpoint")
+        except OSError as exc:
+            # a full disk: the old checkpoint stays, so a restart may re-send acknowledged frames; they carry
+            # their (producer_id, batch_seq), which consumers skip
+            tmp.unlink(missing_ok=True)
+            self._refused(exc)
+            return
+        self._ckpt_written = starts
 
     def _load_checkpoint(self) -> dict[int, int]:
         try:
@@ -582,10 +756,11 @@ class Spool:
             for seg in list(self._segments.values()):
                 self._seal(seg)
             self._overflow = self._front = self._tail = None
+            self._advance()  # the tail, sealed now, goes too when everything in it is acknowledged
             self._ckpt_written = None
             self._write_checkpoint(force=True)
-            fcntl.flock(self._lock_fh.fileno(), fcntl.LOCK_UN)
-            self._lock_fh.close()
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
 
     # -- helpers -------------------------------------------------------------------------------------------------
 
@@ -600,3 +775,25 @@ class Spool:
             except ValueError:
                 continue
         return ids
+
+
+def _restrict(path: Path, mode: int) -> None:
+    """Tighten ``path`` to ``mode`` (the umask may have made it wider; an existing directory may be)."""
+    try:
+        if os.stat(path).st_mode & 0o777 != mode:
+            os.chmod(path, mode)
+    except OSError as exc:
+        log.warning("spool: cannot set mode %o on %s: %s", mode, path, exc)
+
+
+def _write_private(path: Path, data: bytes, fsync: bool = False) -> None:
+    """Create or replace ``path`` (mode 0600) with ``data``."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+    try:
+        view, done = memoryview(data), 0
+        while done < len(data):
+            done += os.write(fd, view[done:])
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)

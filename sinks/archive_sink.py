@@ -37,7 +37,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from schemas.codec import AvroCodec, DecodeError
 from sinks.archive_store import ArchiveError, ArchiveFull, ArchiveWriter
 from sinks.durable_loop import run_durably
-from sinks.topic_end import end_offsets
+from sinks.topic_end import CommittedOffsets, end_offsets
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,7 @@ class ArchiveSink:
         arrives for ``idle_timeout_s``. ``before_commit`` is a test hook called between the flush and the commit.
         The writer is flushed, not closed (the caller owns it)."""
         consumer = Consumer(self._config)
+        committed = CommittedOffsets(self._config) if until_end else None  # readable while the group rebalances
 
         def on_revoke(c: Consumer, parts: list[TopicPartition]) -> None:
             # Another member takes these partitions: leave nothing half-held.
@@ -152,9 +153,12 @@ class ArchiveSink:
                         commit_offsets=self.commit_offsets, counts=self.stats, stop=stop or threading.Event(),
                         until_end=until_end, idle_timeout_s=idle_timeout_s,
                         on_progress=None if on_progress is None else lambda: on_progress(self.stats),
-                        before_commit=before_commit, batch_size=self.batch_size, poll_timeout_s=self.poll_timeout_s)
+                        before_commit=before_commit, batch_size=self.batch_size, poll_timeout_s=self.poll_timeout_s,
+                        committed=committed)
         finally:
             consumer.close()
+            if committed is not None:
+                committed.close()
         return self.stats
 
     # -- rebuild -------------------------------------------------------------------------------------------------

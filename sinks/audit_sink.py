@@ -39,6 +39,7 @@ from sinks.audit_held import Held, HeldQueue
 from sinks.audit_log import AuditCorruption, AuditLog, AuditTenantOverCap
 from sinks.audit_source import SourceRef
 from sinks.durable_loop import Record, run_durably
+from sinks.topic_end import CommittedOffsets
 
 log = logging.getLogger(__name__)
 
@@ -193,15 +194,19 @@ class AuditSink:
             self._next_retry = time.monotonic() + self.held_retry_s
             self.retry_held()
         consumer = Consumer(self._config)
+        committed = CommittedOffsets(self._config) if until_end else None  # readable while the group rebalances
         try:
             consumer.subscribe([self.topic])
             run_durably(consumer, self.topic, what="audit sink", write=self._write, flush=self.flush,
                         commit_offsets=self._commit_offsets, counts=self.stats, stop=stop or threading.Event(),
                         until_end=until_end, idle_timeout_s=idle_timeout_s,
                         on_progress=None if on_progress is None else lambda: on_progress(self.stats),
-                        before_commit=before_commit, batch_size=self.batch_size, poll_timeout_s=self.poll_timeout_s)
+                        before_commit=before_commit, batch_size=self.batch_size, poll_timeout_s=self.poll_timeout_s,
+                        committed=committed)
         finally:
             consumer.close()
+            if committed is not None:
+                committed.close()
         return self.stats
 
     def _write(self, records: list[Record]) -> None:

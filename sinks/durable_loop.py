@@ -17,7 +17,7 @@ from typing import Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from sinks.topic_end import end_offsets, reached_ends
+from sinks.topic_end import CommittedReader, OffsetsUnavailable, end_offsets, reached_ends
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +52,24 @@ def run_durably(consumer: Consumer, topic: str, *, what: str, write: Callable[[l
                 counts: CommitCounts, stop: threading.Event, until_end: bool = False,
                 idle_timeout_s: float | None = None, on_progress: Callable[[], None] | None = None,
                 before_commit: Callable[[list[TopicPartition]], None] | None = None, batch_size: int = 500,
-                poll_timeout_s: float = 0.5) -> None:
+                poll_timeout_s: float = 0.5, committed: CommittedReader | None = None,
+                settle_timeout_s: float = 180.0) -> None:
     """Loop on the already subscribed ``consumer`` until ``stop`` is set, or (``until_end``) the end offsets seen at
     start are reached, or nothing arrives for ``idle_timeout_s``.
 
     Per batch: ``write(records)``, ``flush()`` (durable), ``commit_offsets(next offsets)`` says what may be
     committed, ``before_commit`` (a test hook) sees it, then the synchronous commit. ``on_progress`` is called about
     once a second. The store is flushed once more at the end, not closed (the caller owns it).
+
+    ``committed`` reads the group's committed offsets for ``until_end`` (see :mod:`sinks.topic_end`); while they
+    cannot be read the loop goes on, saying every 10 s what it waits for, and gives up with a RuntimeError after
+    ``settle_timeout_s`` of failures in a row (a group normally settles within the session timeout).
     """
     ends = end_offsets(consumer, topic) if until_end else None
     positions: dict[int, int] = {}
     last_data = last_progress = time.monotonic()
+    unavailable_since: float | None = None
+    said = 0.0
     while not stop.is_set():
         msgs = consumer.consume(batch_size, timeout=poll_timeout_s)
         records: list[Record] = []
@@ -86,8 +93,26 @@ def run_durably(consumer: Consumer, topic: str, *, what: str, write: Callable[[l
         if on_progress is not None and time.monotonic() - last_progress >= 1.0:
             last_progress = time.monotonic()
             on_progress()
-        if ends is not None and reached_ends(consumer, topic, ends, positions):
-            break
+        if ends is not None:
+            try:
+                if reached_ends(consumer, topic, ends, positions, committed=committed):
+                    break
+                unavailable_since = None
+                now = time.monotonic()
+                if not records and now - last_data >= 5.0 and now - said >= 10.0 and not consumer.assignment():
+                    said = now
+                    log.warning("%s: waiting for the consumer group to assign partitions (after a crash it waits "
+                                "for the dead member's session to time out, session.timeout.ms)", what)
+            except OffsetsUnavailable as exc:
+                now = time.monotonic()
+                unavailable_since = unavailable_since or now
+                if now - unavailable_since > settle_timeout_s:
+                    raise RuntimeError(f"{what}: the consumer group's committed offsets stayed unavailable for "
+                                       f"{settle_timeout_s:.0f} s ({exc}); is the group coordinator up?") from exc
+                if now - said >= 10.0:
+                    said = now
+                    log.warning("%s: waiting for the consumer group's committed offsets (%s); after a crash the "
+                                "group settles once the dead member's session times out", what, exc)
         if idle_timeout_s is not None and time.monotonic() - last_data >= idle_timeout_s:
             break
     flush()

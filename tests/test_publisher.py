@@ -29,6 +29,7 @@ from agentwatch.topics import TopicSpec, ensure_topics
 from producers.normalize import COERCED, INVALID, OK, EventNormalizer
 from producers.publisher import EventPublisher
 from producers.scrub import TRUNCATION_MARKER, Scrubber
+from producers.sharding import partition_of
 from producers.spool import Spool, scan_frames
 from producers.stamp import Stamper
 from schemas.codec import AvroCodec, Decoded
@@ -285,21 +286,55 @@ def test_spool_cap_drops_the_newest_and_counts(tmp_path: Path) -> None:
     pub.close(timeout=2)
 
 
-def test_flush_waits_for_records_the_client_holds_and_close_spools_them(tmp_path: Path) -> None:
+def test_flush_is_false_while_events_wait_in_the_spool_and_close_says_where(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     pub = EventPublisher(UNREACHABLE, "t", spool_dir=tmp_path / "spool", stall_timeout_s=0.3, linger_ms=5)
     stamper = Stamper()
     first = good_events(stamper, 50)
     for e in first:
         pub.publish(e)
-    assert pub.flush(1.0) is False  # handed to the client, which cannot reach Kafka: neither acked nor spooled
+    assert pub.flush(1.0) is False  # on disk, handed to the client, which cannot reach Kafka: not delivered
+    assert pub.stats["spooled"] == 50 and pub.stats["undelivered"] == 50
     later = good_events(stamper, 50)  # the same sessions, later seqs
     for e in later:
         pub.publish(e)
-    wait_for(lambda: pub.stats["spooled"] == 50, 5, "later batches to be spooled")  # the stall was detected
-    assert pub.flush(0.5) is False  # the first 50 are still only in the client's memory
-    pub.close(timeout=1)
-    # the purged first batches went to the spool's front: per session, they still come before the later ones
+    assert pub.flush(0.5) is False
+    with caplog.at_level("WARNING", logger="producers.publisher"):
+        assert pub.close(timeout=1) is False
+    assert f"closed with 100 event(s) not delivered, kept in the spool {tmp_path / 'spool'}" in caplog.text
+    # the disk buffer holds every record in hand-over order: per session, the first ones come first
     assert_exactly_once_in_order(spooled_events(tmp_path / "spool"), {e["event_id"] for e in first + later})
+
+
+def test_an_unusable_spool_starts_degraded_and_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    with caplog.at_level("ERROR", logger="producers.publisher"):
+        pub = EventPublisher(UNREACHABLE, "t", spool_dir=blocker / "spool")  # must not raise
+    assert "running DEGRADED without a disk buffer" in caplog.text
+    assert pub.spool_degraded is not None and pub.stats["spool_degraded"] == 1
+    assert pub.publish(Stamper().stamp("turn_begin"))
+    assert 'agentwatch_producer_spool_degraded{producer_id="' in generate_latest(pub.registry).decode()
+    pub.close(timeout=0.5)
+
+
+def test_drops_are_logged_once_per_interval_with_their_count(tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    pub = EventPublisher(UNREACHABLE, "t", spool_dir=tmp_path / "spool", spool_max_bytes=4_000, linger_ms=1,
+                         batch_max_events=1)
+    with caplog.at_level("WARNING", logger="producers.publisher"):
+        for e in good_events(Stamper(), 300):
+            assert pub.publish(e)
+            time.sleep(0.001)  # many drains, many refused appends
+        pub.flush(0.5)
+    dropped = pub.dropped_by_reason()["spool_full"]
+    lines = [r.getMessage() for r in caplog.records if "reason spool_full" in r.getMessage()]
+    assert dropped > 100 and len(lines) == 1, lines
+    assert f"(spool {tmp_path / 'spool'})" in lines[0]
+    text = generate_latest(pub.registry).decode()
+    assert f'agentwatch_producer_events_dropped_total{{producer_id="{pub.producer_id}",reason="spool_full"}} ' \
+           f'{float(dropped)}' in text
+    pub.close(timeout=0.5)
 
 
 def test_metrics_are_exposed_on_a_private_registry_per_publisher(tmp_path: Path) -> None:
@@ -389,6 +424,47 @@ def test_published_events_arrive_exactly_once_in_session_order(kafka_bootstrap: 
         per_partition[partition].append(d.batch_seq)
     for seqs in per_partition.values():
         assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+
+def test_history_sent_in_bulk_stays_in_event_time_order_per_partition(kafka_bootstrap: str,
+                                                                        make_topic: Callable[..., str]) -> None:
+    topic = make_topic(3)
+    stamper = Stamper()
+    base = 1_700_000_000_000_000
+    events = []
+    for i in range(12_000):  # an hour and more of history from 40 sessions, in event-time order
+        ev = stamper.stamp("tool_complete", {"tool_name": "t", "status": "ok"}, session_id=f"s{i % 40}")
+        ev["event_time"] = base + i * 400_000
+        events.append(ev)
+    with EventPublisher(kafka_bootstrap, topic, buffer_max_events=len(events) + 1) as pub:
+        wait_for(lambda: pub._partitions == 3, 10, "the partition count")
+        gate = GatedSender(pub)
+        assert pub.publish(events[0])
+        gate.entered.wait(5)
+        assert all(pub.publish(e) for e in events[1:])  # one big drain: the shape of a spool replay or a backfill
+        gate.open()
+        assert pub.flush(60)
+    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": f"t-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    codec = AvroCodec()
+    times: dict[int, list[int]] = defaultdict(list)
+    try:
+        consumer.assign([TopicPartition(topic, p, 0) for p in range(3)])
+        n, deadline = 0, time.monotonic() + 60
+        while n < len(events):
+            assert time.monotonic() < deadline
+            for msg in consumer.consume(500, 0.5):
+                if msg.error():
+                    continue
+                assert partition_of(msg.key(), 3) == msg.partition()  # librdkafka agrees with our murmur2
+                batch = codec.decode(msg.value()).events
+                times[msg.partition()].extend(e["event_time"] for e in batch)
+                n += len(batch)
+    finally:
+        consumer.close()
+    assert sum(map(len, times.values())) == len(events)
+    for partition, ts in times.items():
+        assert ts == sorted(ts), f"partition {partition} goes back in event time"
 
 
 def test_bad_events_do_not_poison_their_batch(kafka_bootstrap: str, make_topic: Callable[..., str]) -> None:

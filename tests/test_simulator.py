@@ -583,3 +583,17 @@ def test_simulate_to_kafka_matches_the_truth(kafka_bootstrap: str, make_topic: A
     assert hashlib.sha256(json.dumps(sorted(e["event_id"] for e in consumed)).encode()).hexdigest() == \
         hashlib.sha256(json.dumps(sorted(e["event_id"] for e in small_sim(incidents=[]).events())).encode()
                        ).hexdigest()
+
+
+def test_simulate_exits_non_zero_and_says_where_undelivered_events_are(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    spool = tmp_path / "spool"
+    code = cli_main(["simulate", "--seed", "1", "--tenants", "2", "--duration", "30s", "--fleet-rate", "20",
+                     "--incidents", "none", "--truth", str(tmp_path / "truth.json"), "--bootstrap-servers",
+                     "127.0.0.1:9", "--topic", "t", "--no-create-topic", "--spool-dir", str(spool),
+                     "--flush-timeout", "1", "-q"])
+    err = capsys.readouterr().err
+    assert code == 1
+    generated = json.loads((tmp_path / "truth.json").read_text())["totals"]["events"]
+    assert f"simulate: NOT everything reached Kafka: 0 of {generated:,} events delivered; {generated:,} not " \
+           f"delivered, kept in the spool {spool}" in err

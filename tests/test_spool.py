@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from producers.spool import (
     FRAME_MAGIC,
     HEADER_SIZE,
+    SEQ_BLOCK,
     Spool,
     SpoolEntry,
     SpoolLockedError,
@@ -97,8 +104,9 @@ def test_frames_come_back_in_order_and_acked_segments_are_deleted(tmp_path: Path
     got = drain(spool)
     assert [(e.key, e.value, e.n_events) for e in got] == data
     assert spool.pending_bytes == 0 and spool.is_empty
-    assert segment_files(tmp_path) == []
+    assert len(segment_files(tmp_path)) == 1  # only the open tail, reused until it is full
     spool.close()
+    assert segment_files(tmp_path) == []
 
 
 def test_unacked_frames_survive_a_restart_and_acked_ones_do_not(tmp_path: Path) -> None:
@@ -272,3 +280,116 @@ def test_checkpoint_with_a_bad_offset_re_sends_instead_of_losing(tmp_path: Path)
     spool = Spool(tmp_path)
     assert spool.recovery.frames == 3
     spool.close()
+
+
+# -- permissions, identity, a file system that refuses --------------------------------------------------------------
+
+
+def test_spool_files_are_private_to_the_owner(tmp_path: Path) -> None:
+    directory = tmp_path / "spool"
+    directory.mkdir(mode=0o755)
+    directory.chmod(0o755)  # an operator's wide directory is tightened
+    spool = Spool(directory)
+    spool.identity(None, "p")
+    for key, value, n in frames(3):
+        assert spool.append(key, value, n)
+    spool.sync(force=True)
+    spool.close()
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    files = [p for p in directory.iterdir() if p.is_file()]
+    assert {p.name for p in files} >= {".lock", "checkpoint", "producer"} and segment_files(directory)
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in files} == {p.name: 0o600 for p in files}
+
+
+def test_a_restart_keeps_the_producer_id_and_never_reuses_a_batch_seq(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    pid, first = spool.identity(None, "new-a")
+    assert pid == "new-a"
+    used = first + 5 * SEQ_BLOCK  # far past the first reserved block: a new block is written on the way
+    for seq in range(first, used, SEQ_BLOCK // 2):
+        spool.reserve(seq)
+    spool.close()  # (a SIGKILL leaves the same file: it is written before a sequence is used)
+    again = Spool(tmp_path)
+    pid2, first2 = again.identity(None, "new-b")
+    assert pid2 == "new-a" and first2 > used
+    again.close()
+    other = Spool(tmp_path)
+    assert other.identity("explicit", "new-c")[0] == "explicit"  # an explicit id wins (its own sequence floor)
+    other.close()
+
+
+@given(st.lists(st.integers(min_value=1, max_value=3 * SEQ_BLOCK), min_size=1, max_size=30))
+@settings(max_examples=40, deadline=None)
+def test_sequences_handed_out_stay_below_the_next_start(tmp_path_factory: pytest.TempPathFactory,
+                                                         steps: list[int]) -> None:
+    directory = tmp_path_factory.mktemp("ident")
+    spool = Spool(directory)
+    _, seq = spool.identity(None, "p")
+    for step in steps:
+        seq += step
+        assert spool.reserve(seq) >= seq
+    spool.close()
+    again = Spool(directory)
+    assert again.identity(None, "q")[1] > seq
+    again.close()
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 128 KiB tmpfs (root with mount rights only)."""
+    mnt = tmp_path / "fs"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(mnt)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_full_disk_refuses_whole_frames_and_leaves_no_torn_bytes(tiny_fs: Path) -> None:
+    spool = Spool(tiny_fs / "spool", max_bytes=1 << 30)
+    accepted = []
+    refused = 0
+    for i in range(400):
+        value = bytes([i % 251]) * 1500
+        if spool.append(b"k", value, 1):
+            accepted.append(value)
+        else:
+            refused += 1
+    assert accepted and refused and spool.disk_full and spool.write_errors == refused
+    assert spool.pending_events == len(accepted)
+    got = drain(spool)
+    assert [e.value for e in got] == accepted  # nothing torn in between: every accepted frame reads back
+    spool.close()
+    again = Spool(tiny_fs / "spool")  # starting on a full disk does not raise
+    assert again.recovery.torn_tails == 0 and again.recovery.corrupt_regions == 0
+    again.close()
+
+
+def test_a_read_only_spool_directory_raises_oserror_for_the_publisher_to_degrade(tmp_path: Path) -> None:
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mnt)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a read-only tmpfs here")
+    try:
+        with pytest.raises(OSError):
+            Spool(mnt / "spool")
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_an_ended_overflow_episode_is_readable_without_further_appends(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    assert spool.append(b"k", b"tail", 1)
+    assert [e.value for e in drain(spool)] == [b"tail"]  # acknowledged; the open tail stays for more appends
+    spool.begin_overflow()
+    assert spool.append_overflow(b"k", b"over", 1)
+    assert spool.append(b"k", b"tail2", 1)  # the sender, still before the overflow segment
+    spool.seal_overflow()
+    assert [e.value for e in drain(spool)] == [b"tail2", b"over"]
+    assert spool.pending_events == 0
+    spool.close()
+    assert segment_files(tmp_path) == []

@@ -184,20 +184,32 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     progress.done()
 
     stats: dict[str, int] = {}
+    dropped_by: dict[str, int] = {}
     flushed = True
     if publisher is not None:
         flushed = publisher.flush(args.flush_timeout)
-        publisher.close()
-        stats = publisher.stats
+        flushed = publisher.close() and flushed
+        stats, dropped_by = publisher.stats, publisher.dropped_by_reason()
     truth = sim.ground_truth(args.window, counted=counted)
     truth["params"]["complete"] = not interrupted
     write_json(truth_path, truth)
     print(render_summary(progress, truth, stats, truth_path, time.monotonic() - progress.began))
     if publisher is not None and (progress.dropped or stats.get("dropped") or not flushed):
-        print(f"WARNING: not everything reached Kafka (dropped {stats.get('dropped', progress.dropped)}, "
-              f"flush {'ok' if flushed else 'timed out'}): the truth counts what was generated", file=sys.stderr)
+        print(undelivered_line(progress.sent, stats, dropped_by, args.spool_dir), file=sys.stderr)
         return 1
     return 130 if interrupted else 0
+
+
+def undelivered_line(sent: int, stats: dict[str, int], dropped_by: dict[str, int], spool_dir: str | None) -> str:
+    """The one line that says a run did not deliver everything: how much, where it is, why."""
+    undelivered = stats.get("undelivered", 0)
+    parts = [f"{stats.get('delivered', 0):,} of {sent:,} events delivered"]
+    if undelivered:
+        parts.append(f"{undelivered:,} not delivered" + (f", kept in the spool {spool_dir} (the next publisher on it "
+                                                        "sends them)" if spool_dir else ""))
+    if dropped_by:
+        parts.append("dropped " + ", ".join(f"{n:,} {reason}" for reason, n in sorted(dropped_by.items())))
+    return "simulate: NOT everything reached Kafka: " + "; ".join(parts) + " (the truth counts what was generated)"
 
 
 def render_summary(progress: Progress, truth: dict[str, Any], stats: dict[str, int], truth_path: Path,
@@ -262,7 +274,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add_bootstrap_servers(p)
     add_topic(p, "events", verb="publish to")
     p.add_argument("--no-create-topic", action="store_true", help="do not create the topic when it is missing")
-    p.add_argument("--spool-dir", default=None, help="publisher disk spool while Kafka is away (default: none)")
+    p.add_argument("--spool-dir", default=None, help="publisher disk buffer: every record is on disk until Kafka "
+                   "acknowledges it, so an outage or a crash loses nothing; what is left is sent by the next run "
+                   "(default: none, memory only)")
     p.add_argument("--flush-timeout", type=float, default=60.0,
                    help="seconds to wait for delivery at the end (default 60)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
