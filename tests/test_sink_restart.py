@@ -8,6 +8,7 @@ an ``--until-end`` run is started at once in the same group and must exit 0.
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import subprocess
@@ -50,14 +51,19 @@ def test_an_until_end_run_right_after_a_sigkill_succeeds(kind: str, kafka_bootst
     topic = make_topic(3)
     group = f"restart-{uuid.uuid4().hex[:8]}"
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "AGENTWATCH_AUDIT_HMAC_KEY": KEY}
+    # the audit log is encrypted at rest by default and publishes its signed heads to a witness (here a file)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "AGENTWATCH_AUDIT_HMAC_KEY": KEY,
+           "AGENTWATCH_AUDIT_ENC_KEY": base64.b64encode(bytes(range(32))).decode(),
+           "AGENTWATCH_AUDIT_ANCHORS": f"file:{tmp_path / 'anchors.jsonl'}"}
     for cycle in range(2):  # each restart waits out the session timeout (~45 s)
         publish(kafka_bootstrap, topic, 600)
-        live = subprocess.Popen(sink_cmd(kind, kafka_bootstrap, topic, group, out, until_end=False), env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        log = tmp_path / f"live-{cycle}.log"
+        with open(log, "wb") as log_file:
+            live = subprocess.Popen(sink_cmd(kind, kafka_bootstrap, topic, group, out, until_end=False), env=env,
+                                    stdout=log_file, stderr=subprocess.STDOUT)
         try:
             time.sleep(6)  # joined the group, read and committed what is there
-            assert live.poll() is None, f"the live {kind} sink exited early"
+            assert live.poll() is None, f"the live {kind} sink exited early:\n{log.read_text()[-2000:]}"
         finally:
             live.send_signal(signal.SIGKILL)
             live.wait(10)
