@@ -173,7 +173,9 @@ class WorkerShell:
                              allowed_lateness_s=options.allowed_lateness_s, max_age_s=options.max_event_age_s)
         rules = load_rules(options.rules_file)
         self.merge = MergeStage(options.window_s, options.events_partitions, options.partials_partitions,
-                                RuleEngine(rules), SpikeDetector(load_spike_config(options.rules_file)),
+                                RuleEngine(rules, generator_url=options.generator_url),
+                                SpikeDetector(load_spike_config(options.rules_file),
+                                              generator_url=options.generator_url),
                                 hop_size_s=options.hop_size_s, backfill=options.backfill,
                                 allowed_lateness_s=options.allowed_lateness_s)
         self.metrics_codec = MetricsCodec()
