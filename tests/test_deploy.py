@@ -83,3 +83,51 @@ def test_the_worker_stamps_the_link_on_its_threshold_and_spike_alerts(tmp_path: 
     (alert,) = shell.merge.rules.evaluate(window)
     assert alert.alertname == "ToolFailureRateHigh" and alert.generator_url == url.format(tenant="acme")
     assert alert.as_postable()["generatorURL"] == "http://grafana/d/agentwatch-fleet/agentwatch?var-tenant=acme"
+
+
+@pytest.mark.kafka
+def test_a_worker_run_on_a_real_broker_links_every_alert_to_its_tenant(kafka_bootstrap: str, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Simulated incidents through `agentwatch worker` (a subprocess, AGENTWATCH_GENERATOR_URL from its
+    environment) to the alerts topic: every alert, firing and resolved, carries its own tenant's link."""
+    import uuid
+
+    from conftest import delete_topics
+    from worker_support import US, publish_end_of_input, publish_events, read_alerts, start_worker, wait_until
+
+    from agentwatch.config import TopicNames
+    from agentwatch.topics import default_topics, ensure_topics
+    from producers.incidents import default_incidents
+    from producers.simulator import DEFAULT_START_US, FleetSimulator
+
+    prefix = f"test.genurl.{uuid.uuid4().hex[:10]}"
+    topics = TopicNames(events=f"{prefix}.events", dead_letter=f"{prefix}.dlq", metrics=f"{prefix}.metrics",
+                        alerts=f"{prefix}.alerts", partials=f"{prefix}.partials", late=f"{prefix}.late")
+    settings = Settings(bootstrap_servers=kafka_bootstrap, topics=topics, events_partitions=2,
+                        app_id=f"{prefix}.streams")
+    specs = default_topics(settings)
+    ensure_topics(kafka_bootstrap, specs)
+    names = FleetSimulator(seed=1).tenant_names
+    sim = FleetSimulator(seed=1, duration_s=720, incidents=default_incidents(names, DEFAULT_START_US, 600, 60))
+    events = list(sim.events())
+    truth = sim.ground_truth(60, events=events)
+    expected = {(e["alertname"], e["labels"]["tenant"]) for e in truth["alerts"]["expected"]}
+    publish_events(settings, events)
+    publish_end_of_input(settings, sim.end_us + 600 * US, 2)
+    template = "https://grafana.example/d/agentwatch-fleet/agentwatch?var-tenant={tenant}&alert={alertname}"
+    monkeypatch.setenv("AGENTWATCH_GENERATOR_URL", template)
+    worker = start_worker(settings, tmp_path, "--hop", "0")
+    try:
+        def resolved() -> list | None:
+            alerts = read_alerts(settings)
+            done = {(a.alertname, a.labels["tenant"]) for a in alerts if a.status == "resolved"}
+            return alerts if expected <= done else None
+
+        alerts = wait_until(resolved, 180, alive=[worker])
+    finally:
+        worker.stop()
+        delete_topics(kafka_bootstrap, [s.name for s in specs])
+    assert expected and {(a.alertname, a.labels["tenant"]) for a in alerts} == expected
+    for alert in alerts:
+        link = template.format(tenant=alert.labels["tenant"], alertname=alert.alertname)
+        assert alert.generator_url == link and alert.as_webhook()["generatorURL"] == link, alert
