@@ -84,6 +84,19 @@ def test_the_worker_stamps_the_link_on_its_threshold_and_spike_alerts(tmp_path: 
     assert alert.alertname == "ToolFailureRateHigh" and alert.generator_url == url.format(tenant="acme")
     assert alert.as_postable()["generatorURL"] == "http://grafana/d/agentwatch-fleet/agentwatch?var-tenant=acme"
 
+    # tenant names are free text: the link keeps them one percent-encoded query value
+    (odd,) = shell.merge.rules.evaluate(WindowMetrics(tenant="acme corp&x=1/é", window_start_us=0,
+                                                      window_end_us=60_000_000, tool_calls=100, tool_failures=50))
+    assert odd.generator_url == "http://grafana/d/agentwatch-fleet/agentwatch?var-tenant=acme%20corp%26x%3D1%2F%C3%A9"
+
+
+def test_a_link_template_encodes_every_placeholder_and_keeps_the_rest() -> None:
+    from streams.alerts import link_template
+
+    template = link_template("https://g/d/x?var-tenant={tenant}&var-tool={tool}#{alertname}")
+    assert template is not None and link_template(None) is None
+    assert template.format(tenant="a b", tool="", alertname="X?") == "https://g/d/x?var-tenant=a%20b&var-tool=#X%3F"
+
 
 @pytest.mark.kafka
 def test_a_worker_run_on_a_real_broker_links_every_alert_to_its_tenant(kafka_bootstrap: str, tmp_path: Path,
