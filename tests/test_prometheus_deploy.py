@@ -288,3 +288,56 @@ def test_alertmanager_loads_the_config_and_its_inhibit_rule_mutes_what_it_should
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+PROMETHEUS = shutil.which("prometheus")
+
+
+@pytest.mark.skipif(PROMETHEUS is None, reason="prometheus not installed (apt-get install prometheus)")
+def test_real_prometheus_turns_a_dead_static_target_and_a_lost_kafka_into_alerts(tmp_path):
+    """The real Prometheus, the shipped rules, scraping like deploy/prometheus/prometheus.yml: a static target that
+    does not answer gives up == 0 and AgentwatchPartDown (pending: its `for:` is minutes); a live part that exposes
+    agentwatch_kafka_connected 0 gives AgentwatchKafkaDisconnected; the live part is not down."""
+    from prometheus_client import start_http_server
+
+    registry = CollectorRegistry()
+    Gauge("agentwatch_kafka_connected", "0 while no broker is reachable", ["component"],
+          registry=registry).labels("exporter").set(0)
+    live = _free_port()
+    server, thread = start_http_server(live, "127.0.0.1", registry=registry)
+    dead = _free_port()  # nothing listens here
+    web = _free_port()
+    shipped = yaml.safe_load((PROM / "prometheus.yml").read_text())
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(PROM / "alerts.yml")],
+        "scrape_configs": [
+            {"job_name": "agentwatch-worker", "static_configs": [{"targets": [f"127.0.0.1:{dead}"]}]},
+            {"job_name": "agentwatch-exporter", "static_configs": [{"targets": [f"127.0.0.1:{live}"]}]},
+        ],
+    }
+    assert {j["job_name"] for j in config["scrape_configs"]} <= {j["job_name"] for j in shipped["scrape_configs"]}
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    proc = subprocess.Popen([PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}",
+                             f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{web}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    alerts: set[tuple[str, str, str]] = set()
+    try:
+        deadline = time.monotonic() + 60
+        want = {("AgentwatchPartDown", "agentwatch-worker", "pending"),
+                ("AgentwatchKafkaDisconnected", "agentwatch-exporter", "pending")}
+        while time.monotonic() < deadline and not want <= alerts:
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:] if proc.stderr else ""
+            try:
+                body = _am(f"http://127.0.0.1:{web}/api/v1/query?query=ALERTS")
+                alerts = {(r["metric"]["alertname"], r["metric"]["job"], r["metric"]["alertstate"])
+                          for r in body["data"]["result"]}  # type: ignore[index]
+            except OSError:
+                pass
+            time.sleep(0.5)
+        assert want <= alerts, alerts
+        assert not any(name == "AgentwatchPartDown" and job == "agentwatch-exporter" for name, job, _ in alerts)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        server.shutdown()
