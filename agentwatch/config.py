@@ -295,6 +295,23 @@ class EvidenceSettings:
         return cls(private_keys=tuple(Path(p) for p in parse_list(text)) if text else ())
 
 DEFAULT_OTLP_TRACES_ENDPOINT = "http://localhost:4318/v1/traces"
+# The tenant's view of the shipped Grafana dashboard (deploy/grafana/agentwatch-dashboard.json, uid agentwatch-fleet)
+# on the Grafana of docker-compose.yml.
+DEFAULT_GENERATOR_URL = "http://localhost:3000/d/agentwatch-fleet/agentwatch?var-tenant={tenant}"
+
+
+def parse_generator_url(text: str, *, what: str = "AGENTWATCH_GENERATOR_URL") -> str | None:
+    """An alert link template (``{tenant}``, ``{alertname}``, ``{tool}``) checked now; ``none`` turns links off."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        text.format(tenant="t", alertname="a", tool="")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(f"{what} may use only {{tenant}}, {{alertname}} and {{tool}} (or be none), not {text!r} "
+                          f"({type(exc).__name__}: {exc})") from None
+    if not text.startswith(("http://", "https://")):
+        raise ConfigError(f"{what} must be an http(s) URL template or none, not {text!r}")
+    return text
 
 
 def _env_seconds(name: str, default: float) -> float:
@@ -389,6 +406,8 @@ class Settings:
     evidence: EvidenceSettings = field(default_factory=EvidenceSettings)
 
     traces: TracesSettings = field(default_factory=TracesSettings)
+    # The worker's alerts' generatorURL: a template over {tenant}, {alertname}, {tool}; None: no link.
+    generator_url: str | None = DEFAULT_GENERATOR_URL
 
     def __post_init__(self) -> None:
         if not self.app_id:
@@ -417,6 +436,7 @@ class Settings:
             evidence=EvidenceSettings.from_env(),
 
             traces=TracesSettings.from_env(),
+            generator_url=parse_generator_url(_env("AGENTWATCH_GENERATOR_URL", DEFAULT_GENERATOR_URL)),
         )
 
     def with_(self, **changes: object) -> Settings:

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from enum import Enum
 from functools import cache
 from typing import Any, Literal, TypeAlias
+from urllib.parse import quote
 
 import fastavro
 
@@ -201,6 +202,24 @@ class Alert:
 
 
 AlertTransition: TypeAlias = Alert
+
+
+class LinkTemplate(str):
+    """A ``generatorURL`` template (``{tenant}``, ``{alertname}``, ``{tool}``) that fills its placeholders
+    percent-encoded: tenant and tool names are free text, and ``acme corp&x=1`` must stay one query value.
+
+    The detectors call ``template.format(tenant=..., ...)``; handing them this instead of a plain ``str`` is all it
+    takes, so they need not know about URLs.
+    """
+
+    def format(self, *args: object, **kwargs: object) -> str:
+        return super().format(*(quote(str(a), safe="") for a in args),
+                              **{k: quote(str(v), safe="") for k, v in kwargs.items()})
+
+
+def link_template(template: str | None) -> LinkTemplate | None:
+    """``template`` as a :class:`LinkTemplate` (``None`` stays ``None``: no link)."""
+    return None if template is None else LinkTemplate(template)
 """What the detectors return: an :class:`Alert` record *is* a transition (firing = started, resolved = ended)."""
 
 

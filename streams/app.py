@@ -65,7 +65,7 @@ from schemas.codec import DEFAULT_MAX_RECORD_BYTES, SINGLE_OBJECT_MAGIC, AvroCod
 from schemas.codegen import EncodeError, UnsupportedSchema, compile_schema
 from schemas.contract import strip_logical_types
 from streams import partials as partials_format
-from streams.alerts import AlertCodec
+from streams.alerts import AlertCodec, link_template
 from streams.ingest import DeadLetter, Ingest, Outcome, dead_letter_headers
 from streams.merge import MergeStage, Output, metrics_key
 from streams.metrics_codec import MetricsCodec, schema_json
@@ -173,7 +173,9 @@ class WorkerShell:
                              allowed_lateness_s=options.allowed_lateness_s, max_age_s=options.max_event_age_s)
         rules = load_rules(options.rules_file)
         self.merge = MergeStage(options.window_s, options.events_partitions, options.partials_partitions,
-                                RuleEngine(rules), SpikeDetector(load_spike_config(options.rules_file)),
+                                RuleEngine(rules, generator_url=link_template(options.generator_url)),
+                                SpikeDetector(load_spike_config(options.rules_file),
+                                              generator_url=link_template(options.generator_url)),
                                 hop_size_s=options.hop_size_s, backfill=options.backfill,
                                 allowed_lateness_s=options.allowed_lateness_s)
         self.metrics_codec = MetricsCodec()

@@ -50,6 +50,7 @@ class WorkerOptions:
     session_timeout_s: float = 10.0  # a crashed worker's partitions move after this long (Faust's default is 60 s)
     backfill: bool = False
     rules_file: Path | None = None
+    generator_url: str | None = None  # the alerts' generatorURL template ({tenant}, {alertname}, {tool})
     store: str = "memory://"
     datadir: Path = Path("agentwatch-worker")
     web_port: int | None = None

@@ -45,6 +45,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--backfill", action="store_true",
                         help="reading history: compute everything, but mark alerts backfill=true (never paged)")
     parser.add_argument("--rules", type=Path, help="YAML rules file overriding the packaged defaults")
+    parser.add_argument("--generator-url", type=_generator_url,
+                        help="the alerts' generatorURL (the link in a page): a template over {tenant}, {alertname} "
+                        "and {tool}, or none (default: $AGENTWATCH_GENERATOR_URL, else the tenant's view of the "
+                        "shipped Grafana dashboard on localhost:3000)")
     parser.add_argument("--window", type=int, default=60, help="tumbling window size in seconds (default 60)")
     parser.add_argument("--grace", type=float, default=10.0,
                         help="seconds a window waits for out-of-order events after its end (default 10)")
@@ -84,6 +88,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.set_defaults(func=run)
 
 
+def _generator_url(text: str) -> str:
+    """``--generator-url``: checked like the environment variable; ``""`` stands for none."""
+    from agentwatch.config import ConfigError, parse_generator_url
+
+    try:
+        return parse_generator_url(text, what="--generator-url") or ""
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _partition_counts(bootstrap: str, names: list[str], timeout: float = 15.0) -> dict[str, int | None]:
     admin = AdminClient({"bootstrap.servers": bootstrap})
     md = admin.list_topics(timeout=timeout).topics
@@ -101,7 +115,9 @@ def build_options(args: argparse.Namespace, settings: Settings, events_partition
         late_topic=t.late, events_partitions=events_partitions, partials_partitions=partials_partitions,
         window_s=args.window, grace_s=args.grace, hop_size_s=args.hop or None, backfill=args.backfill,
         allowed_lateness_s=args.allowed_lateness, max_future_s=args.max_future, max_event_age_s=args.max_event_age,
-        rules_file=args.rules, store=args.store, datadir=workdir, web_port=args.web_port,
+        rules_file=args.rules, store=args.store,
+        generator_url=settings.generator_url if args.generator_url is None else args.generator_url or None,
+        datadir=workdir, web_port=args.web_port,
         metrics_port=args.metrics_port, listen_addr=args.listen_addr or settings.listen_addr,
         max_record_bytes=args.max_record_bytes,
         flush_interval_s=args.flush_interval, gc_threshold=args.gc_threshold,
