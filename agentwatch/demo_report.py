@@ -315,7 +315,7 @@ def rate_chart(tenant: str, points: Sequence[WindowPoint], window_s: int, alerts
     x0, x1 = _span(points, window_s, alerts)
     rates = [r for p in points if (r := rate(p)) is not None]
     ax = _Axes(x0, x1, _nice_max(max([*rates, (threshold or 0) * 1.5], default=0.0)))
-    body = _frame(ax, w_us, lambda v: f"{v:.0%}" if ax.ymax >= 0.1 else f"{v:.1%}") + _alert_bands(ax, alerts)
+    body = _frame(ax, w_us, lambda v: f"{v * 100:.3g}%") + _alert_bands(ax, alerts)
     if threshold is not None:
         y = ax.y(threshold)
         body.append(f'<line class="threshold" x1="{_LEFT}" x2="{_W - _RIGHT}" y1="{y:.1f}" y2="{y:.1f}">'

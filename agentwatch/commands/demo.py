@@ -159,7 +159,8 @@ def _wait(what: str, done: Any, services: _Services, timeout_s: float) -> bool:
         state = done()
         elapsed = time.monotonic() - start
         if state is True:
-            print(f"{chr(13) if tty else ''}   {what}: done in {elapsed:.0f}s{' ' * 30}", file=sys.stderr)
+            print(f"\r   {what}: done in {elapsed:.0f}s{' ' * 30}" if tty else f"   {what}: done in {elapsed:.0f}s",
+                  file=sys.stderr)
             return True
         if tty:
             print(f"\r   {what}: {state} ({elapsed:.0f}s)   ", end="", file=sys.stderr, flush=True)
