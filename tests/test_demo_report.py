@@ -186,3 +186,16 @@ def test_worker_progress_line_only_when_there_was_work() -> None:
     assert progress_line(before, before, 30.0) is None
     line = progress_line({**before, "records": 400.0, "events": 16_000.0, "windows": 7.0}, before, 30.0)
     assert line is not None and "300 records" in line and "12,000 events" in line and "10 records/s" in line
+
+
+def test_worker_progress_counts_read_its_own_registry() -> None:
+    from streams.app import progress_counts
+    from streams.telemetry import WorkerTelemetry
+
+    t = WorkerTelemetry()
+    t.records.inc(7)
+    t.events.inc(70)
+    t.windows.labels("tumbling").inc(2)
+    t.windows.labels("hopping").inc(3)
+    t.dead_letters.labels("undecodable").inc()
+    assert progress_counts(t.registry) == {"records": 7, "events": 70, "windows": 5, "alerts": 0, "dead letters": 1}

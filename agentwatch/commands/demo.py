@@ -18,6 +18,7 @@ import argparse
 import base64
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -419,8 +420,13 @@ def _outcome(truth: dict[str, Any], records: list[dict[str, Any]], alerts_file: 
     if "traces" in codes:
         log = (workdir / "logs" / "traces.log").read_text(errors="replace").replace("\r", "\n").splitlines()
         summary = [ln.strip() for ln in log if ln.strip()][-2:]
-        ok = codes["traces"] == 0 and caught.get("traces", False)
-        detail = f"exit {codes['traces']}: " + "; ".join(summary)
+        # The sink's closing line says how many turns it exported: every ended turn of the truth, no more.
+        exported = re.search(r"-> ([\d,]+) turns", " ".join(summary))
+        turns = int(exported.group(1).replace(",", "")) if exported else None
+        true_turns = sum(t["turns"] for t in truth["tenants"].values())
+        ok = codes["traces"] == 0 and caught.get("traces", False) and turns == true_turns
+        detail = f"exit {codes['traces']}, {turns if turns is not None else '?'} of {true_turns:,} turns traced: " \
+            + "; ".join(summary)
         checks.append(Check("traces", ok, detail))
         lines += ["", "traces (agentwatch traces run, OTLP/HTTP):", f"  {'✓' if ok else '✗'}   {detail}"]
     return checks, lines
