@@ -199,3 +199,17 @@ def test_worker_progress_counts_read_its_own_registry() -> None:
     t.windows.labels("hopping").inc(3)
     t.dead_letters.labels("undecodable").inc()
     assert progress_counts(t.registry) == {"records": 7, "events": 70, "windows": 5, "alerts": 0, "dead letters": 1}
+
+
+def test_demo_probes_the_otlp_endpoint_before_starting_the_traces_part() -> None:
+    import socket
+
+    from agentwatch.commands.demo import _unreachable
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        assert _unreachable(f"http://127.0.0.1:{port}/v1/traces") is None
+    why = _unreachable(f"http://127.0.0.1:{port}/v1/traces")
+    assert why is not None and f"127.0.0.1:{port}" in why

@@ -21,9 +21,11 @@ import os
 import re
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -183,6 +185,17 @@ def _traces_endpoint(args: argparse.Namespace, settings: Settings) -> str | None
     return None
 
 
+def _unreachable(url: str, timeout_s: float = 3.0) -> str | None:
+    """Why nothing answers at the URL's host and port (a TCP connect), or None when something does."""
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname or "localhost", port), timeout=timeout_s).close()
+    except OSError as exc:
+        return f"nothing answers at {parts.hostname}:{port} ({exc.strerror or exc})"
+    return None
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4]
     workdir = Path(args.workdir or settings.home / "demo" / run_id).resolve()
@@ -194,6 +207,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     duration_s = args.minutes * 60
     start = datetime.fromtimestamp((time.time() // WINDOW_S) * WINDOW_S - duration_s, tz=UTC)
     traces_endpoint = _traces_endpoint(args, settings)
+    traces_down = _unreachable(traces_endpoint) if traces_endpoint else None
+    if traces_down:  # fail that part now, clearly, rather than after the sink's export retries
+        print(f"demo: the OTLP endpoint {traces_endpoint}: {traces_down}; the demo runs without traces (✗)",
+              file=sys.stderr)
 
     with ExitStack() as stack:
         bootstrap = stack.enter_context(_broker(settings))
@@ -226,7 +243,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         services.start("audit", "audit", "run", "--business-tools", "write_file,replace")
         groups = [("worker", settings.app_id), ("exporter", "agentwatch-exporter"), ("replay", "agentwatch-replay"),
                   ("audit", "agentwatch-audit")]
-        if traces_endpoint:
+        if traces_endpoint and not traces_down:
             # A turn's spans leave once the turn ends (or times out); the settle time is short because the demo's
             # events arrive in order, so the last turns are out before the demo stops.
             services.start("traces", "traces", "run", "--endpoint", traces_endpoint, "--settle", "2")
@@ -270,12 +287,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         codes = services.stop()
         print("   " + ", ".join(f"{name} exit {code}" for name, code in codes.items()), file=sys.stderr)
         checks, text = _outcome(truth, records, alerts_file, workdir, env, codes, caught)
+        if traces_down:
+            checks.append(Check("traces", False, f"not sent: the OTLP endpoint {traces_endpoint}: {traces_down}"))
+            text += ["", "traces (agentwatch traces run, OTLP/HTTP):",
+                     f"  ✗   not sent: {traces_endpoint}: {traces_down}"]
         report_path = workdir / "report.html"
         data = build_report_data(
             records=records, truth=truth, notifications=_notifications(alerts_file),
             replays=_replay_links(workdir), checks=checks, title=f"agentwatch demo {run_id}",
             generated_at=datetime.now(UTC).isoformat(timespec="seconds"),
-            notes=[f"traces sent to {traces_endpoint}" if traces_endpoint else
+            notes=[f"traces sent to {traces_endpoint}" if traces_endpoint and not traces_down else
                    "traces: not sent (set OTEL_EXPORTER_OTLP_ENDPOINT or pass --otlp-endpoint to send them)"])
         report_path.write_text(render_report(data), encoding="utf-8")
         print("\n".join([*text, "", f"Prometheus endpoint http://127.0.0.1:{metrics_port}/metrics (a few series):",
@@ -419,14 +440,16 @@ def _outcome(truth: dict[str, Any], records: list[dict[str, Any]], alerts_file: 
 
     if "traces" in codes:
         log = (workdir / "logs" / "traces.log").read_text(errors="replace").replace("\r", "\n").splitlines()
-        summary = [ln.strip() for ln in log if ln.strip()][-2:]
-        # The sink's closing line says how many turns it exported: every ended turn of the truth, no more.
+        summary = [ln.strip() for ln in log if ln.startswith("traces:") or " spans exported" in ln or " -> " in ln]
+        summary = summary[-3:]
+        # The sink's closing lines say how many turns it assembled (every ended turn of the truth, no more); exit 0
+        # after a clean stop means all of them were exported (a refused export stops it with exit 1).
         exported = re.search(r"-> ([\d,]+) turns", " ".join(summary))
         turns = int(exported.group(1).replace(",", "")) if exported else None
         true_turns = sum(t["turns"] for t in truth["tenants"].values())
         ok = codes["traces"] == 0 and caught.get("traces", False) and turns == true_turns
-        detail = f"exit {codes['traces']}, {turns if turns is not None else '?'} of {true_turns:,} turns traced: " \
-            + "; ".join(summary)
+        got = f"{turns:,}" if turns is not None else "?"
+        detail = f"exit {codes['traces']}, {got} of {true_turns:,} turns exported: " + "; ".join(summary)
         checks.append(Check("traces", ok, detail))
         lines += ["", "traces (agentwatch traces run, OTLP/HTTP):", f"  {'✓' if ok else '✗'}   {detail}"]
     return checks, lines
