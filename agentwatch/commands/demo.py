@@ -440,8 +440,9 @@ def _outcome(truth: dict[str, Any], records: list[dict[str, Any]], alerts_file: 
 
     if "traces" in codes:
         log = (workdir / "logs" / "traces.log").read_text(errors="replace").replace("\r", "\n").splitlines()
-        summary = [ln.strip() for ln in log if ln.startswith("traces:") or " spans exported" in ln or " -> " in ln]
-        summary = summary[-3:]
+        summary = [ln.strip() for ln in log if ln.startswith("traces:")][-1:]  # its error, if it stopped on one
+        for mark in (" spans exported", " -> "):  # its closing counts: records and spans, then turns
+            summary += [ln.strip().split("; ")[0] for ln in log if mark in ln][-1:]
         # The sink's closing lines say how many turns it assembled (every ended turn of the truth, no more); exit 0
         # after a clean stop means all of them were exported (a refused export stops it with exit 1).
         exported = re.search(r"-> ([\d,]+) turns", " ".join(summary))
