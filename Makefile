@@ -8,6 +8,8 @@ STAMP := $(VENV)/.agentwatch-installed
 PIP_FLAGS := --disable-pip-version-check --no-input
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS='-m "not kafka"'` or `PYTEST_ARGS=tests/test_broker.py`.
 PYTEST_ARGS ?=
+# Extra demo arguments, e.g. `make demo DEMO_ARGS='--otlp-endpoint http://127.0.0.1:6006/v1/traces'`.
+DEMO_ARGS ?=
 
 .PHONY: venv demo test lint bench
 
@@ -21,8 +23,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install $(PIP_FLAGS) -q -e '.[test]'
 	touch $@
 
+# The demo exits 1 when any of its checks against the simulator's ground truth fails; its report.html is next to
+# its outputs (the path is its last line).
 demo: venv
-	$(BIN)/agentwatch demo
+	$(BIN)/agentwatch demo $(DEMO_ARGS)
 
 # pytest's exit 5 means it collected no tests: never expected here, so say so (make fails on any non-zero exit).
 test: venv

@@ -80,6 +80,11 @@ FLUSH_BACKOFF = 3.0  # the next flush waits at least this many times the last on
 SAY_EVERY_S = 60.0  # operator lines about late data, at most this often per partition
 WAIT_SAY_AFTER_S = 5.0  # say that the worker waits for an assignment after this long without one ...
 WAIT_SAY_EVERY_S = 10.0  # ... and again this often
+PROGRESS_EVERY_S = 30.0  # a line of progress this often while the worker has work (an idle worker says nothing)
+_PROGRESS_COUNTERS = {"records": "agentwatch_worker_records_total", "events": "agentwatch_worker_events_total",
+                      "windows": "agentwatch_worker_windows_emitted_total",
+                      "alerts": "agentwatch_worker_alerts_emitted_total",
+                      "dead letters": "agentwatch_worker_dead_letters_total"}
 MAX_SEEK_RESTARTS = 3  # refetches starting at the same offset past a hole before the hole is taken as empty
 
 
@@ -226,11 +231,18 @@ class WorkerShell:
         A plain thread, so it speaks even while Faust's event loop is busy recovering tables.
         """
         said_at = 0.0
+        progress_at, counts = time.monotonic(), progress_counts(self.telemetry.registry)
         while True:
             time.sleep(1.0)
             since = self._waiting_since
             if since is None:
                 said_at = 0.0
+                if time.monotonic() - progress_at >= PROGRESS_EVERY_S:
+                    now = progress_counts(self.telemetry.registry)
+                    line = progress_line(now, counts, time.monotonic() - progress_at)
+                    if line:
+                        _say(line)
+                    progress_at, counts = time.monotonic(), now
                 continue
             waited = time.monotonic() - since
             if waited >= WAIT_SAY_AFTER_S and time.monotonic() - said_at >= WAIT_SAY_EVERY_S:
@@ -683,6 +695,27 @@ class WorkerShell:
             return last + 1 >= highwater
         committed = getattr(self.app.consumer, "_committed_offset", {}).get(tp)
         return committed is not None and committed >= highwater
+
+
+def progress_counts(registry: Any) -> dict[str, float]:
+    """The worker's progress counters (summed over their labels) from its metrics registry."""
+    wanted = {sample: name for name, sample in _PROGRESS_COUNTERS.items()}
+    out = dict.fromkeys(_PROGRESS_COUNTERS, 0.0)
+    for metric in registry.collect():
+        for sample in metric.samples:
+            if sample.name in wanted:
+                out[wanted[sample.name]] += sample.value
+    return out
+
+
+def progress_line(now: dict[str, float], before: dict[str, float], seconds: float) -> str | None:
+    """What the worker did since the last line, or None when it read nothing (an idle worker stays quiet)."""
+    read = now.get("records", 0) - before.get("records", 0)
+    if read <= 0:
+        return None
+    delta = ", ".join(f"{now.get(k, 0) - before.get(k, 0):,.0f} {k}" for k in _PROGRESS_COUNTERS)
+    return (f"progress: {delta} in the last {seconds:.0f}s ({read / max(seconds, 1e-9):,.0f} records/s); "
+            f"{now.get('events', 0):,.0f} events, {now.get('windows', 0):,.0f} windows since start")
 
 
 def _say(text: str) -> None:

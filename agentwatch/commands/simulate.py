@@ -55,36 +55,47 @@ class TokenBucket:
 
 @dataclass
 class Progress:
-    """Counts and the periodic stderr line (events sent, rate, ETA by event-time progress)."""
+    """Counts and the periodic stderr line (events sent, rate, ETA by event-time progress).
+
+    On a terminal (``overwrite``) one line redrawn in place every second; otherwise (a log file, a pipe) a plain
+    line every ``every_s`` seconds, so a log never fills with carriage returns.
+    """
 
     start_us: int
     end_us: int
     enabled: bool = True
+    overwrite: bool = field(default_factory=lambda: sys.stderr.isatty())
+    every_s: float = 10.0
     sent: int = 0
     dropped: int = 0
     per_tenant: Counter[str] = field(default_factory=Counter)
     per_type: Counter[str] = field(default_factory=Counter)
     began: float = field(default_factory=time.monotonic)
-    _last_print: float = 0.0
+    _last_print: float = field(default_factory=time.monotonic)
 
     def add(self, ev: dict[str, Any]) -> None:
         self.sent += 1
         self.per_tenant[ev["tenant"]] += 1
         self.per_type[ev["type"]] += 1
 
-    def tick(self, event_time_us: int, force: bool = False) -> None:
-        now = time.monotonic()
-        if not self.enabled or (not force and now - self._last_print < 1.0):
-            return
-        self._last_print = now
+    def line(self, event_time_us: int, now: float) -> str:
         elapsed = max(1e-9, now - self.began)
         frac = min(1.0, max(0.0, (event_time_us - self.start_us) / max(1, self.end_us - self.start_us)))
         eta = f"{elapsed * (1 - frac) / frac:,.0f}s" if frac > 0 else "?"
-        print(f"\r  {self.sent:,} events ({frac:.0%} of event time), {self.sent / elapsed:,.0f} ev/s, ETA {eta}   ",
-              end="", file=sys.stderr, flush=True)
+        return f"{self.sent:,} events ({frac:.0%} of event time), {self.sent / elapsed:,.0f} ev/s, ETA {eta}"
+
+    def tick(self, event_time_us: int, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self.enabled or (not force and now - self._last_print < (1.0 if self.overwrite else self.every_s)):
+            return
+        self._last_print = now
+        if self.overwrite:
+            print(f"\r  {self.line(event_time_us, now)}   ", end="", file=sys.stderr, flush=True)
+        else:
+            print(f"  {self.line(event_time_us, now)}", file=sys.stderr, flush=True)
 
     def done(self) -> None:
-        if self.enabled:
+        if self.enabled and self.overwrite:
             self.tick(self.end_us, force=True)
             print(file=sys.stderr)
 
