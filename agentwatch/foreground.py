@@ -29,11 +29,13 @@ def stop_on_signals(*signals: signal.Signals) -> Iterator[threading.Event]:
 class StatusLine:
     """Progress on stderr, printed only when its text changes (an idle sink says nothing new).
 
-    ``overwrite``: one line redrawn in place (``\\r``); otherwise each new text on a line of its own.
+    ``overwrite``: one line redrawn in place (``\\r``); otherwise each new text on a line of its own. By default
+    it redraws only on a terminal: a ``\\r`` written into a log file (the demo's, a service's) makes one line of
+    every status the sink ever showed.
     """
 
-    def __init__(self, overwrite: bool = True) -> None:
-        self.overwrite = overwrite
+    def __init__(self, overwrite: bool | None = None) -> None:
+        self.overwrite = sys.stderr.isatty() if overwrite is None else overwrite
         self.shown = ""
 
     def show(self, text: str) -> None:

@@ -27,7 +27,7 @@ def test_iso_times_are_utc_unless_they_say_otherwise():
 
 
 def test_the_status_line_is_printed_only_when_it_changes(capsys):
-    line = StatusLine()
+    line = StatusLine(overwrite=True)
     for text in ("1 records", "1 records", "2 records"):
         line.show(text)
     assert capsys.readouterr().err == "\r  1 records\r  2 records"
@@ -35,6 +35,13 @@ def test_the_status_line_is_printed_only_when_it_changes(capsys):
     for text in ("a", "a", "b", "a"):
         lines.show(text)
     assert capsys.readouterr().err == "  a\n  b\n  a\n"
+
+
+def test_the_status_line_redraws_in_place_only_on_a_terminal(capsys):
+    line = StatusLine()  # pytest's captured stderr is not a terminal
+    line.show("1 records")
+    line.show("2 records")
+    assert capsys.readouterr().err == "  1 records\n  2 records\n"
 
 
 def test_a_signal_sets_the_stop_event_and_the_old_handler_comes_back():
