@@ -3,8 +3,9 @@
 py-spy's flame graphs show where time goes but not as a table one can paste into a README; this reads
 ``py-spy record --format raw`` output (one ``frame;frame;...;leaf count`` line per distinct stack) and prints the
 frames with the most samples as the leaf (self) and anywhere on the stack (total, a frame counted once per
-stack). ``--process`` keeps only stacks whose first frame (py-spy's ``process <pid>:"<command line>"`` with
-``--subprocesses``) contains that text. Idle time is not sampled unless py-spy was given ``--idle``::
+stack). ``--process`` keeps only stacks whose own process line (py-spy's ``process <pid>:"<command line>"`` with
+``--subprocesses``; a child's stack starts with its ancestors' lines, then its own) contains that text.
+Idle time is not sampled unless py-spy was given ``--idle``::
 
     py-spy record --subprocesses --rate 200 --format raw -o /tmp/worker.txt -- \\
         .venv/bin/python bench/bench_worker.py --only worker --repeat 1
@@ -39,12 +40,11 @@ def top_frames(lines: list[str], process: str | None) -> tuple[Counter[str], Cou
         if not stack or not count.isdigit():
             continue
         frames = stack.split(";")
-        if process is not None:
-            if not frames or process not in frames[0]:
-                continue
-        if frames and frames[0].startswith("process "):
-            frames = frames[1:]
-        frames = [f for f in frames if not f.startswith("thread ")]
+        # with --subprocesses a child's stack starts with its ancestors' process lines, then its own
+        procs = [f for f in frames if f.startswith("process ")]
+        if process is not None and (not procs or process not in procs[-1]):
+            continue
+        frames = [f for f in frames if not f.startswith(("process ", "thread "))]
         if not frames:
             continue
         n = int(count)
