@@ -292,6 +292,26 @@ def test_buffer_full_with_a_spool_writes_overflow_in_order(tmp_path: Path) -> No
     assert_exactly_once_in_order(spooled_events(tmp_path / "spool"), {e["event_id"] for e in events})
 
 
+def test_captures_overflowing_into_the_spool_are_completed_by_the_caller_in_order(tmp_path: Path) -> None:
+    """Buffer full with a spool: the caller writes the event itself, so it completes a capture itself too."""
+    pub = EventPublisher(UNREACHABLE, "t", spool_dir=tmp_path / "spool", buffer_max_events=20, stall_timeout_s=0.2)
+    gate = GatedSender(pub)
+    stamper = DeferredStamper(tenant="acme")
+    captures = [stamper.stamp("tool_complete", {"tool_name": "grep", "payload": {"i": i}}, session_id=f"s{i % 4}")
+                for i in range(200)]
+    assert pub.publish(captures[0])
+    gate.entered.wait(5)
+    assert all(pub.publish(c) for c in captures[1:])
+    assert pub.stats["spooled"] == 200 - 21
+    gate.open()
+    pub.close(timeout=1)
+    assert (pub.stats["enqueued"], pub.stats["spooled"], pub.stats["dropped"]) == (200, 200, 0)
+    events = spooled_events(tmp_path / "spool")
+    assert_exactly_once_in_order(events, {e["event_id"] for e in events})
+    assert sorted(json.loads(e["payload"])["i"] for e in events) == list(range(200))
+    assert {e["tenant"] for e in events} == {"acme"}
+
+
 def test_spool_cap_drops_the_newest_and_counts(tmp_path: Path) -> None:
     pub = EventPublisher(UNREACHABLE, "t", spool_dir=tmp_path / "spool", buffer_max_events=10,
                          spool_max_bytes=20_000, stall_timeout_s=0.2)
