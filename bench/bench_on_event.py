@@ -13,7 +13,8 @@ Two call patterns, each timed per call with ``perf_counter_ns``:
 
 Measured: stamp + publish, capture + publish (:meth:`producers.stamp.Stamper.capture`: the agent's thread takes
 time, order and context only, the publisher's sender thread completes the stamp), the bridge's ``on_event`` as
-built by default, and the bridge built with ``stamper=DeferredStamper(...)`` (capture instead of stamp).
+built by default, the bridge built with ``stamper=DeferredStamper(...)`` (capture instead of stamp), and the
+bridge's mapping alone (``producers.mapping.fields_from_agentao``, which ``on_event`` runs before the stamp).
 
 Goal (issue 13, goal 4): paced p50 <= 10 µs, p99 <= 50 µs. No assertions: the figures and the ratio to the baseline are
 printed. Usage::
@@ -189,6 +190,12 @@ def main() -> int:
                                       ("bridge on_event, deferred stamp", DeferredStamper(tenant="acme"))):
             bridge = AgentaoBridge(publisher, tenant="acme", session_id="bench-session", stamper=bridge_stamper)
             bridge_calls[label] = lambda i, b=bridge: b.on_event(agentao_events[i])
+        from producers.mapping import fields_from_agentao
+
+        # the bridge's mapping alone (what on_event does before the stamp), to show what is left on the agent's
+        # thread once the stamp is deferred
+        bridge_calls["bridge mapping alone"] = lambda i: fields_from_agentao(
+            agentao_events[i].type.value, agentao_events[i].data, None, defer=True)
     except Exception as exc:  # another module's API may move; the measurements above still stand
         print(f"(bridge not measured: {type(exc).__name__}: {exc})")
 
