@@ -1,7 +1,11 @@
 """Stamping: turn "something happened" into a complete AgentEvent dict, cheaply, on the agent's thread.
 
 Agentao's events carry no id, time, session, turn or sequence (see the reference, §10), so the host adds them at
-the moment of the callback. Everything here runs inline in ``on_event`` and is kept to plain dict building:
+the moment of the callback. A stamp has two halves: :meth:`Stamper.capture` takes what only the calling thread at
+that moment can know (time, the session's next ``seq``, the bound context, the current span) into a tuple, and
+:meth:`Stamper.complete` turns it into the event dict. ``stamp()`` does both inline; handing the capture to
+:class:`producers.publisher.EventPublisher` instead (or using :class:`DeferredStamper`) leaves the completion to
+its sender thread, so the agent's thread pays for the capture only. Both halves are kept to plain building:
 
 * ``event_id`` is a version-4 UUID in hex, drawn from a private ``random.Random`` seeded from ``os.urandom`` and
   re-seeded in every forked child. ``uuid.uuid4()`` costs ~4 µs here (one ``getrandom`` syscall plus a UUID
