@@ -1,11 +1,11 @@
-"""One streams worker's throughput against the Python ceiling and Quix Streams, on the same topic in the same run.
+"""One streams worker's throughput against the Python ceiling, Quix Streams, Bytewax and Pathway, same topic, same run.
 
 Workload: ``--events`` AgentEvents (default 300,000; synthetic, 20 tenants, 30 tools, one hour of event time, or
 ``--source simulator`` for the fleet simulator's richer events), published once to a fresh topic of
 ``--partitions`` partitions as ``AgentEventBatch`` records of ``--batch`` events, grouped per partition in
 event-time order (``AvroCodec.encode_batch``, produced to an explicit partition: the publisher's layout), then one
-end-of-input record per partition far past the data so every window closes. Each consumer reads the whole topic
-with a fresh consumer group:
+end-of-input record per partition far past the data so every window closes. The bench keeps the ground truth:
+events per (tenant, 1-minute window). Each consumer reads the whole topic with a fresh consumer group:
 
 * **bare loop** (the Python ceiling): confluent-kafka ``consume(1000)`` + ``AvroCodec.decode`` + a dict counter
   per (tenant, 1-minute window, type). Clock: first record received -> last event counted.
@@ -13,17 +13,25 @@ with a fresh consumer group:
   detection, changelog writes), fresh output topics and changelogs. Clock: from the last scrape of its own
   Prometheus counter ``agentwatch_worker_events_total`` that still read 0 (start-up and group join excluded) to
   the timestamp of the last tumbling window on the metrics topic (end to end), and to the counter reaching N
-  (stage 1 alone). The metrics topic is then read back: its windows must hold exactly N events.
-* **Quix Streams** (``bench/quix_baseline.py``, in its own venv ``bench/.venv-quix``, created on first use from
-  ``bench/requirements-quix.txt``): decode, explode, event-time timestamps, ``group_by`` tenant, 1-minute tumbling
-  window count. Clock: first record decoded -> last event counted into its window (``current()``; why not
-  ``final()`` is in that file's docstring). That leaves out emitting final windows, so it flatters Quix a little.
+  (stage 1 alone). The metrics topic is then read back: every window must equal the ground truth.
+* **workers** (scale-out; not in the default ``--only``): ``--workers`` worker processes in one group, on a topic
+  of their own published to once every process owns events partitions; same clock and check, counters summed.
+* **Quix Streams** (``bench/quix_baseline.py``): decode, explode, event-time timestamps, ``group_by`` tenant,
+  1-minute tumbling window count. Clock: first record decoded -> last event counted into its window
+  (``current()``; why not ``final()`` is in that file's docstring). That leaves out emitting final windows, so it
+  flatters Quix a little. Checked by its total only.
+* **Bytewax** (``bench/bytewax_baseline.py``) and **Pathway** (``bench/pathway_baseline.py``): the same counting
+  with each engine's own Kafka reader and event-time tumbling windows, run to the end of the topic so every window
+  is final; their per-window counts are checked against the ground truth.
 
-Goals (issue 3, section 8): worker >= 30,000 events/s, >= 0.3x the bare loop, >= 1.5x Quix Streams. The machine
-is shared and noisy: each consumer runs ``--repeat`` times (one after another, never at once) and the best and
-median are printed, with the ratios of the best. No assertions::
+Each peer runs in its own venv ``bench/.venv-<peer>``, created on first use from ``bench/requirements-<peer>.txt``.
+Goals (issue 13, goal 1): worker >= 140,000 events/s, >= 0.55x the bare loop, >= 5x Quix Streams, ahead of
+Bytewax and Pathway. The machine is shared and noisy: each consumer runs ``--repeat`` times (one after another,
+never at once) and the best and median are printed, and every ratio best over best and per round. No assertions::
 
     KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:19092 .venv/bin/python bench/bench_worker.py
+    KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:19092 .venv/bin/python bench/bench_worker.py --partitions 4 \
+        --only bare,worker,workers
     .venv/bin/python -m agentwatch.broker -- .venv/bin/python bench/bench_worker.py --repeat 3
 """
 
