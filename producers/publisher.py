@@ -7,7 +7,9 @@ callback delays the turn by exactly its duration. So the design splits the work:
   path: one ``len()``, one compare, one ``append`` (~0.15 µs; ``deque.append`` and ``len`` are single C calls,
   atomic under the GIL; ``queue.SimpleQueue.put`` + ``qsize`` measured the same, and the deque also lets the
   sender pop without a lock). No counter is touched: "enqueued" is derived as popped + depth. It never raises:
-  anything unexpected is counted as dropped (reason ``internal``) and ``False`` is returned.
+  anything unexpected is counted as dropped (reason ``internal``) and ``False`` is returned. It also takes a
+  :meth:`producers.stamp.Stamper.capture` (a tuple) instead of a dict: the sender then finishes the stamp (event
+  id, the dict, the traceparent text), so the agent's thread only captures time, order and context.
 * One daemon sender thread does everything else: validation and coercion (:mod:`producers.normalize`), the
   :class:`~producers.scrub.Scrubber` (default on), encoding each event's Avro body right after (while the dict is
   still in the CPU cache; an event the encoder refuses is dropped alone as ``invalid``), grouping the bodies per
@@ -107,6 +109,15 @@ _OVERFLOW_SEQ_GAP = 1 << 32
 
 
 _raw_warned = False
+
+
+def _complete(captured: tuple) -> Any:
+    """The event of a :meth:`producers.stamp.Stamper.capture` (its first item is the stamper); whatever it cannot
+    complete is returned as is, for the normalizer to refuse and count (``invalid``)."""
+    try:
+        return captured[0].complete(captured)
+    except Exception:
+        return captured
 
 
 def _warn_raw_once() -> None:
@@ -291,6 +302,8 @@ class EventPublisher:
             self._drop("buffer_full", 1)
             return False
         counters: dict[str, int] = {}
+        if event.__class__ is tuple:
+            event = _complete(event)
         clean, status = self._normalizer.normalize(event, counters)
         if clean is None:
             self._drop("invalid", 1)
@@ -568,6 +581,8 @@ class EventPublisher:
         for _ in range(n):
             event = popleft()
             self._popped += 1  # per event, so "enqueued" (popped + depth) stays exact while a drain runs
+            if event.__class__ is tuple:  # a Stamper.capture: the stamp is finished here, off the agent's thread
+                event = _complete(event)
             clean, status = normalize(event, counters)
             if clean is None:
                 invalid += 1

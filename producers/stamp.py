@@ -1,7 +1,11 @@
 """Stamping: turn "something happened" into a complete AgentEvent dict, cheaply, on the agent's thread.
 
 Agentao's events carry no id, time, session, turn or sequence (see the reference, §10), so the host adds them at
-the moment of the callback. Everything here runs inline in ``on_event`` and is kept to plain dict building:
+the moment of the callback. A stamp has two halves: :meth:`Stamper.capture` takes what only the calling thread at
+that moment can know (time, the session's next ``seq``, the bound context, the current span) into a tuple, and
+:meth:`Stamper.complete` turns it into the event dict. ``stamp()`` does both inline; handing the capture to
+:class:`producers.publisher.EventPublisher` instead (or using :class:`DeferredStamper`) leaves the completion to
+its sender thread, so the agent's thread pays for the capture only. Both halves are kept to plain building:
 
 * ``event_id`` is a version-4 UUID in hex, drawn from a private ``random.Random`` seeded from ``os.urandom`` and
   re-seeded in every forked child. ``uuid.uuid4()`` costs ~4 µs here (one ``getrandom`` syscall plus a UUID
@@ -138,6 +142,11 @@ def _now_us() -> int:
     return time.time_ns() // 1000
 
 
+#: What :meth:`Stamper.capture` returns: ``(stamper, type, fields, event time, session id, seq, bound context,
+#: span, turn id, user id, tenant, agent name, child task id)``; :meth:`Stamper.complete` makes the event of it.
+Captured = tuple
+
+
 class Stamper:
     """Creates complete AgentEvent dicts; thread-safe (see the module docstring for how)."""
 
@@ -161,18 +170,30 @@ class Stamper:
         The envelope keys (event_id, schema_version, event_time, producer_time, tenant, session_id, seq, type)
         always come from the stamper; ``fields`` cannot override them. ``payload`` may be a dict (serialised
         later, on the publisher's sender thread: do not mutate it after the call) or a JSON object text.
+        Same as ``complete(capture(...))``: one code path, so a deferred event equals an immediate one.
         """
-        b_tenant, b_session, b_user, b_service, b_agent = _bound.get()
+        return self.complete(self.capture(type, fields, session_id=session_id, turn_id=turn_id, user_id=user_id,
+                                          tenant=tenant, agent_name=agent_name, child_task_id=child_task_id,
+                                          event_time_us=event_time_us))
+
+    def capture(self, type: str, fields: dict[str, Any] | None = None, *, session_id: str | None = None,
+                turn_id: str | None = None, user_id: str | None = None, tenant: str | None = None,
+                agent_name: str | None = None, child_task_id: str | None = None,
+                event_time_us: int | None = None) -> Captured:
+        """What must be taken on the caller's thread, at the moment of the event, and nothing else.
+
+        That is the time, the session's next ``seq`` (its order), the bound context and the current span (both
+        context-local: another thread sees other values). The rest of the stamp (the event id, the dict, the
+        ``traceparent`` text, the defaults) is :meth:`complete`'s, which :class:`producers.publisher.EventPublisher`
+        runs on its sender thread when handed a capture. A capture is a plain tuple whose first item is this
+        stamper (a tuple is the cheapest object to build: ~0.3 µs against ~1.8 µs for the whole stamp, and far
+        less code on a cold cache, which is what an agent emitting every few hundred µs has). ``fields`` is held
+        by reference: do not mutate it after the call.
+        """
         f = fields if fields is not None else _NO_FIELDS
+        bound = _bound.get()
         if session_id is None:
-            session_id = f.get("session_id") or b_session or self.default_session_id
-        if tenant is None:
-            tenant = f.get("tenant") or b_tenant or self._tenant
-        if user_id is None:
-            user_id = f.get("user_id", b_user)
-        if agent_name is None:
-            agent_name = f.get("agent_name", b_agent)
-        service = f.get("service") or b_service or self._service
+            session_id = f.get("session_id") or bound[1] or self.default_session_id
         counter = self._seqs.get(session_id)
         if counter is None:
             with self._lock:
@@ -183,11 +204,25 @@ class Stamper:
             now = time.time_ns() // 1000
         else:
             now = self._clock_us()
+        span = _current_span() if _current_span is not None and f.get("traceparent") is None else None
+        return (self, type, f, now, session_id, next(counter), bound, span, turn_id, user_id, tenant, agent_name,
+                child_task_id)
+
+    def complete(self, captured: Captured) -> dict[str, Any]:
+        """The event dict of a :meth:`capture` (any thread; ``captured[0]`` is the stamper that took it)."""
+        (_, type, f, now, session_id, seq, bound, span, turn_id, user_id, tenant, agent_name,
+         child_task_id) = captured
+        b_tenant, _, b_user, b_service, b_agent = bound
+        if tenant is None:
+            tenant = f.get("tenant") or b_tenant or self._tenant
+        if user_id is None:
+            user_id = f.get("user_id", b_user)
+        if agent_name is None:
+            agent_name = f.get("agent_name", b_agent)
+        service = f.get("service") or b_service or self._service
         traceparent = f.get("traceparent")
-        if traceparent is None and _current_span is not None:
-            span = _current_span()
-            if span is not None:
-                traceparent = _traceparent_of(span)
+        if traceparent is None and span is not None:
+            traceparent = _traceparent_of(span)
         # What ``{**f, "event_id": ..., ...}`` gives (same keys, same order: f's, then the envelope's), at half
         # the cost: that form builds the envelope as a second dict and merges it.
         event = f.copy() if f.__class__ is dict else dict(f)
@@ -197,7 +232,7 @@ class Stamper:
         event["producer_time"] = now
         event["tenant"] = tenant
         event["session_id"] = session_id
-        event["seq"] = next(counter)
+        event["seq"] = seq
         event["type"] = type
         event["user_id"] = user_id
         event["service"] = service
@@ -218,3 +253,17 @@ class Stamper:
     @property
     def session_count(self) -> int:
         return len(self._seqs)
+
+
+class DeferredStamper(Stamper):
+    """A Stamper whose :meth:`stamp` returns a :meth:`~Stamper.capture`, for callers that hand every event straight
+    to :meth:`producers.publisher.EventPublisher.publish` (the Agentao bridge: ``AgentaoBridge(...,
+    stamper=DeferredStamper(...))``): the publisher completes it on its sender thread, so the agent's thread pays
+    for the capture only. Not for a caller that reads the event it stamped (it gets a tuple, not a dict)."""
+
+    def stamp(self, type: str, fields: dict[str, Any] | None = None, *, session_id: str | None = None,  # type: ignore[override]
+              turn_id: str | None = None, user_id: str | None = None, tenant: str | None = None,
+              agent_name: str | None = None, child_task_id: str | None = None,
+              event_time_us: int | None = None) -> Captured:
+        return self.capture(type, fields, session_id=session_id, turn_id=turn_id, user_id=user_id, tenant=tenant,
+                            agent_name=agent_name, child_task_id=child_task_id, event_time_us=event_time_us)

@@ -31,7 +31,7 @@ from producers.publisher import EventPublisher
 from producers.scrub import TRUNCATION_MARKER, Scrubber
 from producers.sharding import partition_of
 from producers.spool import Spool, scan_frames
-from producers.stamp import Stamper
+from producers.stamp import DeferredStamper, Stamper
 from schemas.codec import AvroCodec, Decoded
 
 UNREACHABLE = "127.0.0.1:9"
@@ -244,6 +244,25 @@ def test_publish_never_raises_and_bad_events_are_counted(tmp_path: Path) -> None
     assert sorted(e["event_id"] for e in spooled_events(tmp_path / "spool")) == sorted(e["event_id"] for e in good)
 
 
+def test_captures_are_completed_on_the_sender_and_a_broken_one_is_counted(tmp_path: Path) -> None:
+    """A Stamper.capture handed to publish is stamped by the sender thread; one that cannot be completed is dropped
+    as invalid, never raised, and its batch goes on."""
+    pub = EventPublisher(UNREACHABLE, "t", spool_dir=tmp_path / "spool", stall_timeout_s=0.2)
+    stamper = DeferredStamper(tenant="acme", service="svc")
+    captures = [stamper.stamp("tool_complete", {"tool_name": "read_file", "status": "ok", "payload": {"i": i}},
+                              session_id="s", turn_id="t") for i in range(5)]
+    results = [pub.publish(c) for c in captures[:2]] + [pub.publish((object(), "x")), pub.publish(())]
+    results += [pub.publish(c) for c in captures[2:]]
+    assert all(isinstance(r, bool) for r in results)
+    pub.close(timeout=1)
+    assert pub.dropped_by_reason() == {"invalid": 2}
+    events = spooled_events(tmp_path / "spool")
+    assert [(e["session_id"], e["seq"], e["tenant"], e["service"], e["turn_id"]) for e in events] == [
+        ("s", i, "acme", "svc", "t") for i in range(1, 6)]
+    assert [json.loads(e["payload"])["i"] for e in events] == list(range(5))
+    assert len({e["event_id"] for e in events}) == 5
+
+
 def test_buffer_full_without_a_spool_drops_the_newest_and_returns_false() -> None:
     pub = EventPublisher(UNREACHABLE, "t", buffer_max_events=20)
     gate = GatedSender(pub)
@@ -271,6 +290,26 @@ def test_buffer_full_with_a_spool_writes_overflow_in_order(tmp_path: Path) -> No
     stats = pub.stats
     assert (stats["enqueued"], stats["spooled"], stats["dropped"]) == (300, 300, 0)
     assert_exactly_once_in_order(spooled_events(tmp_path / "spool"), {e["event_id"] for e in events})
+
+
+def test_captures_overflowing_into_the_spool_are_completed_by_the_caller_in_order(tmp_path: Path) -> None:
+    """Buffer full with a spool: the caller writes the event itself, so it completes a capture itself too."""
+    pub = EventPublisher(UNREACHABLE, "t", spool_dir=tmp_path / "spool", buffer_max_events=20, stall_timeout_s=0.2)
+    gate = GatedSender(pub)
+    stamper = DeferredStamper(tenant="acme")
+    captures = [stamper.stamp("tool_complete", {"tool_name": "grep", "payload": {"i": i}}, session_id=f"s{i % 4}")
+                for i in range(200)]
+    assert pub.publish(captures[0])
+    gate.entered.wait(5)
+    assert all(pub.publish(c) for c in captures[1:])
+    assert pub.stats["spooled"] == 200 - 21
+    gate.open()
+    pub.close(timeout=1)
+    assert (pub.stats["enqueued"], pub.stats["spooled"], pub.stats["dropped"]) == (200, 200, 0)
+    events = spooled_events(tmp_path / "spool")
+    assert_exactly_once_in_order(events, {e["event_id"] for e in events})
+    assert sorted(json.loads(e["payload"])["i"] for e in events) == list(range(200))
+    assert {e["tenant"] for e in events} == {"acme"}
 
 
 def test_spool_cap_drops_the_newest_and_counts(tmp_path: Path) -> None:
@@ -424,6 +463,37 @@ def test_published_events_arrive_exactly_once_in_session_order(kafka_bootstrap: 
         per_partition[partition].append(d.batch_seq)
     for seqs in per_partition.values():
         assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+
+def test_captured_events_arrive_exactly_once_in_session_order(kafka_bootstrap: str,
+                                                             make_topic: Callable[..., str]) -> None:
+    """The agent-thread fast path (capture + publish, stamped on the sender) delivers what stamp + publish does."""
+    topic = make_topic(2)
+    stamper = DeferredStamper(tenant="acme", service="svc")
+    lock = threading.Lock()
+    with EventPublisher(kafka_bootstrap, topic, shards=8, linger_ms=20) as pub:
+        def agent(k: int) -> None:
+            for i in range(1000):
+                with lock:  # hand-over order = seq order per session (see the test above)
+                    assert pub.publish(stamper.stamp("llm_call_completed", {"model": "m", "prompt_tokens": i},
+                                                     session_id=f"s{(k + i) % 7}", event_time_us=1_000 + i))
+
+        threads = [threading.Thread(target=agent, args=(k,)) for k in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert pub.flush(30)
+        stats = pub.stats
+    assert (stats["enqueued"], stats["delivered"], stats["dropped"]) == (2000, 2000, 0)
+    events = events_of(consume_all(kafka_bootstrap, topic))
+    assert len(events) == 2000 and len({e["event_id"] for e in events}) == 2000
+    last: dict[str, int] = defaultdict(int)
+    for e in events:
+        assert e["seq"] == last[e["session_id"]] + 1 and e["tenant"] == "acme" and e["model"] == "m"
+        last[e["session_id"]] = e["seq"]
+    assert sum(last.values()) == 2000
+    assert sorted(e["prompt_tokens"] for e in events) == sorted(list(range(1000)) * 2)
 
 
 def test_history_sent_in_bulk_stays_in_event_time_order_per_partition(kafka_bootstrap: str,

@@ -9,9 +9,18 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from producers.sharding import shard_key, shard_of
-from producers.stamp import Stamper, bind_context, bound_context, current_traceparent, new_event_id
+from producers.stamp import (
+    DeferredStamper,
+    Stamper,
+    bind_context,
+    bound_context,
+    current_traceparent,
+    new_event_id,
+)
 from schemas import contract
 from schemas.codec import AvroCodec
 
@@ -147,3 +156,58 @@ def test_shard_keys_are_stable_crc32_not_python_hash() -> None:
     assert shard_key("session-1", 64) == b"%03d" % (0x23C0BE2E % 64)
     assert {shard_key(f"s{i}", 8) for i in range(1000)} == {b"%03d" % i for i in range(8)}
     assert shard_key("ünïcode-🙂", 64) == shard_key("ünïcode-🙂", 64)
+
+
+# -- capture on the agent's thread, complete on the sender's ---------------------------------------------------------
+
+_name = st.none() | st.text(min_size=1, max_size=6)
+_FIELD_KEYS = ("tenant", "session_id", "user_id", "agent_name", "service", "turn_id", "child_task_id",
+               "traceparent", "tool_name", "event_id", "seq")
+
+
+def _without_id(ev: dict) -> dict:
+    return {k: v for k, v in ev.items() if k != "event_id"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(fields=st.none() | st.dictionaries(st.sampled_from(_FIELD_KEYS), _name),
+       args=st.fixed_dictionaries({}, optional={k: _name for k in ("session_id", "turn_id", "user_id", "tenant",
+                                                                    "agent_name", "child_task_id")}),
+       bound=st.fixed_dictionaries({}, optional={k: _name for k in ("tenant", "session_id", "user_id", "service",
+                                                                     "agent_name")}),
+       time_us=st.none() | st.integers(min_value=0, max_value=2**62))
+def test_a_completed_capture_is_the_stamp(fields: dict | None, args: dict, bound: dict, time_us: int | None) -> None:
+    """Property: ``complete(capture(x))`` on another thread, after the bound context is gone, equals ``stamp(x)``
+    (but for the random event id): everything context-dependent was taken at capture time."""
+    now = iter(range(10, 100))
+    a = Stamper(tenant="t0", service="svc0", clock_us=lambda: next(now))
+    b = Stamper(tenant="t0", service="svc0", clock_us=lambda: 10)
+    b.default_session_id = a.default_session_id
+    with bind_context(**bound):
+        want = a.stamp("tool_complete", fields, event_time_us=time_us, **args)
+        captured = b.capture("tool_complete", fields, event_time_us=time_us, **args)
+    with ThreadPoolExecutor(1) as pool:  # a plain thread: it sees no bound context at all
+        got = pool.submit(b.complete, captured).result()
+    assert _without_id(got) == _without_id(want)
+    assert list(got) == list(want)  # same key order, so the same dict for everything downstream
+    assert HEX32.fullmatch(got["event_id"])
+
+
+def test_a_capture_keeps_the_span_current_when_it_was_taken() -> None:
+    sdk_trace = pytest.importorskip("opentelemetry.sdk.trace")
+    tracer = sdk_trace.TracerProvider().get_tracer("test")
+    stamper = Stamper()
+    with tracer.start_as_current_span("turn") as span:
+        ctx = span.get_span_context()
+        captured = stamper.capture("turn_begin")
+    assert current_traceparent() is None
+    flags = int(ctx.trace_flags) & 0xFF
+    assert stamper.complete(captured)["traceparent"] == f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{flags:02x}"
+
+
+def test_deferred_stamper_hands_out_captures_in_sequence() -> None:
+    stamper = DeferredStamper(tenant="acme")
+    captures = [stamper.stamp("tool_output", {"payload": {"i": i}}, session_id="s") for i in range(3)]
+    assert all(c.__class__ is tuple and c[0] is stamper for c in captures)
+    events = [stamper.complete(c) for c in reversed(captures)]  # completion order does not matter
+    assert [e["seq"] for e in events] == [3, 2, 1] and {e["tenant"] for e in events} == {"acme"}
