@@ -17,6 +17,10 @@ and within the sketch's relative error here):
   ``llm_calls_without_usage`` (failed calls never carry usage, so they count there too; ``llm_calls -
   llm_calls_without_usage`` is the number of calls whose tokens are in the sums), never as 0 tokens. A per-skill
   breakdown uses the ``skill`` key of the event's JSON ``payload`` when present.
+* cost: each ``llm_call_completed`` with usage is priced by :mod:`schemas.pricing` (model, event time, the five token
+  counts) in integer nano-USD rounded once per call; ``cost_nusd`` sums them (per window, model and skill), so it is
+  exact and the same in any merge order. A call with usage whose model has no price counts in
+  ``llm_calls_unpriced`` and adds nothing to the cost (never priced as 0 silently). Cost per turn = cost / turns.
 * confirmation: ``tool_confirmation`` is a request; ``confirm_resolved.confirm_outcome`` allow|reject|timeout.
 
 Label cardinality: per tenant and dimension (tool, model, skill, error_type = error class, attempt_status) a window
@@ -34,6 +38,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from schemas.pricing import NANO_PER_USD, PriceTable, default_prices
 from streams.sketch import DEFAULT_RELATIVE_ACCURACY, DurationSketch
 
 OTHER = "__other__"
@@ -118,6 +123,8 @@ _USAGE_FIELDS = (
     "cache_read_tokens",
     "cache_creation_tokens",
     "reasoning_tokens",
+    "cost_nusd",
+    "llm_calls_unpriced",
 )
 
 
@@ -136,6 +143,8 @@ class UsageStats:
         self.cache_read_tokens = 0
         self.cache_creation_tokens = 0
         self.reasoning_tokens = 0
+        self.cost_nusd = 0  # integer nano-USD: sums of per-call costs (schemas/pricing.py), exact in any order
+        self.llm_calls_unpriced = 0  # calls with usage whose model has no price: not in cost_nusd
 
     def merge(self, other: UsageStats) -> None:
         self.llm_calls += other.llm_calls
@@ -147,6 +156,8 @@ class UsageStats:
         self.cache_read_tokens += other.cache_read_tokens
         self.cache_creation_tokens += other.cache_creation_tokens
         self.reasoning_tokens += other.reasoning_tokens
+        self.cost_nusd += other.cost_nusd
+        self.llm_calls_unpriced += other.llm_calls_unpriced
 
     def copy(self) -> UsageStats:
         dup = UsageStats()
@@ -158,8 +169,12 @@ class UsageStats:
 
     @classmethod
     def from_list(cls, values: Iterable[int]) -> UsageStats:
+        """Also reads the shorter lists of state written before cost existed (their cost reads as 0)."""
         stats = cls()
-        for name, value in zip(_USAGE_FIELDS, values, strict=True):
+        values = list(values)
+        if not len(_USAGE_FIELDS) - 2 <= len(values) <= len(_USAGE_FIELDS):
+            raise ValueError(f"usage state has {len(values)} values, expected {len(_USAGE_FIELDS)}")
+        for name, value in zip(_USAGE_FIELDS, values, strict=False):
             setattr(stats, name, int(value))
         return stats
 
@@ -278,6 +293,7 @@ class TenantWindowAggregate:
         "label_limit",
         "relative_accuracy",
         "guards",
+        "prices",
         "events",
         "by_type",
         "turns",
@@ -310,6 +326,7 @@ class TenantWindowAggregate:
         label_limit: int = DEFAULT_LABEL_LIMIT,
         relative_accuracy: float = DEFAULT_RELATIVE_ACCURACY,
         guards: TenantGuards | None = None,
+        prices: PriceTable | None = None,
     ) -> None:
         self.tenant = tenant
         self.window_start = window_start
@@ -317,6 +334,7 @@ class TenantWindowAggregate:
         self.label_limit = label_limit
         self.relative_accuracy = relative_accuracy
         self.guards = guards
+        self.prices = prices if prices is not None else default_prices()
         self.events = 0
         self.by_type: dict[str, int] = {}
         self.turns = 0
@@ -365,7 +383,8 @@ class TenantWindowAggregate:
             if d is not None:
                 stats.duration.add(d)
         elif t == "llm_call_completed":
-            name = ev.get("model") or UNKNOWN
+            model = ev.get("model")
+            name = model or UNKNOWN
             stats = self.models.get(name)
             if stats is None:
                 stats = self._label(self.models, "model", name, UsageStats)
@@ -384,6 +403,7 @@ class TenantWindowAggregate:
             if p is None and c is None:
                 stats.llm_calls_without_usage += 1
                 cr = cc = rs = None
+                cost: int | None = 0
             else:
                 cr = ev.get("cache_read_tokens")
                 cc = ev.get("cache_creation_tokens")
@@ -398,11 +418,16 @@ class TenantWindowAggregate:
                     stats.cache_creation_tokens += cc
                 if rs:
                     stats.reasoning_tokens += rs
+                cost = self.prices.cost_nusd(model, ev.get("event_time") or self.window_start, p, c, cr, cc, rs)
+                if cost is None:
+                    stats.llm_calls_unpriced += 1
+                else:
+                    stats.cost_nusd += cost
             payload = ev.get("payload")
             if payload and '"skill"' in payload:
                 skill = skill_of(payload)
                 if skill is not None:
-                    self._fold_skill(skill, failed, is_5xx, p, c, cr, cc, rs)
+                    self._fold_skill(skill, failed, is_5xx, p, c, cr, cc, rs, cost)
             d = ev.get("duration_ms")
             if d is not None:
                 self.llm_duration.add(d)
@@ -459,6 +484,7 @@ class TenantWindowAggregate:
         cr: int | None,
         cc: int | None,
         rs: int | None,
+        cost: int | None,
     ) -> None:
         stats = self.skills.get(skill)
         if stats is None:
@@ -475,6 +501,10 @@ class TenantWindowAggregate:
         stats.cache_read_tokens += cr or 0
         stats.cache_creation_tokens += cc or 0
         stats.reasoning_tokens += rs or 0
+        if cost is None:
+            stats.llm_calls_unpriced += 1
+        else:
+            stats.cost_nusd += cost
 
     # -- labels ---------------------------------------------------------------------------------------------------
 
@@ -621,6 +651,7 @@ class TenantWindowAggregate:
             "incomplete_reasons": dict(sorted(self.incomplete_reasons.items())),
             "max_iterations_hits": self.max_iterations_hits,
             "tokens_per_turn": total_tokens / self.turns if self.turns else None,
+            "cost_per_turn_usd": usage.cost_nusd / self.turns / NANO_PER_USD if self.turns else None,
             "turn_duration": _duration_record(self.turn_duration, quantiles),
             "tool_calls": tool.calls,
             "tool_failures": tool.failures,
@@ -646,6 +677,8 @@ class TenantWindowAggregate:
             "llm_duration": _duration_record(self.llm_duration, quantiles),
             "tokens_by_model": {name: s.total_tokens for name, s in sorted(self.models.items())},
             "tokens_by_skill": {name: s.total_tokens for name, s in sorted(self.skills.items())},
+            "cost_by_model": {name: s.cost_nusd for name, s in sorted(self.models.items())},
+            "cost_by_skill": {name: s.cost_nusd for name, s in sorted(self.skills.items())},
             "models": [_usage_record(name, s) for name, s in sorted(self.models.items())],
             "skills": [_usage_record(name, s) for name, s in sorted(self.skills.items())],
             "confirm_requests": self.confirm_requests,
@@ -658,7 +691,9 @@ class TenantWindowAggregate:
         }
 
     @classmethod
-    def from_record(cls, rec: Mapping[str, Any], guards: TenantGuards | None = None) -> TenantWindowAggregate:
+    def from_record(
+        cls, rec: Mapping[str, Any], guards: TenantGuards | None = None, prices: PriceTable | None = None
+    ) -> TenantWindowAggregate:
         """Rebuild a (mergeable) aggregate from a ``WindowedMetrics`` record, e.g. in a second merge stage."""
         agg = cls(
             rec["tenant"],
@@ -667,6 +702,7 @@ class TenantWindowAggregate:
             label_limit=int(rec["label_limit"]),
             relative_accuracy=float(rec["turn_duration"]["relative_accuracy"]),
             guards=guards,
+            prices=prices,
         )
         agg.events = int(rec["events"])
         agg.by_type = {k: int(v) for k, v in rec["events_by_type"].items()}
@@ -683,8 +719,8 @@ class TenantWindowAggregate:
             stats = agg.tools[t["tool"]] = ToolStats(agg.relative_accuracy)
             stats.calls, stats.failures, stats.cancelled = int(t["calls"]), int(t["failures"]), int(t["cancelled"])
             stats.duration = DurationSketch.from_dict(t["duration"])
-        agg.models = {m["label"]: UsageStats.from_list(m[f] for f in _USAGE_FIELDS) for m in rec["models"]}
-        agg.skills = {m["label"]: UsageStats.from_list(m[f] for f in _USAGE_FIELDS) for m in rec["skills"]}
+        agg.models = {m["label"]: UsageStats.from_list(m.get(f, 0) for f in _USAGE_FIELDS) for m in rec["models"]}
+        agg.skills = {m["label"]: UsageStats.from_list(m.get(f, 0) for f in _USAGE_FIELDS) for m in rec["skills"]}
         agg.llm_error_types = {k: _count_of(v) for k, v in rec["llm_errors_by_type"].items()}
         agg.confirm_requests = int(rec["confirm_requests"])
         agg.confirm_allows = int(rec["confirm_allows"])
@@ -721,7 +757,9 @@ class TenantWindowAggregate:
         }
 
     @classmethod
-    def from_state(cls, state: Mapping[str, Any], guards: TenantGuards | None = None) -> TenantWindowAggregate:
+    def from_state(
+        cls, state: Mapping[str, Any], guards: TenantGuards | None = None, prices: PriceTable | None = None
+    ) -> TenantWindowAggregate:
         if state.get("v") != STATE_VERSION:
             raise ValueError(f"unsupported aggregate state version {state.get('v')!r}")
         agg = cls(
@@ -731,6 +769,7 @@ class TenantWindowAggregate:
             label_limit=int(state["limit"]),
             relative_accuracy=float(state["alpha"]),
             guards=guards,
+            prices=prices,
         )
         agg.events = int(state["events"])
         agg.by_type = {k: int(v) for k, v in state["by_type"].items()}
@@ -798,12 +837,16 @@ class TenantWindowOps:
     """
 
     def __init__(
-        self, label_limit: int = DEFAULT_LABEL_LIMIT, relative_accuracy: float = DEFAULT_RELATIVE_ACCURACY
+        self,
+        label_limit: int = DEFAULT_LABEL_LIMIT,
+        relative_accuracy: float = DEFAULT_RELATIVE_ACCURACY,
+        prices: PriceTable | None = None,
     ) -> None:
         if label_limit < 1:
             raise ValueError("label_limit must be >= 1")
         self.label_limit = label_limit
         self.relative_accuracy = relative_accuracy
+        self.prices = prices if prices is not None else default_prices()
         self.guards: dict[str, TenantGuards] = {}
 
     def guards_for(self, tenant: str) -> TenantGuards:
@@ -820,6 +863,7 @@ class TenantWindowOps:
             label_limit=self.label_limit,
             relative_accuracy=self.relative_accuracy,
             guards=self.guards_for(key),
+            prices=self.prices,
         )
 
     def adder(self, aggregate: TenantWindowAggregate) -> Callable[[Mapping[str, Any]], None]:
@@ -832,7 +876,7 @@ class TenantWindowOps:
         return aggregate.to_state()
 
     def load(self, key: str, start_us: int, end_us: int, state: Mapping[str, Any]) -> TenantWindowAggregate:
-        return TenantWindowAggregate.from_state(state, guards=self.guards_for(key))
+        return TenantWindowAggregate.from_state(state, guards=self.guards_for(key), prices=self.prices)
 
     def on_close(self, aggregate: TenantWindowAggregate) -> None:
         self.guards_for(aggregate.tenant).observe(aggregate)

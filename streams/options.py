@@ -50,6 +50,7 @@ class WorkerOptions:
     session_timeout_s: float = 10.0  # a crashed worker's partitions move after this long (Faust's default is 60 s)
     backfill: bool = False
     rules_file: Path | None = None
+    prices_file: Path | None = None  # LLM price overrides (schemas/pricing.py); None: genai-prices only
     store: str = "memory://"
     datadir: Path = Path("agentwatch-worker")
     web_port: int | None = None
@@ -78,6 +79,10 @@ class WorkerOptions:
             raise ValueError("flush interval, heartbeat and flush records must be positive")
         if self.gc_threshold < 0:
             raise ValueError("gc threshold must be >= 0")
+        if self.prices_file is not None:
+            from schemas.pricing import load_overrides
+
+            load_overrides(self.prices_file)  # a bad file stops the start with its one-line PricesFileError
         if not self.store.startswith(("memory://", "rocksdb://", "rocksdict://")):
             raise ValueError(f"store must be memory://, rocksdb:// or rocksdict://, got {self.store!r}")
 

@@ -115,6 +115,7 @@ def _check_alerts(alerts: list[Alert], truth: dict[str, Any]) -> None:
 
 
 def test_one_worker_matches_the_ground_truth(outputs: Settings, fleet: Fleet, tmp_path: Path) -> None:
+    assert fleet.truth["totals"]["cost_nusd"] > 0  # cost is among the cells compared, and not vacuously 0
     worker = start_worker(outputs, tmp_path, "--metrics-port", "0")
     try:
         started = time.monotonic()
