@@ -56,7 +56,7 @@ class _Window:
     __slots__ = ("events", "by_type", "turns", "turn_status", "incomplete", "max_iter", "turn_ms", "tool_calls",
                  "tool_failures", "tool_cancelled", "tools", "llm_calls", "llm_errors", "llm_error_types",
                  "llm_retries", "llm_5xx", "failed_attempts", "no_usage", "tokens", "by_model", "confirm", "cost",
-                 "unpriced", "cost_by_model")
+                 "unpriced", "cost_by_model", "cost_by_user")
 
     def __init__(self) -> None:
         self.events = 0
@@ -74,6 +74,7 @@ class _Window:
         self.confirm: Counter[str] = Counter()
         self.cost = self.unpriced = 0  # nano-USD; calls with usage but no price
         self.cost_by_model: Counter[str] = Counter()
+        self.cost_by_user: Counter[str] = Counter()  # exact; the worker keeps a bounded sketch of it
 
 
 _TOKEN_KEYS = ("prompt", "completion", "cache_read", "cache_creation", "reasoning")
@@ -152,6 +153,8 @@ class TruthCounter:
                 else:
                     w.cost += cost
                     w.cost_by_model[ev["model"] or "unknown"] += cost
+                    if ev.get("user_id"):
+                        w.cost_by_user[ev["user_id"]] += cost
         elif typ == "llm_retry":
             w.llm_retries += 1
             self._failed_attempt(w, ev)
@@ -229,6 +232,7 @@ DEFINITIONS: dict[str, str] = {
     "cost_nusd": "sum over llm_call_completed with usage of schemas.pricing cost (integer nano-USD, rounded per call)",
     "llm_calls_unpriced": "llm_call_completed with usage whose model has no price",
     "cost_by_model": "cost_nusd per llm_call_completed.model",
+    "cost_by_user": "cost_nusd per llm_call_completed.user_id (exact; the worker's top_spenders bound it)",
     "cost_per_turn_usd": "cost_nusd / 1e9 / turns (same window)",
     "confirm.request": "tool_confirmation events",
     "confirm.allow/reject/timeout": "confirm_resolved by confirm_outcome",
@@ -292,6 +296,7 @@ def _record(w: _Window) -> dict[str, Any]:
         "cost_nusd": w.cost,
         "llm_calls_unpriced": w.unpriced,
         "cost_by_model": dict(sorted(w.cost_by_model.items())),
+        "cost_by_user": dict(sorted(w.cost_by_user.items())),
         "cost_per_turn_usd": _ratio(w.cost / NANO_PER_USD, w.turns),
         "confirm": confirm,
         "rates": {
@@ -334,6 +339,7 @@ def _merge(into: _Window, w: _Window) -> None:
     into.cost += w.cost
     into.unpriced += w.unpriced
     into.cost_by_model.update(w.cost_by_model)
+    into.cost_by_user.update(w.cost_by_user)
     into.confirm.update(w.confirm)
 
 

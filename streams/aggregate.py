@@ -21,6 +21,8 @@ and within the sketch's relative error here):
   counts) in integer nano-USD rounded once per call; ``cost_nusd`` sums them (per window, model and skill), so it is
   exact and the same in any merge order. A call with usage whose model has no price counts in
   ``llm_calls_unpriced`` and adds nothing to the cost (never priced as 0 silently). Cost per turn = cost / turns.
+  Cost per ``user_id`` goes into a bounded Space-Saving sketch (``top_spenders``, :mod:`streams.heavy_hitters`):
+  the heaviest spenders with stated error bounds, never a label.
 * confirmation: ``tool_confirmation`` is a request; ``confirm_resolved.confirm_outcome`` allow|reject|timeout.
 
 Label cardinality: per tenant and dimension (tool, model, skill, error_type = error class, attempt_status) a window
@@ -39,6 +41,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from schemas.pricing import NANO_PER_USD, PriceTable, default_prices
+from streams.heavy_hitters import DEFAULT_CAPACITY, SpaceSaving
 from streams.sketch import DEFAULT_RELATIVE_ACCURACY, DurationSketch
 
 OTHER = "__other__"
@@ -315,6 +318,7 @@ class TenantWindowAggregate:
         "confirm_timeouts",
         "folded",
         "folded_extra",
+        "spenders",
     )
 
     def __init__(
@@ -357,6 +361,7 @@ class TenantWindowAggregate:
         # per dimension: names folded into OTHER with their counts (bounded), and distinct folds known only as a number
         self.folded: dict[str, dict[str, int]] = {dim: {} for dim in DIMENSIONS}
         self.folded_extra: dict[str, int] = dict.fromkeys(DIMENSIONS, 0)
+        self.spenders = SpaceSaving(DEFAULT_CAPACITY)  # cost per user_id, the heaviest kept (bounded)
 
     # -- hot path -----------------------------------------------------------------------------------------------
 
@@ -423,6 +428,9 @@ class TenantWindowAggregate:
                     stats.llm_calls_unpriced += 1
                 else:
                     stats.cost_nusd += cost
+                    user = ev.get("user_id")
+                    if user:
+                        self.spenders.add(user, cost)
             payload = ev.get("payload")
             if payload and '"skill"' in payload:
                 skill = skill_of(payload)
@@ -591,6 +599,7 @@ class TenantWindowAggregate:
         self.confirm_allows += other.confirm_allows
         self.confirm_rejects += other.confirm_rejects
         self.confirm_timeouts += other.confirm_timeouts
+        self.spenders.merge(other.spenders)
         theirs_by_dim = other.label_dicts()
         for dim, mine in self.label_dicts().items():
             for name, stats in theirs_by_dim[dim].items():
@@ -679,6 +688,7 @@ class TenantWindowAggregate:
             "tokens_by_skill": {name: s.total_tokens for name, s in sorted(self.skills.items())},
             "cost_by_model": {name: s.cost_nusd for name, s in sorted(self.models.items())},
             "cost_by_skill": {name: s.cost_nusd for name, s in sorted(self.skills.items())},
+            "top_spenders": self.spenders.to_record(),
             "models": [_usage_record(name, s) for name, s in sorted(self.models.items())],
             "skills": [_usage_record(name, s) for name, s in sorted(self.skills.items())],
             "confirm_requests": self.confirm_requests,
@@ -727,6 +737,7 @@ class TenantWindowAggregate:
         agg.confirm_rejects = int(rec["confirm_rejects"])
         agg.confirm_timeouts = int(rec["confirm_timeouts"])
         agg.folded_extra = {dim: int(rec["folded_label_values"].get(dim, 0)) for dim in DIMENSIONS}
+        agg.spenders = SpaceSaving.from_record(rec.get("top_spenders"))
         return agg
 
     def to_state(self) -> dict[str, Any]:
@@ -754,6 +765,7 @@ class TenantWindowAggregate:
             "confirm": [self.confirm_requests, self.confirm_allows, self.confirm_rejects, self.confirm_timeouts],
             "folded": {dim: dict(names) for dim, names in self.folded.items()},
             "folded_extra": dict(self.folded_extra),
+            "spenders": self.spenders.to_state(),
         }
 
     @classmethod
@@ -792,6 +804,7 @@ class TenantWindowAggregate:
         )
         agg.folded = {dim: {n: int(c) for n, c in state["folded"].get(dim, {}).items()} for dim in DIMENSIONS}
         agg.folded_extra = {dim: int(state["folded_extra"].get(dim, 0)) for dim in DIMENSIONS}
+        agg.spenders = SpaceSaving.from_state(state.get("spenders"))
         return agg
 
     def __repr__(self) -> str:

@@ -29,6 +29,14 @@ with the tenant's first window of a later day (``endsAt`` = the end of the breac
 day. Late data that revises a window of the current day adds its extra cost to the day's spend (a crossing it
 causes fires with the tenant's next window); calls of unpriced models are not money, and the alert says how many
 there were. The day, its spend and the open alert are in the tenant's snapshot, so they survive restarts.
+
+Per-user spend (``user_spend``, :class:`UserSpendSpec`): each window's ``top_spenders`` sketch (per ``user_id``,
+bounded, with error bounds: :mod:`streams.heavy_hitters`) is kept for the rolling ``rolling_minutes``; a user whose
+*certain* spend over it (the sum of the sketch's lower bounds, so the alert never names a user wrongly) goes above
+``threshold_usd`` fires ``UserSpendHigh`` with a ``user`` label; it resolves when the user's possible spend (the
+sum of upper bounds) is back at or below ``resolve_usd``. A user whose true rolling spend exceeds the threshold by
+more than the sketches' error bounds (each window's total / capacity) is always caught. Revisions (late data) do not
+change it. The kept windows and open alerts are in the tenant's snapshot.
 """
 
 from __future__ import annotations
@@ -45,7 +53,7 @@ from streams.alerts import FIRING, RESOLVED, Alert, AlertState, Change, Verdict,
 
 DEFAULT_RULES_FILE = Path(__file__).resolve().with_name("default_rules.yaml")
 CONFIG_VERSION = 1
-TOP_LEVEL_KEYS = frozenset({"version", "defaults", "rules", "token_spike", "cost_budget"})
+TOP_LEVEL_KEYS = frozenset({"version", "defaults", "rules", "token_spike", "cost_budget", "user_spend"})
 DAY_US = 86_400_000_000
 NANO_PER_USD = 1_000_000_000
 RESERVED_LABELS = frozenset({"alertname", "tenant", "tool", "severity"})
@@ -102,6 +110,7 @@ class WindowMetrics:
     tokens_by_skill: dict[str, int] = field(default_factory=dict)
     cost_nusd: int = 0  # integer nano-USD (schemas/pricing.py); calls of unpriced models are not in it
     llm_calls_unpriced: int = 0
+    top_spenders: list[tuple[str, int, int]] = field(default_factory=list)  # (user, cost, error), nano-USD
 
     @property
     def total_tokens(self) -> int:
@@ -137,8 +146,10 @@ class WindowMetrics:
         else:
             items = ((t["tool"], t) for t in tools_raw)
         tools = {str(name): ToolCounts(_count(c, "calls"), _count(c, "failures")) for name, c in items}
+        spenders = (record.get("top_spenders") or {}).get("users") or ()
         return cls(
             tenant=str(tenant), window_start_us=start, window_end_us=end, tools=tools,
+            top_spenders=[(str(u["user"]), int(u["cost_nusd"]), int(u["error_nusd"])) for u in spenders],
             tokens_by_model={str(k): int(v or 0) for k, v in (record.get("tokens_by_model") or {}).items()},
             tokens_by_skill={str(k): int(v or 0) for k, v in (record.get("tokens_by_skill") or {}).items()},
             **{name: _count(record, name) for name in _COUNTER_FIELDS},
@@ -284,10 +295,60 @@ def load_budget(path: str | Path | None = None) -> BudgetSpec | None:
 
 
 @dataclass(frozen=True)
+class UserSpendSpec:
+    """A user's spend over the rolling ``rolling_minutes`` above ``threshold_usd`` fires, naming the user."""
+
+    threshold_usd: float
+    resolve_usd: float
+    rolling_minutes: int = 60
+    alertname: str = "UserSpendHigh"
+    severity: str = "warning"
+    runbook_url: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+_USER_SPEND_KEYS = frozenset({"enabled", "alertname", "threshold_usd", "resolve_usd", "rolling_minutes", "severity",
+                              "runbook_url", "labels"})
+
+
+def load_user_spend(path: str | Path | None = None) -> UserSpendSpec | None:
+    """The per-user spend rule: the packaged ``user_spend`` (off: no threshold) with the user's keys over it."""
+    base, user, source = read_config_documents(path)
+    entry = dict(_section(base, "user_spend", str(DEFAULT_RULES_FILE)))
+    if user is not None:
+        entry.update(_section(user, "user_spend", source))
+    where = f"{source}: user_spend"
+    _check_keys(entry, _USER_SPEND_KEYS, where)
+    threshold = _usd(entry.get("threshold_usd"), f"{where}: threshold_usd")
+    if entry.get("enabled", True) is False or threshold is None:
+        return None
+    resolve = _usd(entry.get("resolve_usd"), f"{where}: resolve_usd")
+    resolve = threshold if resolve is None else resolve
+    if resolve > threshold:
+        raise RulesConfigError(f"{where}: resolve_usd ({resolve}) must be <= threshold_usd ({threshold})")
+    labels = entry.get("labels") or {}
+    if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        raise RulesConfigError(f"{where}: labels must map strings to strings, got {labels!r}")
+    reserved = (RESERVED_LABELS | {"user"}) & set(labels)
+    if reserved:
+        raise RulesConfigError(f"{where}: labels {sorted(reserved)} are set by the engine and cannot be overridden")
+    runbook = entry.get("runbook_url")
+    return UserSpendSpec(
+        threshold_usd=threshold, resolve_usd=resolve,
+        rolling_minutes=_int(entry.get("rolling_minutes", 60), where, "rolling_minutes", 1),
+        alertname=_text(entry.get("alertname", UserSpendSpec.alertname), where, "alertname"),
+        severity=_text(entry.get("severity", UserSpendSpec.severity), where, "severity"),
+        runbook_url=None if runbook is None else _text(runbook, where, "runbook_url"),
+        labels=tuple(sorted(labels.items())),
+    )
+
+
+@dataclass(frozen=True)
 class RuleSet:
     rules: tuple[RuleSpec, ...]
     source: str = "defaults"
     budget: BudgetSpec | None = None
+    user_spend: UserSpendSpec | None = None
 
     def by_name(self, name: str) -> RuleSpec:
         for rule in self.rules:
@@ -375,7 +436,7 @@ def load_rules(path: str | Path | None = None) -> RuleSet:
         if entry.get("enabled", True) is False:
             continue
         rules.append(_build_rule(where, entry, defaults))
-    return RuleSet(tuple(rules), source, load_budget(path))
+    return RuleSet(tuple(rules), source, load_budget(path), load_user_spend(path))
 
 
 def _section(doc: Mapping[str, Any], name: str, path: str) -> dict[str, Any]:
@@ -536,6 +597,9 @@ class _TenantState:
     spend_nusd: int = 0  # that day's spend so far, integer nano-USD
     budget_since_us: int | None = None  # start of the window that crossed the budget (the alert is open)
     unpriced: int = 0  # calls of unpriced models that day
+    # per-user spend: the rolling windows' sketches (start, end, [(user, cost, error)]) and open alerts (user: since)
+    spend_windows: list[tuple[int, int, list[tuple[str, int, int]]]] = field(default_factory=list)
+    spend_open: dict[str, int] = field(default_factory=dict)
 
 
 class RuleEngine:
@@ -547,10 +611,12 @@ class RuleEngine:
     """
 
     def __init__(self, rules: RuleSet | Sequence[RuleSpec] | None = None, generator_url: str | None = None,
-                 budget: BudgetSpec | None = None) -> None:
+                 budget: BudgetSpec | None = None, user_spend: UserSpendSpec | None = None) -> None:
         ruleset = load_rules() if rules is None else rules
         self.rules: tuple[RuleSpec, ...] = tuple(ruleset.rules if isinstance(ruleset, RuleSet) else ruleset)
         self.budget = budget if budget is not None or not isinstance(ruleset, RuleSet) else ruleset.budget
+        self.user_spend = (user_spend if user_spend is not None or not isinstance(ruleset, RuleSet)
+                           else ruleset.user_spend)
         names = [r.name for r in self.rules]
         if len(set(names)) != len(names):
             raise RulesConfigError(f"rule names must be unique, got {names}")
@@ -576,6 +642,8 @@ class RuleEngine:
         out: list[Alert] = []
         if self.budget is not None:
             self._evaluate_budget(self.budget, tenant, m, backfill, out)
+        if self.user_spend is not None:
+            self._evaluate_user_spend(self.user_spend, tenant, m, backfill, out)
         for rule in self.rules:
             metric = METRICS[rule.metric]
             if rule.per == "tenant":
@@ -619,6 +687,56 @@ class RuleEngine:
         if limit is not None and ts.spend_nusd > limit:
             ts.budget_since_us = m.window_start_us
             out.append(self._budget_alert(spec, ts, m, FIRING, backfill))
+
+    def _evaluate_user_spend(self, spec: UserSpendSpec, ts: _TenantState, m: WindowMetrics, backfill: bool,
+                             out: list[Alert]) -> None:
+        horizon = m.window_end_us - spec.rolling_minutes * 60_000_000
+        kept = [w for w in ts.spend_windows if w[1] > horizon]
+        if m.top_spenders:
+            kept.append((m.window_start_us, m.window_end_us, list(m.top_spenders)))
+        ts.spend_windows = kept
+        low: dict[str, int] = {}
+        high: dict[str, int] = {}
+        for _s, _e, users in kept:
+            for user, cost, err in users:
+                low[user] = low.get(user, 0) + cost - err
+                high[user] = high.get(user, 0) + cost
+        fire, resolve = round(spec.threshold_usd * NANO_PER_USD), round(spec.resolve_usd * NANO_PER_USD)
+        for user in sorted(ts.spend_open):
+            if high.get(user, 0) <= resolve:
+                since = ts.spend_open.pop(user)
+                out.append(self._user_alert(spec, m, user, RESOLVED, since, low.get(user, 0), high.get(user, 0),
+                                            backfill))
+        for user in sorted(u for u, v in low.items() if v > fire and u not in ts.spend_open):
+            ts.spend_open[user] = m.window_start_us
+            out.append(self._user_alert(spec, m, user, FIRING, m.window_start_us, low[user], high[user], backfill))
+
+    def _user_alert(self, spec: UserSpendSpec, m: WindowMetrics, user: str, status: str, since: int, low: int,
+                    high: int, backfill: bool) -> Alert:
+        labels = {"alertname": spec.alertname, "tenant": m.tenant, "user": user, "severity": spec.severity,
+                  **dict(spec.labels)}
+        lo, hi = low / NANO_PER_USD, high / NANO_PER_USD
+        annotations = {"spend_usd": f"{lo:.6f}", "spend_usd_upper": f"{hi:.6f}",
+                       "threshold_usd": f"{spec.threshold_usd:.6f}", "rolling_minutes": str(spec.rolling_minutes)}
+        bound = "" if lo == hi else f" (at most ${hi:,.2f})"
+        if status == FIRING:
+            annotations["summary"] = (f"User {user} of tenant {m.tenant} spent at least ${lo:,.2f}{bound} on LLM "
+                                      f"calls in the last {spec.rolling_minutes} min, over ${spec.threshold_usd:,.2f}")
+            ends_at, threshold = None, spec.threshold_usd
+        else:
+            annotations["summary"] = (f"{spec.alertname} resolved for user {user} of tenant {m.tenant}: at most "
+                                      f"${hi:,.2f} in the last {spec.rolling_minutes} min")
+            annotations["resolve_reason"] = "recovered"
+            ends_at, threshold = m.window_end_us, spec.resolve_usd
+        if spec.runbook_url:
+            annotations["runbook_url"] = spec.runbook_url
+        url = None
+        if self.generator_url is not None:
+            url = self.generator_url.format(tenant=m.tenant, alertname=spec.alertname, tool="")
+        return Alert(labels=labels, annotations=annotations, status=status,  # type: ignore[arg-type]
+                     starts_at_us=since, ends_at_us=ends_at, window_start_us=m.window_start_us,
+                     window_end_us=m.window_end_us, value=lo if status == FIRING else hi, threshold=threshold,
+                     backfill=backfill, generator_url=url)
 
     def _budget_alert(self, spec: BudgetSpec, ts: _TenantState, m: WindowMetrics, status: str,
                       backfill: bool) -> Alert:
@@ -781,6 +899,9 @@ class RuleEngine:
         }
         if ts.budget_day is not None:
             snap["budget"] = [ts.budget_day, ts.spend_nusd, ts.budget_since_us, ts.unpriced]
+        if ts.spend_windows or ts.spend_open:
+            snap["user_spend"] = {"windows": [[s, e, [list(u) for u in users]] for s, e, users in ts.spend_windows],
+                                  "open": dict(sorted(ts.spend_open.items()))}
         return snap
 
     def restore_tenant(self, tenant: str, data: Mapping[str, Any] | None) -> None:
@@ -798,6 +919,11 @@ class RuleEngine:
             day, spend, since, unpriced = budget
             ts.budget_day, ts.spend_nusd, ts.unpriced = int(day), int(spend), int(unpriced)
             ts.budget_since_us = None if since is None else int(since)
+        spend = data.get("user_spend")
+        if spend is not None:
+            ts.spend_windows = [(int(s), int(e), [(str(u), int(c), int(x)) for u, c, x in users])
+                                for s, e, users in spend.get("windows", ())]
+            ts.spend_open = {str(u): int(v) for u, v in spend.get("open", {}).items()}
         for entry in data.get("keys", ()):
             if entry["rule"] in self._by_name:
                 ts.keys[(entry["rule"], entry.get("tool"))] = AlertState.from_dict(entry)

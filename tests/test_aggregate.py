@@ -214,6 +214,7 @@ def random_events(seed: int, n: int = 600, tools: int = 8, models: int = 3) -> l
                     cache_creation_tokens=rng.randint(0, 50) if usage else None,
                     reasoning_tokens=rng.randint(0, 20) if usage else None,
                     event_time=T0 + rng.randrange(86_400) * S,
+                    user_id=rng.choice((None, "ann", "bob", "cy")),
                     duration_ms=rng.randint(1, 20_000),
                     payload=json.dumps({"skill": rng.choice(("a", "b"))}) if rng.random() < 0.5 else None,
                 )
@@ -417,7 +418,7 @@ def test_windows_agree_with_the_simulator_ground_truth() -> None:
     assert engine.late_counts(0) == {}
     assert set(got) == set(truth) and len(got) >= 6
 
-    checked = 0
+    checked = users_checked = 0
     for key, want in truth.items():
         rec = got[key]
         for name in (
@@ -447,6 +448,14 @@ def test_windows_agree_with_the_simulator_ground_truth() -> None:
         )
         assert want["tokens_per_turn"] == (None if rec["tokens_per_turn"] is None else round(rec["tokens_per_turn"], 6))
         assert {k: v for k, v in rec["cost_by_model"].items() if v} == want["cost_by_model"], key
+        spent = rec["top_spenders"]
+        assert spent["total_nusd"] == sum(want["cost_by_user"].values())
+        for u in spent["users"]:  # the sketch's stated bounds, against the exact per-user cost
+            assert u["cost_nusd"] - u["error_nusd"] <= want["cost_by_user"].get(u["user"], 0) <= u["cost_nusd"]
+            assert u["error_nusd"] * spent["capacity"] <= spent["total_nusd"]
+        if len(want["cost_by_user"]) <= spent["capacity"]:
+            users_checked += 1
+            assert {u["user"]: u["cost_nusd"] for u in spent["users"] if u["cost_nusd"]} == want["cost_by_user"]
         assert want["cost_per_turn_usd"] == (
             None if rec["cost_per_turn_usd"] is None else round(rec["cost_per_turn_usd"], 6)
         )
@@ -467,7 +476,7 @@ def test_windows_agree_with_the_simulator_ground_truth() -> None:
                 for q in ("p50", "p95", "p99"):
                     assert abs(mine[q] - exact[q]) <= 0.01 * exact[q] + 1e-9, (key, q)
                     checked += 1
-    assert checked > 100
+    assert checked > 100 and users_checked > 0
     totals = {
         k: sum(w[k] for w in truth.values()) for k in ("llm_5xx", "tool_failures", "max_iterations_hits", "cost_nusd")
     }

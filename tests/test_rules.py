@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.alerts import FIRING, RESOLVED, Alert
+from streams.heavy_hitters import SpaceSaving
 from streams.rules import (
     DAY_US,
     BudgetSpec,
@@ -18,9 +19,11 @@ from streams.rules import (
     RulesConfigError,
     RuleSet,
     ToolCounts,
+    UserSpendSpec,
     WindowMetrics,
     load_budget,
     load_rules,
+    load_user_spend,
 )
 
 T0 = 1_764_064_800_000_000  # 2025-11-25T10:00:00Z, a minute boundary
@@ -513,5 +516,76 @@ def test_budget_config_from_the_rules_file(tmp_path):
                      ("cost_budget: {daily_usd: 1, labels: {tenant: x}}", "set by the engine")):
         f.write_text(bad + "\n")
         with pytest.raises(RulesConfigError, match="cost_budget") as info:
+            load_rules(f)
+        assert msg in str(info.value), (bad, str(info.value))
+
+
+# -- per-user spend ------------------------------------------------------------------------------------------------
+
+
+def users(i: int, spent: dict[str, float], tenant: str = "acme", capacity: int = 20) -> WindowMetrics:
+    """Window ``i`` whose users spent ``spent`` (USD), as the aggregate's sketch reports it."""
+    sketch = SpaceSaving(capacity)
+    for user, usd in spent.items():
+        sketch.add(user, round(usd * USD))
+    return WindowMetrics.from_record({"tenant": tenant, "window_start_us": T0 + i * MIN,
+                                      "window_end_us": T0 + (i + 1) * MIN, "top_spenders": sketch.to_record()})
+
+
+def spend_engine(threshold: float = 10.0, resolve: float | None = None, minutes: int = 60) -> RuleEngine:
+    return RuleEngine([], user_spend=UserSpendSpec(threshold, threshold if resolve is None else resolve, minutes))
+
+
+def test_a_users_rolling_spend_above_the_threshold_fires_naming_the_user_and_resolves_when_it_rolls_off():
+    eng = spend_engine(10.0, minutes=5)
+    assert eng.evaluate(users(0, {"ann": 4, "bob": 1})) == []
+    assert eng.evaluate(users(1, {"ann": 6, "bob": 1})) == []  # ann: exactly 10, not above
+    (a,) = eng.evaluate(users(2, {"ann": 0.5, "bob": 1}))
+    assert a.status == FIRING and a.labels == {"alertname": "UserSpendHigh", "tenant": "acme", "user": "ann",
+                                                "severity": "warning"}
+    assert (a.value, a.threshold, a.annotations["spend_usd"]) == (10.5, 10.0, "10.500000")
+    assert "User ann of tenant acme spent at least $10.50" in a.annotations["summary"]
+    assert eng.evaluate(users(3, {"bob": 1})) == [] and eng.evaluate(users(4, {})) == []
+    (r,) = eng.evaluate(users(5, {}))  # window 0 (ann's $4) left the 5-minute span: $6.50 <= $10
+    assert (r.status, r.labels["user"], r.fingerprint, r.ends_at_us) == (RESOLVED, "ann", a.fingerprint, T0 + 6 * MIN)
+
+
+def test_only_certain_spend_fires_with_a_full_sketch():
+    """With more users than the sketch keeps, a user is named only when its lower bound is above the threshold."""
+    eng = spend_engine(10.0)
+    crowd = {f"u{i}": 0.5 for i in range(40)} | {"whale": 11.0}
+    (a,) = eng.evaluate(users(0, crowd, capacity=8))
+    assert a.labels["user"] == "whale" and float(a.annotations["spend_usd"]) <= 11.0 <= float(
+        a.annotations["spend_usd_upper"])
+
+
+def test_user_spend_state_survives_a_restart():
+    eng = spend_engine(10.0)
+    eng.evaluate(users(0, {"ann": 6}))
+    (a,) = eng.evaluate(users(1, {"ann": 6}))
+    again = spend_engine(10.0)
+    again.restore_tenant("acme", json.loads(json.dumps(eng.snapshot_tenant("acme"))))
+    assert again.evaluate(users(2, {"ann": 1})) == []  # still open: no second page
+    straight = spend_engine(10.0)
+    for i, s in enumerate(({"ann": 6}, {"ann": 6}, {"ann": 1})):
+        straight.evaluate(users(i, s))
+    assert again.snapshot_tenant("acme") == straight.snapshot_tenant("acme")
+
+
+def test_user_spend_config():
+    assert load_user_spend() is None and load_rules().user_spend is None  # packaged: off
+
+
+def test_user_spend_config_from_a_file(tmp_path):
+    f = tmp_path / "rules.yaml"
+    f.write_text("user_spend: {threshold_usd: 20, rolling_minutes: 30}\n")
+    spec = load_rules(f).user_spend
+    assert spec == UserSpendSpec(20.0, 20.0, 30)
+    for bad, msg in (("user_spend: {threshold_usd: 5, resolve_usd: 6}", "must be <= threshold_usd"),
+                     ("user_spend: {threshold_usd: 5, labels: {user: x}}", "set by the engine"),
+                     ("user_spend: {threshold_usd: 5, rolling_minutes: 0}", "rolling_minutes"),
+                     ("user_spend: {per_user: 5}", "unknown keys")):
+        f.write_text(bad + "\n")
+        with pytest.raises(RulesConfigError, match="user_spend") as info:
             load_rules(f)
         assert msg in str(info.value), (bad, str(info.value))
