@@ -193,6 +193,8 @@ class PriceTable:
         except KeyError:
             pass
         entry = self._lookup(model)
+        if isinstance(entry, _Known) and entry.fixed is not None and not entry.fixed.starts:
+            entry = entry.fixed.rates[0]  # one flat price: the hot path then skips the date and tier lookups
         if len(self._known) < _CACHE_LIMIT:
             self._known[model] = entry
         return entry
