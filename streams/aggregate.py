@@ -676,7 +676,7 @@ class TenantWindowAggregate:
                 }
                 for name, s in sorted(self.tools.items())
             ],
-            **{name: getattr(usage, name) for name in _USAGE_FIELDS},
+            **{name: _sat(getattr(usage, name)) for name in _USAGE_FIELDS},
             "total_tokens": total_tokens,
             "llm_errors_by_type": {k: c.n for k, c in sorted(self.llm_error_types.items())},
             "llm_retries": self.llm_retries,
@@ -686,8 +686,8 @@ class TenantWindowAggregate:
             "llm_duration": _duration_record(self.llm_duration, quantiles),
             "tokens_by_model": {name: s.total_tokens for name, s in sorted(self.models.items())},
             "tokens_by_skill": {name: s.total_tokens for name, s in sorted(self.skills.items())},
-            "cost_by_model": {name: s.cost_nusd for name, s in sorted(self.models.items())},
-            "cost_by_skill": {name: s.cost_nusd for name, s in sorted(self.skills.items())},
+            "cost_by_model": {name: _sat(s.cost_nusd) for name, s in sorted(self.models.items())},
+            "cost_by_skill": {name: _sat(s.cost_nusd) for name, s in sorted(self.skills.items())},
             "top_spenders": self.spenders.to_record(),
             "models": [_usage_record(name, s) for name, s in sorted(self.models.items())],
             "skills": [_usage_record(name, s) for name, s in sorted(self.skills.items())],
@@ -816,7 +816,16 @@ def _duration_record(sketch: DurationSketch, quantiles: bool = True) -> dict[str
 
 
 def _usage_record(label: str, stats: UsageStats) -> dict[str, Any]:
-    return {"label": label, **{name: getattr(stats, name) for name in _USAGE_FIELDS}}
+    return {"label": label, **{name: _sat(getattr(stats, name)) for name in _USAGE_FIELDS}}
+
+
+LONG_MAX = 2**63 - 1
+
+
+def _sat(n: int) -> int:
+    """An Avro long: sums saturate at 2^63 - 1 (cost: 9.2 billion USD in nano-USD, reachable only by a hostile
+    flood of maximal counts on the dearest model) instead of failing the window's record."""
+    return n if n <= LONG_MAX else LONG_MAX
 
 
 def _add_counts(into: dict[str, int], other: Mapping[str, int]) -> None:

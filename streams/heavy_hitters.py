@@ -91,8 +91,9 @@ class SpaceSaving:
 
     def to_record(self) -> dict[str, Any]:
         """The ``SpendSketch`` of ``schemas/windowed_metrics.avsc``."""
-        return {"capacity": self.capacity, "total_nusd": self.total,
-                "users": [{"user": k, "cost_nusd": c, "error_nusd": e} for k, c, e in self.top()]}
+        cap = 2**63 - 1  # an Avro long: saturate rather than fail the record (see streams/aggregate.py)
+        return {"capacity": self.capacity, "total_nusd": min(self.total, cap),
+                "users": [{"user": k, "cost_nusd": min(c, cap), "error_nusd": min(e, cap)} for k, c, e in self.top()]}
 
     @classmethod
     def from_record(cls, rec: Mapping[str, Any] | None, capacity: int = DEFAULT_CAPACITY) -> SpaceSaving:

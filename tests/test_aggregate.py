@@ -563,3 +563,14 @@ def test_state_written_before_cost_existed_restores_with_zero_cost() -> None:
     state["models"] = {k: v[:5] for k, v in state["models"].items()}
     with pytest.raises(ValueError, match="usage state"):
         TenantWindowAggregate.from_state(state)
+
+
+def test_cost_sums_saturate_at_the_avro_long_instead_of_failing_the_record() -> None:
+    from schemas.pricing import PriceTable, parse_overrides
+
+    table = PriceTable(parse_overrides({"models": {"dear": {"input_mtok": 1_000_000, "output_mtok": 1_000_000}}}))
+    flood = [llm("dear", 10**9, 10**9, user_id="mallory") for _ in range(5000)]  # 2e15 nano-USD per call
+    rec = agg_of(flood, prices=table).to_record()
+    assert rec["cost_nusd"] == 2**63 - 1 and rec["cost_by_model"]["dear"] == 2**63 - 1
+    assert rec["top_spenders"]["users"][0]["cost_nusd"] == 2**63 - 1
+    assert MetricsCodec().decode(MetricsCodec().encode(rec))["cost_nusd"] == 2**63 - 1

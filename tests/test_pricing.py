@@ -112,3 +112,10 @@ def test_missing_prices_file_and_empty_file(tmp_path: Path) -> None:
     with pytest.raises(PricesFileError, match="cannot read prices file"):
         load_overrides(tmp_path / "absent.yaml")
     assert parse_overrides(None) == {}
+
+
+@settings(max_examples=300, deadline=None)
+@given(model=st.text(max_size=200), p=st.integers(-10**12, 10**12), c=st.integers(-10**12, 10**12))
+def test_any_model_name_and_count_prices_or_is_unpriced_never_raises(model: str, p: int, c: int) -> None:
+    cost = PriceTable().cost_nusd(model, T0, p, c, p // 3, p // 5, c // 2)
+    assert cost is None or cost >= 0
