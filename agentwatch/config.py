@@ -394,6 +394,9 @@ class Settings:
     spool_dir: Path | None = None
     tenant: str = "default"
     service: str | None = None
+    # A YAML file of negotiated or self-hosted LLM prices that win over genai-prices (schemas/pricing.py);
+    # ``--prices FILE`` / ``AGENTWATCH_PRICES_FILE``; None: genai-prices only.
+    prices_file: Path | None = None
     # The streams worker's Faust app id (consumer group, changelog topic prefix); "" derives it from the events
     # topic ("agentwatch.events" -> "agentwatch.streams") so unique test topics get a unique group too.
     app_id: str = ""
@@ -428,6 +431,7 @@ class Settings:
             spool_dir=Path(_env("AGENTWATCH_SPOOL_DIR", str(home / "spool"))),
             tenant=_env("AGENTWATCH_TENANT", "default"),
             service=_env_opt("AGENTWATCH_SERVICE"),
+            prices_file=Path(p) if (p := _env_opt("AGENTWATCH_PRICES_FILE")) else None,
             app_id=_env_opt("AGENTWATCH_APP_ID") or "",
             audit=AuditSettings.from_env(),
             replay=ReplaySettings.from_env(),

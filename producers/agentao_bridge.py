@@ -20,6 +20,9 @@ What downstream reads, and which event counts what:
   when the host chose ``continue`` and the turn later ended normally (a cap reached but no bailout).
 * LLM errors: ``llm_retry`` (one per failed attempt that will be retried, ``http_status`` from ``status=<code>``)
   and ``llm_call_completed`` with ``status == "error"`` (the final failure, ``http_status`` parsed from the error).
+* sub-agent usage: counted once, by :class:`producers.subagent_usage.SubagentUsageLedger`: the part of a child
+  run's ``subagent_lifecycle.usage`` not already forwarded as the child's own ``llm_call_completed`` events follows
+  the lifecycle event as one ``llm_call_completed`` tagged with its ``child_task_id``.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from producers.mapping import (
     strip_tool_label,
 )
 from producers.stamp import Stamper
+from producers.subagent_usage import SubagentUsageLedger
 
 ConfirmFn = Callable[[str, str, dict], bool]
 MaxIterationsFn = Callable[[int, list], dict]
@@ -100,6 +104,7 @@ class AgentaoBridge:
         self._started = False
         self._closed = False
         self._counts = {"published": 0, "rejected": 0, "errors": 0}
+        self._subagents = SubagentUsageLedger()
 
     # -- identity -----------------------------------------------------------------------------------------
 
@@ -150,6 +155,8 @@ class AgentaoBridge:
             elif special is _LLM_MODEL:
                 if fields.get("model") is None:
                     fields["model"] = self._last_model
+                if fields.get("child_task_id") is not None and name == "llm_call_completed":
+                    self._subagents.forwarded(fields)  # a child's own call (a future Agentao forwards them)
             elif special is _CONFIRMATION and isinstance(data, dict):
                 self._local.pending = (data.get("tool"), data.get("call_id"))
             self._emit(event_symbol(name), fields, turn_id)
@@ -160,7 +167,14 @@ class AgentaoBridge:
         """``agent.add_host_event_observer(...)``: tool_lifecycle / permission_decision / subagent_lifecycle."""
         try:
             kind, dumped = host_event_dump(ev)
-            self._emit(event_symbol(kind), fields_from_host(kind, dumped, defer=self._defer), self._turn_id)
+            fields = fields_from_host(kind, dumped, defer=self._defer)
+            rest = None
+            if kind == "subagent_lifecycle":  # the child's usage not forwarded yet, as one llm_call_completed
+                rest = self._subagents.settle(fields, self._last_model or getattr(getattr(
+                    self._agent, "llm", None), "model", None))
+            self._emit(event_symbol(kind), fields, self._turn_id)
+            if rest is not None:
+                self._emit("llm_call_completed", rest, self._turn_id)
         except Exception:
             self._count("errors")
 

@@ -22,6 +22,10 @@ epoch, an event belonging to the window of its own ``event_time``):
   (= "cached"), ``cache_creation_tokens``, ``reasoning_tokens`` (the last three are parts of the first two, never
   added); **total** = prompt + completion. Calls with null usage are counted apart ("no usage" is not zero).
   Cache hit rate = cache_read / prompt. Tokens per turn = total / turns of the same window.
+- **cost**: each ``llm_call_completed`` with usage priced by :mod:`schemas.pricing` (the one price function the
+  worker and the exporter use too), in integer nano-USD rounded once per call; ``cost_nusd`` is their sum (and per
+  model in ``cost_by_model``); a call with usage whose model has no price counts in ``llm_calls_unpriced`` instead.
+  Cost per turn = cost / turns of the same window.
 - **confirm requests by outcome**: request = ``tool_confirmation`` events; allow / reject / timeout =
   ``confirm_resolved`` events by ``confirm_outcome``; confirm timeout rate = timeout / (allow + reject + timeout).
 - **events per type**: every event.
@@ -42,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from producers.incidents import DEFAULT_RULES, DEFAULT_SPIKE, Incident, RuleSpec, SpikeSpec
+from schemas.pricing import NANO_PER_USD, PriceTable, default_prices
 
 US = 1_000_000  # event times are int microseconds since the epoch
 TRUTH_FORMAT = "agentwatch-ground-truth/1"
@@ -50,7 +55,8 @@ TRUTH_FORMAT = "agentwatch-ground-truth/1"
 class _Window:
     __slots__ = ("events", "by_type", "turns", "turn_status", "incomplete", "max_iter", "turn_ms", "tool_calls",
                  "tool_failures", "tool_cancelled", "tools", "llm_calls", "llm_errors", "llm_error_types",
-                 "llm_retries", "llm_5xx", "failed_attempts", "no_usage", "tokens", "by_model", "confirm")
+                 "llm_retries", "llm_5xx", "failed_attempts", "no_usage", "tokens", "by_model", "confirm", "cost",
+                 "unpriced", "cost_by_model", "cost_by_user")
 
     def __init__(self) -> None:
         self.events = 0
@@ -66,6 +72,9 @@ class _Window:
         self.tokens = [0, 0, 0, 0, 0]  # prompt, completion, cache_read, cache_creation, reasoning
         self.by_model: Counter[str] = Counter()
         self.confirm: Counter[str] = Counter()
+        self.cost = self.unpriced = 0  # nano-USD; calls with usage but no price
+        self.cost_by_model: Counter[str] = Counter()
+        self.cost_by_user: Counter[str] = Counter()  # exact; the worker keeps a bounded sketch of it
 
 
 _TOKEN_KEYS = ("prompt", "completion", "cache_read", "cache_creation", "reasoning")
@@ -75,12 +84,13 @@ class TruthCounter:
     """Streaming form of :func:`truth_from_events`: ``add`` events one by one (e.g. while publishing them)."""
 
     def __init__(self, window_s: int = 60, rules: Sequence[RuleSpec] = DEFAULT_RULES,
-                 spike: SpikeSpec = DEFAULT_SPIKE) -> None:
+                 spike: SpikeSpec = DEFAULT_SPIKE, prices: PriceTable | None = None) -> None:
         if window_s <= 0:
             raise ValueError("window_s must be positive")
         self.window_s = int(window_s)
         self.window_us = self.window_s * US
         self.rules, self.spike = tuple(rules), spike
+        self.prices = prices if prices is not None else default_prices()
         self._windows: dict[tuple[str, int], _Window] = {}
         self.first_us: int | None = None
         self.last_us: int | None = None
@@ -135,6 +145,16 @@ class TruthCounter:
                     if v is not None:
                         tok[i] += v
                 w.by_model[ev["model"] or "unknown"] += (ev["prompt_tokens"] or 0) + (ev["completion_tokens"] or 0)
+                cost = self.prices.cost_nusd(ev["model"], t, ev["prompt_tokens"], ev["completion_tokens"],
+                                             ev["cache_read_tokens"], ev["cache_creation_tokens"],
+                                             ev["reasoning_tokens"])
+                if cost is None:
+                    w.unpriced += 1
+                else:
+                    w.cost += cost
+                    w.cost_by_model[ev["model"] or "unknown"] += cost
+                    if ev.get("user_id"):
+                        w.cost_by_user[ev["user_id"]] += cost
         elif typ == "llm_retry":
             w.llm_retries += 1
             self._failed_attempt(w, ev)
@@ -188,9 +208,9 @@ class TruthCounter:
 
 
 def truth_from_events(events: Iterable[dict[str, Any]], window_s: int = 60, rules: Sequence[RuleSpec] = DEFAULT_RULES,
-                      spike: SpikeSpec = DEFAULT_SPIKE) -> dict[str, Any]:
+                      spike: SpikeSpec = DEFAULT_SPIKE, prices: PriceTable | None = None) -> dict[str, Any]:
     """Count ``events`` per tenant and tumbling event-time window (see the module docstring for what counts)."""
-    return TruthCounter(window_s, rules, spike).add_all(events).result()
+    return TruthCounter(window_s, rules, spike, prices).add_all(events).result()
 
 
 DEFINITIONS: dict[str, str] = {
@@ -209,6 +229,11 @@ DEFINITIONS: dict[str, str] = {
               "prompt, reasoning of completion",
     "llm_calls_without_usage": "llm_call_completed with null prompt and completion tokens",
     "tokens_by_model": "prompt + completion per llm_call_completed.model",
+    "cost_nusd": "sum over llm_call_completed with usage of schemas.pricing cost (integer nano-USD, rounded per call)",
+    "llm_calls_unpriced": "llm_call_completed with usage whose model has no price",
+    "cost_by_model": "cost_nusd per llm_call_completed.model",
+    "cost_by_user": "cost_nusd per llm_call_completed.user_id (exact; the worker's top_spenders bound it)",
+    "cost_per_turn_usd": "cost_nusd / 1e9 / turns (same window)",
     "confirm.request": "tool_confirmation events",
     "confirm.allow/reject/timeout": "confirm_resolved by confirm_outcome",
     "rates.tool_failure_rate": "tool_failures / tool_calls",
@@ -268,6 +293,11 @@ def _record(w: _Window) -> dict[str, Any]:
         "tokens": tokens,
         "tokens_by_model": dict(sorted(w.by_model.items())),
         "tokens_per_turn": _ratio(tokens["total"], w.turns),
+        "cost_nusd": w.cost,
+        "llm_calls_unpriced": w.unpriced,
+        "cost_by_model": dict(sorted(w.cost_by_model.items())),
+        "cost_by_user": dict(sorted(w.cost_by_user.items())),
+        "cost_per_turn_usd": _ratio(w.cost / NANO_PER_USD, w.turns),
         "confirm": confirm,
         "rates": {
             "tool_failure_rate": _ratio(w.tool_failures, w.tool_calls),
@@ -306,6 +336,10 @@ def _merge(into: _Window, w: _Window) -> None:
     into.failed_attempts.update(w.failed_attempts)
     into.tokens = [a + b for a, b in zip(into.tokens, w.tokens, strict=True)]
     into.by_model.update(w.by_model)
+    into.cost += w.cost
+    into.unpriced += w.unpriced
+    into.cost_by_model.update(w.cost_by_model)
+    into.cost_by_user.update(w.cost_by_user)
     into.confirm.update(w.confirm)
 
 

@@ -35,7 +35,8 @@ host events                       ``tool_lifecycle`` / ``permission_decision`` /
 llm_call_*, error, ask_user_*,    the same-named kind, Agentao data rebuilt from our typed fields +
 state changes                     payload (``llm_call_delta`` / ``llm_call_io`` only if captured)
 turn_start, llm_retry,            skipped: Agentao does not mirror them (no replay kind exists, and a
-compaction_started, unknown       kind outside the 1.6 vocabulary fails its schema)
+compaction_started, unknown       kind outside the 1.6 vocabulary fails its schema); so is the bridge's
+                                  sub-agent usage ``llm_call_completed`` (payload ``_subagent_usage``)
 ================================  ===================================================================
 
 Payload keys agentwatch adds itself (``_``-prefixed) are not archived.
@@ -403,6 +404,8 @@ def map_event(event: Mapping[str, Any], flags: Mapping[str, bool]) -> list[Row] 
     build = _BUILDERS.get(event["type"])
     if build is None:
         return []  # skipped, or a type this archive does not know: nothing Agentao would write for it
+    if event.get("child_task_id") and '"_subagent_usage"' in str(event.get("payload") or ""):
+        return []  # the bridge's count of a sub-agent's usage (producers/subagent_usage.py): Agentao writes no row
     data = agentao_data(event)
     mapped = build(event, data, _Fields(event, data, event["type"]), flags)
     upstream = data.get("redaction_hits")

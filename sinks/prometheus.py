@@ -22,6 +22,12 @@ series                                                      counted from
                                                             completion | cached | cache_creation | reasoning
                                                             (cached, cache_creation are parts of prompt, reasoning
                                                             of completion: never add them up)
+``agent_llm_cost_usd_total{tenant,model}``                  cost of ``llm_call_completed`` with usage, priced by
+                                                            :mod:`schemas.pricing` (genai-prices + overrides; the
+                                                            worker's and the ground truth's price function),
+                                                            summed as integer nano-USD, exposed in USD
+``agent_llm_calls_unpriced_total{tenant,model}``            ``llm_call_completed`` with usage whose model has no
+                                                            price (its tokens count, its cost cannot)
 ``agent_llm_errors_total{tenant,error_type}``               ``llm_call_completed`` with ``status=error``
 ``agent_llm_attempts_total{tenant}``                        provider HTTP attempts: ``llm_call_completed`` +
                                                             ``llm_retry``
@@ -34,10 +40,10 @@ series                                                      counted from
 Counters start at 0: the first event of a tenant creates its ``agent_turns``, ``agent_max_iterations_hits``,
 ``agent_llm_attempts`` and ``agent_confirm_requests`` (every outcome) series; the first call of a (tenant, tool)
 creates ``agent_tool_calls`` for every status and ``agent_tool_failures``; of a (tenant, model), ``agent_llm_calls``
-for both statuses. So ``rate()`` and ``increase()`` see the first increment of each (a series born at 1 has no
-earlier sample to differ from). Label values that cannot be known before they happen (``error_type``) start with
-their first event, and a token type starts with its first reported count (a series at 0 would claim the provider
-reported zero where it reported nothing).
+for both statuses, ``agent_llm_cost_usd`` and ``agent_llm_calls_unpriced``. So ``rate()`` and ``increase()`` see
+the first increment of each (a series born at 1 has no earlier sample to differ from). Label values that cannot
+be known before they happen (``error_type``) start with their first event, and a token type starts with its first
+reported count (a series at 0 would claim the provider reported zero where it reported nothing).
 
 ``error_type`` follows OpenTelemetry's ``error.type``: the provider's HTTP status (``"500"``, ``"429"``) when the
 event carries one, else the exception class, else ``_OTHER``.
@@ -91,6 +97,7 @@ from prometheus_client.utils import floatToGoString
 
 from schemas import contract
 from schemas.codec import AvroCodec, DecodeError
+from schemas.pricing import NANO_PER_USD, PriceTable, default_prices
 
 OTHER = "other"  # folded label values (cardinality guard, unexpected enum values)
 UNKNOWN = "unknown"  # a missing or empty value
@@ -151,6 +158,10 @@ FAMILIES: tuple[Family, ...] = (
            ("tenant", "model")),
     Family("agent_llm_tokens", "Tokens over llm_call_completed; cached and cache_creation are parts of prompt, "
            "reasoning of completion.", ("tenant", "model", "type")),
+    Family("agent_llm_cost_usd", "Cost in USD of LLM calls with usage, priced by genai-prices (or the prices "
+           "file) per call; calls of unpriced models are not in it.", ("tenant", "model")),
+    Family("agent_llm_calls_unpriced", "LLM calls with usage whose model has no price (not in the cost).",
+           ("tenant", "model")),
     Family("agent_llm_errors", "Failed LLM calls (llm_call_completed status=error) by error_type (HTTP status or "
            "exception class).", ("tenant", "error_type")),
     Family("agent_llm_attempts", "Provider HTTP attempts: llm_call_completed + llm_retry.", ("tenant",)),
@@ -297,9 +308,11 @@ def _inc(counter: dict[tuple[str, ...], float], key: tuple[str, ...], n: float =
 class EventMetrics:
     """The ``agent_*`` and ``gen_ai_*`` series of decoded events. Not thread-safe: :class:`ExporterState` locks."""
 
-    def __init__(self, guard: CardinalityGuard, providers: tuple[tuple[str, str], ...] = DEFAULT_PROVIDERS) -> None:
+    def __init__(self, guard: CardinalityGuard, providers: tuple[tuple[str, str], ...] = DEFAULT_PROVIDERS,
+                 prices: PriceTable | None = None) -> None:
         self.guard = guard
         self.providers = providers
+        self.prices = prices if prices is not None else default_prices()
         self.counters: dict[str, dict[tuple[str, ...], float]] = {
             f.name: {} for f in FAMILIES if f.kind == "counter"}
         self.histograms: dict[str, dict[tuple[str, ...], _Histogram]] = {
@@ -309,6 +322,7 @@ class EventMetrics:
         self._tool_calls, self._tool_failures = c["agent_tool_calls"], c["agent_tool_failures"]
         self._llm_calls, self._no_usage = c["agent_llm_calls"], c["agent_llm_calls_without_usage"]
         self._tokens, self._llm_errors = c["agent_llm_tokens"], c["agent_llm_errors"]
+        self._cost, self._unpriced = c["agent_llm_cost_usd"], c["agent_llm_calls_unpriced"]  # cost: int nano-USD
         self._attempts, self._failed = c["agent_llm_attempts"], c["agent_llm_failed_attempts"]
         self._confirm, self._events = c["agent_confirm_requests"], c["agentwatch_exporter_events"]
         self._turn_dur, self._tool_dur = h["agent_turn_duration_seconds"], h["agent_tool_duration_seconds"]
@@ -354,6 +368,8 @@ class EventMetrics:
         self._seen_models.add((t, model))
         for status in sorted(LLM_STATUSES):
             _inc(self._llm_calls, (t, model, status), 0)
+        _inc(self._cost, (t, model), 0)
+        _inc(self._unpriced, (t, model), 0)
 
     def _turn_end(self, ev: Mapping[str, Any], t: str) -> None:
         key = (t,)
@@ -393,6 +409,13 @@ class EventMetrics:
                 v = ev.get(fname)
                 if v is not None and v >= 0:
                     _inc(self._tokens, (t, model, ttype), v)
+            cost = self.prices.cost_nusd(raw_model, ev.get("event_time") or 0, prompt, completion,
+                                         ev.get("cache_read_tokens"), ev.get("cache_creation_tokens"),
+                                         ev.get("reasoning_tokens"))
+            if cost is None:
+                _inc(self._unpriced, (t, model))
+            else:
+                _inc(self._cost, (t, model), cost)
         failed = status == "error"
         error_type = ""
         if failed:
@@ -456,13 +479,14 @@ class ExporterState:
 
     def __init__(self, topic: str, *, limits: CardinalityLimits | None = None, lateness_s: float = 60.0,
                  dedup_window: int = 100_000, codec: AvroCodec | None = None,
-                 providers: tuple[tuple[str, str], ...] = DEFAULT_PROVIDERS) -> None:
+                 providers: tuple[tuple[str, str], ...] = DEFAULT_PROVIDERS,
+                 prices: PriceTable | None = None) -> None:
         if lateness_s < 0 or dedup_window < 1:
             raise ValueError("lateness_s must be >= 0 and dedup_window >= 1")
         self.topic = topic
         self.lock = threading.Lock()
         self.guard = CardinalityGuard(limits)
-        self.events = EventMetrics(self.guard, providers)
+        self.events = EventMetrics(self.guard, providers, prices)
         self.codec = codec or AvroCodec()
         self.lateness_us = int(lateness_s * 1_000_000)
         self.dedup_window = dedup_window
@@ -580,8 +604,9 @@ class _StateCollector(Collector):
         for fam in FAMILIES:
             if fam.kind == "counter":
                 cf = CounterMetricFamily(fam.name, fam.help, labels=fam.labels)
+                scale = NANO_PER_USD if fam.name == "agent_llm_cost_usd" else 1  # kept as exact integer nano-USD
                 for key, value in sorted(counters[fam.name].items()):
-                    cf.add_metric(key, value)
+                    cf.add_metric(key, value / scale if scale != 1 else value)
                 yield cf
             else:
                 hf = HistogramMetricFamily(fam.name, fam.help, labels=fam.labels, unit=fam.unit)

@@ -17,6 +17,12 @@ and within the sketch's relative error here):
   ``llm_calls_without_usage`` (failed calls never carry usage, so they count there too; ``llm_calls -
   llm_calls_without_usage`` is the number of calls whose tokens are in the sums), never as 0 tokens. A per-skill
   breakdown uses the ``skill`` key of the event's JSON ``payload`` when present.
+* cost: each ``llm_call_completed`` with usage is priced by :mod:`schemas.pricing` (model, event time, the five token
+  counts) in integer nano-USD rounded once per call; ``cost_nusd`` sums them (per window, model and skill), so it is
+  exact and the same in any merge order. A call with usage whose model has no price counts in
+  ``llm_calls_unpriced`` and adds nothing to the cost (never priced as 0 silently). Cost per turn = cost / turns.
+  Cost per ``user_id`` goes into a bounded Space-Saving sketch (``top_spenders``, :mod:`streams.heavy_hitters`):
+  the heaviest spenders with stated error bounds, never a label.
 * confirmation: ``tool_confirmation`` is a request; ``confirm_resolved.confirm_outcome`` allow|reject|timeout.
 
 Label cardinality: per tenant and dimension (tool, model, skill, error_type = error class, attempt_status) a window
@@ -34,6 +40,8 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from schemas.pricing import NANO_PER_USD, PriceTable, default_prices
+from streams.heavy_hitters import DEFAULT_CAPACITY, SpaceSaving
 from streams.sketch import DEFAULT_RELATIVE_ACCURACY, DurationSketch
 
 OTHER = "__other__"
@@ -118,6 +126,8 @@ _USAGE_FIELDS = (
     "cache_read_tokens",
     "cache_creation_tokens",
     "reasoning_tokens",
+    "cost_nusd",
+    "llm_calls_unpriced",
 )
 
 
@@ -136,6 +146,8 @@ class UsageStats:
         self.cache_read_tokens = 0
         self.cache_creation_tokens = 0
         self.reasoning_tokens = 0
+        self.cost_nusd = 0  # integer nano-USD: sums of per-call costs (schemas/pricing.py), exact in any order
+        self.llm_calls_unpriced = 0  # calls with usage whose model has no price: not in cost_nusd
 
     def merge(self, other: UsageStats) -> None:
         self.llm_calls += other.llm_calls
@@ -147,6 +159,8 @@ class UsageStats:
         self.cache_read_tokens += other.cache_read_tokens
         self.cache_creation_tokens += other.cache_creation_tokens
         self.reasoning_tokens += other.reasoning_tokens
+        self.cost_nusd += other.cost_nusd
+        self.llm_calls_unpriced += other.llm_calls_unpriced
 
     def copy(self) -> UsageStats:
         dup = UsageStats()
@@ -158,8 +172,12 @@ class UsageStats:
 
     @classmethod
     def from_list(cls, values: Iterable[int]) -> UsageStats:
+        """Also reads the shorter lists of state written before cost existed (their cost reads as 0)."""
         stats = cls()
-        for name, value in zip(_USAGE_FIELDS, values, strict=True):
+        values = list(values)
+        if not len(_USAGE_FIELDS) - 2 <= len(values) <= len(_USAGE_FIELDS):
+            raise ValueError(f"usage state has {len(values)} values, expected {len(_USAGE_FIELDS)}")
+        for name, value in zip(_USAGE_FIELDS, values, strict=False):
             setattr(stats, name, int(value))
         return stats
 
@@ -278,6 +296,7 @@ class TenantWindowAggregate:
         "label_limit",
         "relative_accuracy",
         "guards",
+        "prices",
         "events",
         "by_type",
         "turns",
@@ -299,6 +318,7 @@ class TenantWindowAggregate:
         "confirm_timeouts",
         "folded",
         "folded_extra",
+        "spenders",
     )
 
     def __init__(
@@ -310,6 +330,7 @@ class TenantWindowAggregate:
         label_limit: int = DEFAULT_LABEL_LIMIT,
         relative_accuracy: float = DEFAULT_RELATIVE_ACCURACY,
         guards: TenantGuards | None = None,
+        prices: PriceTable | None = None,
     ) -> None:
         self.tenant = tenant
         self.window_start = window_start
@@ -317,6 +338,7 @@ class TenantWindowAggregate:
         self.label_limit = label_limit
         self.relative_accuracy = relative_accuracy
         self.guards = guards
+        self.prices = prices if prices is not None else default_prices()
         self.events = 0
         self.by_type: dict[str, int] = {}
         self.turns = 0
@@ -339,6 +361,7 @@ class TenantWindowAggregate:
         # per dimension: names folded into OTHER with their counts (bounded), and distinct folds known only as a number
         self.folded: dict[str, dict[str, int]] = {dim: {} for dim in DIMENSIONS}
         self.folded_extra: dict[str, int] = dict.fromkeys(DIMENSIONS, 0)
+        self.spenders = SpaceSaving(DEFAULT_CAPACITY)  # cost per user_id, the heaviest kept (bounded)
 
     # -- hot path -----------------------------------------------------------------------------------------------
 
@@ -365,7 +388,8 @@ class TenantWindowAggregate:
             if d is not None:
                 stats.duration.add(d)
         elif t == "llm_call_completed":
-            name = ev.get("model") or UNKNOWN
+            model = ev.get("model")
+            name = model or UNKNOWN
             stats = self.models.get(name)
             if stats is None:
                 stats = self._label(self.models, "model", name, UsageStats)
@@ -384,6 +408,7 @@ class TenantWindowAggregate:
             if p is None and c is None:
                 stats.llm_calls_without_usage += 1
                 cr = cc = rs = None
+                cost: int | None = 0
             else:
                 cr = ev.get("cache_read_tokens")
                 cc = ev.get("cache_creation_tokens")
@@ -398,11 +423,19 @@ class TenantWindowAggregate:
                     stats.cache_creation_tokens += cc
                 if rs:
                     stats.reasoning_tokens += rs
+                cost = self.prices.cost_nusd(model, ev.get("event_time") or self.window_start, p, c, cr, cc, rs)
+                if cost is None:
+                    stats.llm_calls_unpriced += 1
+                else:
+                    stats.cost_nusd += cost
+                    user = ev.get("user_id")
+                    if user:
+                        self.spenders.add(user, cost)
             payload = ev.get("payload")
             if payload and '"skill"' in payload:
                 skill = skill_of(payload)
                 if skill is not None:
-                    self._fold_skill(skill, failed, is_5xx, p, c, cr, cc, rs)
+                    self._fold_skill(skill, failed, is_5xx, p, c, cr, cc, rs, cost)
             d = ev.get("duration_ms")
             if d is not None:
                 self.llm_duration.add(d)
@@ -459,6 +492,7 @@ class TenantWindowAggregate:
         cr: int | None,
         cc: int | None,
         rs: int | None,
+        cost: int | None,
     ) -> None:
         stats = self.skills.get(skill)
         if stats is None:
@@ -475,6 +509,10 @@ class TenantWindowAggregate:
         stats.cache_read_tokens += cr or 0
         stats.cache_creation_tokens += cc or 0
         stats.reasoning_tokens += rs or 0
+        if cost is None:
+            stats.llm_calls_unpriced += 1
+        else:
+            stats.cost_nusd += cost
 
     # -- labels ---------------------------------------------------------------------------------------------------
 
@@ -561,6 +599,7 @@ class TenantWindowAggregate:
         self.confirm_allows += other.confirm_allows
         self.confirm_rejects += other.confirm_rejects
         self.confirm_timeouts += other.confirm_timeouts
+        self.spenders.merge(other.spenders)
         theirs_by_dim = other.label_dicts()
         for dim, mine in self.label_dicts().items():
             for name, stats in theirs_by_dim[dim].items():
@@ -621,6 +660,7 @@ class TenantWindowAggregate:
             "incomplete_reasons": dict(sorted(self.incomplete_reasons.items())),
             "max_iterations_hits": self.max_iterations_hits,
             "tokens_per_turn": total_tokens / self.turns if self.turns else None,
+            "cost_per_turn_usd": usage.cost_nusd / self.turns / NANO_PER_USD if self.turns else None,
             "turn_duration": _duration_record(self.turn_duration, quantiles),
             "tool_calls": tool.calls,
             "tool_failures": tool.failures,
@@ -636,7 +676,7 @@ class TenantWindowAggregate:
                 }
                 for name, s in sorted(self.tools.items())
             ],
-            **{name: getattr(usage, name) for name in _USAGE_FIELDS},
+            **{name: _sat(getattr(usage, name)) for name in _USAGE_FIELDS},
             "total_tokens": total_tokens,
             "llm_errors_by_type": {k: c.n for k, c in sorted(self.llm_error_types.items())},
             "llm_retries": self.llm_retries,
@@ -646,6 +686,9 @@ class TenantWindowAggregate:
             "llm_duration": _duration_record(self.llm_duration, quantiles),
             "tokens_by_model": {name: s.total_tokens for name, s in sorted(self.models.items())},
             "tokens_by_skill": {name: s.total_tokens for name, s in sorted(self.skills.items())},
+            "cost_by_model": {name: _sat(s.cost_nusd) for name, s in sorted(self.models.items())},
+            "cost_by_skill": {name: _sat(s.cost_nusd) for name, s in sorted(self.skills.items())},
+            "top_spenders": self.spenders.to_record(),
             "models": [_usage_record(name, s) for name, s in sorted(self.models.items())],
             "skills": [_usage_record(name, s) for name, s in sorted(self.skills.items())],
             "confirm_requests": self.confirm_requests,
@@ -658,7 +701,9 @@ class TenantWindowAggregate:
         }
 
     @classmethod
-    def from_record(cls, rec: Mapping[str, Any], guards: TenantGuards | None = None) -> TenantWindowAggregate:
+    def from_record(
+        cls, rec: Mapping[str, Any], guards: TenantGuards | None = None, prices: PriceTable | None = None
+    ) -> TenantWindowAggregate:
         """Rebuild a (mergeable) aggregate from a ``WindowedMetrics`` record, e.g. in a second merge stage."""
         agg = cls(
             rec["tenant"],
@@ -667,6 +712,7 @@ class TenantWindowAggregate:
             label_limit=int(rec["label_limit"]),
             relative_accuracy=float(rec["turn_duration"]["relative_accuracy"]),
             guards=guards,
+            prices=prices,
         )
         agg.events = int(rec["events"])
         agg.by_type = {k: int(v) for k, v in rec["events_by_type"].items()}
@@ -683,14 +729,15 @@ class TenantWindowAggregate:
             stats = agg.tools[t["tool"]] = ToolStats(agg.relative_accuracy)
             stats.calls, stats.failures, stats.cancelled = int(t["calls"]), int(t["failures"]), int(t["cancelled"])
             stats.duration = DurationSketch.from_dict(t["duration"])
-        agg.models = {m["label"]: UsageStats.from_list(m[f] for f in _USAGE_FIELDS) for m in rec["models"]}
-        agg.skills = {m["label"]: UsageStats.from_list(m[f] for f in _USAGE_FIELDS) for m in rec["skills"]}
+        agg.models = {m["label"]: UsageStats.from_list(m.get(f, 0) for f in _USAGE_FIELDS) for m in rec["models"]}
+        agg.skills = {m["label"]: UsageStats.from_list(m.get(f, 0) for f in _USAGE_FIELDS) for m in rec["skills"]}
         agg.llm_error_types = {k: _count_of(v) for k, v in rec["llm_errors_by_type"].items()}
         agg.confirm_requests = int(rec["confirm_requests"])
         agg.confirm_allows = int(rec["confirm_allows"])
         agg.confirm_rejects = int(rec["confirm_rejects"])
         agg.confirm_timeouts = int(rec["confirm_timeouts"])
         agg.folded_extra = {dim: int(rec["folded_label_values"].get(dim, 0)) for dim in DIMENSIONS}
+        agg.spenders = SpaceSaving.from_record(rec.get("top_spenders"))
         return agg
 
     def to_state(self) -> dict[str, Any]:
@@ -718,10 +765,13 @@ class TenantWindowAggregate:
             "confirm": [self.confirm_requests, self.confirm_allows, self.confirm_rejects, self.confirm_timeouts],
             "folded": {dim: dict(names) for dim, names in self.folded.items()},
             "folded_extra": dict(self.folded_extra),
+            "spenders": self.spenders.to_state(),
         }
 
     @classmethod
-    def from_state(cls, state: Mapping[str, Any], guards: TenantGuards | None = None) -> TenantWindowAggregate:
+    def from_state(
+        cls, state: Mapping[str, Any], guards: TenantGuards | None = None, prices: PriceTable | None = None
+    ) -> TenantWindowAggregate:
         if state.get("v") != STATE_VERSION:
             raise ValueError(f"unsupported aggregate state version {state.get('v')!r}")
         agg = cls(
@@ -731,6 +781,7 @@ class TenantWindowAggregate:
             label_limit=int(state["limit"]),
             relative_accuracy=float(state["alpha"]),
             guards=guards,
+            prices=prices,
         )
         agg.events = int(state["events"])
         agg.by_type = {k: int(v) for k, v in state["by_type"].items()}
@@ -753,6 +804,7 @@ class TenantWindowAggregate:
         )
         agg.folded = {dim: {n: int(c) for n, c in state["folded"].get(dim, {}).items()} for dim in DIMENSIONS}
         agg.folded_extra = {dim: int(state["folded_extra"].get(dim, 0)) for dim in DIMENSIONS}
+        agg.spenders = SpaceSaving.from_state(state.get("spenders"))
         return agg
 
     def __repr__(self) -> str:
@@ -764,7 +816,16 @@ def _duration_record(sketch: DurationSketch, quantiles: bool = True) -> dict[str
 
 
 def _usage_record(label: str, stats: UsageStats) -> dict[str, Any]:
-    return {"label": label, **{name: getattr(stats, name) for name in _USAGE_FIELDS}}
+    return {"label": label, **{name: _sat(getattr(stats, name)) for name in _USAGE_FIELDS}}
+
+
+LONG_MAX = 2**63 - 1
+
+
+def _sat(n: int) -> int:
+    """An Avro long: sums saturate at 2^63 - 1 (cost: 9.2 billion USD in nano-USD, reachable only by a hostile
+    flood of maximal counts on the dearest model) instead of failing the window's record."""
+    return n if n <= LONG_MAX else LONG_MAX
 
 
 def _add_counts(into: dict[str, int], other: Mapping[str, int]) -> None:
@@ -798,12 +859,16 @@ class TenantWindowOps:
     """
 
     def __init__(
-        self, label_limit: int = DEFAULT_LABEL_LIMIT, relative_accuracy: float = DEFAULT_RELATIVE_ACCURACY
+        self,
+        label_limit: int = DEFAULT_LABEL_LIMIT,
+        relative_accuracy: float = DEFAULT_RELATIVE_ACCURACY,
+        prices: PriceTable | None = None,
     ) -> None:
         if label_limit < 1:
             raise ValueError("label_limit must be >= 1")
         self.label_limit = label_limit
         self.relative_accuracy = relative_accuracy
+        self.prices = prices if prices is not None else default_prices()
         self.guards: dict[str, TenantGuards] = {}
 
     def guards_for(self, tenant: str) -> TenantGuards:
@@ -820,6 +885,7 @@ class TenantWindowOps:
             label_limit=self.label_limit,
             relative_accuracy=self.relative_accuracy,
             guards=self.guards_for(key),
+            prices=self.prices,
         )
 
     def adder(self, aggregate: TenantWindowAggregate) -> Callable[[Mapping[str, Any]], None]:
@@ -832,7 +898,7 @@ class TenantWindowOps:
         return aggregate.to_state()
 
     def load(self, key: str, start_us: int, end_us: int, state: Mapping[str, Any]) -> TenantWindowAggregate:
-        return TenantWindowAggregate.from_state(state, guards=self.guards_for(key))
+        return TenantWindowAggregate.from_state(state, guards=self.guards_for(key), prices=self.prices)
 
     def on_close(self, aggregate: TenantWindowAggregate) -> None:
         self.guards_for(aggregate.tenant).observe(aggregate)

@@ -64,6 +64,7 @@ from faust.types import TP, EventT
 from schemas.codec import DEFAULT_MAX_RECORD_BYTES, SINGLE_OBJECT_MAGIC, AvroCodec
 from schemas.codegen import EncodeError, UnsupportedSchema, compile_schema
 from schemas.contract import strip_logical_types
+from schemas.pricing import price_table
 from streams import partials as partials_format
 from streams.alerts import AlertCodec, link_template
 from streams.ingest import DeadLetter, Ingest, Outcome, dead_letter_headers
@@ -175,7 +176,8 @@ class WorkerShell:
         self.telemetry = telemetry
         codec = self.codec = AvroCodec(max_record_bytes=options.max_record_bytes or DEFAULT_MAX_RECORD_BYTES)
         self.ingest = Ingest(codec, options.window_s, options.grace_s, options.max_future_s, options.label_limit,
-                             allowed_lateness_s=options.allowed_lateness_s, max_age_s=options.max_event_age_s)
+                             allowed_lateness_s=options.allowed_lateness_s, max_age_s=options.max_event_age_s,
+                             prices=price_table(options.prices_file))
         rules = load_rules(options.rules_file)
         self.merge = MergeStage(options.window_s, options.events_partitions, options.partials_partitions,
                                 RuleEngine(rules, generator_url=link_template(options.generator_url)),

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schemas.codec import AvroCodec, DecodeError
+from schemas.pricing import PriceTable
 from streams.aggregate import TenantWindowAggregate, TenantWindowOps
 from streams.partials import Marker, Partial
 from streams.validation import EventBounds, Rejection, check_events
@@ -107,9 +108,9 @@ class Ingest:
 
     def __init__(self, codec: AvroCodec, window_s: float = 60, grace_s: float = 10.0,
                  max_future_s: float | None = 300.0, label_limit: int = 50, *, allowed_lateness_s: float = 0.0,
-                 max_age_s: float | None = None) -> None:
+                 max_age_s: float | None = None, prices: PriceTable | None = None) -> None:
         self.codec = codec
-        self.ops = TenantWindowOps(label_limit)
+        self.ops = TenantWindowOps(label_limit, prices=prices)
         self.bounds = EventBounds(max_future_s=max_future_s, max_age_s=max_age_s)
         self.engine: WindowEngine[str, TenantWindowAggregate] = WindowEngine(
             TumblingWindows(window_s), self.ops, grace_s, max_future_s=max_future_s,

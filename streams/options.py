@@ -51,6 +51,7 @@ class WorkerOptions:
     backfill: bool = False
     rules_file: Path | None = None
     generator_url: str | None = None  # the alerts' generatorURL template ({tenant}, {alertname}, {tool})
+    prices_file: Path | None = None  # LLM price overrides (schemas/pricing.py); None: genai-prices only
     store: str = "memory://"
     datadir: Path = Path("agentwatch-worker")
     web_port: int | None = None
@@ -79,6 +80,10 @@ class WorkerOptions:
             raise ValueError("flush interval, heartbeat and flush records must be positive")
         if self.gc_threshold < 0:
             raise ValueError("gc threshold must be >= 0")
+        if self.prices_file is not None:
+            from schemas.pricing import load_overrides
+
+            load_overrides(self.prices_file)  # a bad file stops the start with its one-line PricesFileError
         if not self.store.startswith(("memory://", "rocksdb://", "rocksdict://")):
             raise ValueError(f"store must be memory://, rocksdb:// or rocksdict://, got {self.store!r}")
 

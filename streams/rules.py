@@ -20,6 +20,23 @@ Semantics, per rule and key:
   skipped, not counted). ``startsAt`` is the start of the first of them.
 * Order: windows must arrive in window order per tenant. A window ending at or before the last evaluated one for
   that tenant is ignored, which makes re-delivery of a final window result (at-least-once) harmless.
+
+Daily cost budget (``cost_budget`` in the rules file, :class:`BudgetSpec`): per tenant, the spend of the **UTC
+calendar day** (the day of each window's start; not a rolling 24 h: it matches how providers bill and resets at a
+known time) is the sum of the windows' ``cost_nusd`` (integer nano-USD, exact). The alert fires with the first
+window that takes the day's spend strictly above the tenant's budget (``startsAt`` = that window) and resolves
+with the tenant's first window of a later day (``endsAt`` = the end of the breached day): one page per tenant and
+day. Late data that revises a window of the current day adds its extra cost to the day's spend (a crossing it
+causes fires with the tenant's next window); calls of unpriced models are not money, and the alert says how many
+there were. The day, its spend and the open alert are in the tenant's snapshot, so they survive restarts.
+
+Per-user spend (``user_spend``, :class:`UserSpendSpec`): each window's ``top_spenders`` sketch (per ``user_id``,
+bounded, with error bounds: :mod:`streams.heavy_hitters`) is kept for the rolling ``rolling_minutes``; a user whose
+*certain* spend over it (the sum of the sketch's lower bounds, so the alert never names a user wrongly) goes above
+``threshold_usd`` fires ``UserSpendHigh`` with a ``user`` label; it resolves when the user's possible spend (the
+sum of upper bounds) is back at or below ``resolve_usd``. A user whose true rolling spend exceeds the threshold by
+more than the sketches' error bounds (each window's total / capacity) is always caught. Revisions (late data) do not
+change it. The kept windows and open alerts are in the tenant's snapshot.
 """
 
 from __future__ import annotations
@@ -36,7 +53,9 @@ from streams.alerts import FIRING, RESOLVED, Alert, AlertState, Change, Verdict,
 
 DEFAULT_RULES_FILE = Path(__file__).resolve().with_name("default_rules.yaml")
 CONFIG_VERSION = 1
-TOP_LEVEL_KEYS = frozenset({"version", "defaults", "rules", "token_spike"})
+TOP_LEVEL_KEYS = frozenset({"version", "defaults", "rules", "token_spike", "cost_budget", "user_spend"})
+DAY_US = 86_400_000_000
+NANO_PER_USD = 1_000_000_000
 RESERVED_LABELS = frozenset({"alertname", "tenant", "tool", "severity"})
 
 
@@ -89,6 +108,9 @@ class WindowMetrics:
     confirm_timeouts: int = 0
     tokens_by_model: dict[str, int] = field(default_factory=dict)
     tokens_by_skill: dict[str, int] = field(default_factory=dict)
+    cost_nusd: int = 0  # integer nano-USD (schemas/pricing.py); calls of unpriced models are not in it
+    llm_calls_unpriced: int = 0
+    top_spenders: list[tuple[str, int, int]] = field(default_factory=list)  # (user, cost, error), nano-USD
 
     @property
     def total_tokens(self) -> int:
@@ -124,8 +146,10 @@ class WindowMetrics:
         else:
             items = ((t["tool"], t) for t in tools_raw)
         tools = {str(name): ToolCounts(_count(c, "calls"), _count(c, "failures")) for name, c in items}
+        spenders = (record.get("top_spenders") or {}).get("users") or ()
         return cls(
             tenant=str(tenant), window_start_us=start, window_end_us=end, tools=tools,
+            top_spenders=[(str(u["user"]), int(u["cost_nusd"]), int(u["error_nusd"])) for u in spenders],
             tokens_by_model={str(k): int(v or 0) for k, v in (record.get("tokens_by_model") or {}).items()},
             tokens_by_skill={str(k): int(v or 0) for k, v in (record.get("tokens_by_skill") or {}).items()},
             **{name: _count(record, name) for name in _COUNTER_FIELDS},
@@ -136,7 +160,7 @@ _COUNTER_FIELDS = (
     "tool_calls", "tool_failures", "llm_calls", "llm_errors_5xx", "llm_attempts", "llm_5xx", "llm_calls_without_usage",
     "turns",
     "max_iterations_hits", "prompt_tokens", "cache_read_tokens", "completion_tokens", "confirm_requests",
-    "confirm_allows", "confirm_rejects", "confirm_timeouts",
+    "confirm_allows", "confirm_rejects", "confirm_timeouts", "cost_nusd", "llm_calls_unpriced",
 )
 
 
@@ -203,9 +227,128 @@ class RuleSpec:
 
 
 @dataclass(frozen=True)
+class BudgetSpec:
+    """The per-tenant daily cost budget: ``daily_usd`` for every tenant, ``tenants`` overriding it per tenant
+    (a ``None`` budget: no budget for that tenant)."""
+
+    alertname: str = "DailyCostBudgetExceeded"
+    daily_usd: float | None = None
+    tenants: tuple[tuple[str, float | None], ...] = ()
+    severity: str = "warning"
+    runbook_url: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+
+    def budget_nusd(self, tenant: str) -> int | None:
+        """The tenant's budget in integer nano-USD, or None without one."""
+        usd = dict(self.tenants).get(tenant, self.daily_usd) if self.tenants else self.daily_usd
+        return None if usd is None else round(usd * NANO_PER_USD)
+
+    @property
+    def active(self) -> bool:
+        return self.daily_usd is not None or any(v is not None for _t, v in self.tenants)
+
+
+_BUDGET_KEYS = frozenset({"enabled", "alertname", "daily_usd", "tenants", "severity", "runbook_url", "labels"})
+
+
+def _usd(value: Any, where: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e12:
+        raise RulesConfigError(f"{where} must be a number of USD >= 0 (or null for no budget), got {value!r}")
+    return float(value)
+
+
+def _build_budget(entry: Mapping[str, Any], where: str) -> BudgetSpec | None:
+    _check_keys(entry, _BUDGET_KEYS, where)
+    if entry.get("enabled", True) is False:
+        return None
+    tenants = entry.get("tenants") or {}
+    if not isinstance(tenants, dict) or not all(isinstance(t, str) and t for t in tenants):
+        raise RulesConfigError(f"{where}: tenants must map tenant names to daily budgets in USD, got {tenants!r}")
+    labels = entry.get("labels") or {}
+    if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        raise RulesConfigError(f"{where}: labels must map strings to strings, got {labels!r}")
+    reserved = RESERVED_LABELS & set(labels)
+    if reserved:
+        raise RulesConfigError(f"{where}: labels {sorted(reserved)} are set by the engine and cannot be overridden")
+    runbook = entry.get("runbook_url")
+    spec = BudgetSpec(
+        alertname=_text(entry.get("alertname", BudgetSpec.alertname), where, "alertname"),
+        daily_usd=_usd(entry.get("daily_usd"), f"{where}: daily_usd"),
+        tenants=tuple(sorted((t, _usd(v, f"{where}: tenants.{t}")) for t, v in tenants.items())),
+        severity=_text(entry.get("severity", BudgetSpec.severity), where, "severity"),
+        runbook_url=None if runbook is None else _text(runbook, where, "runbook_url"),
+        labels=tuple(sorted(labels.items())),
+    )
+    return spec if spec.active else None
+
+
+def load_budget(path: str | Path | None = None) -> BudgetSpec | None:
+    """The daily cost budget: the packaged ``cost_budget`` (no budget set) with the user's keys over it; None when
+    disabled or when no tenant has a budget. Raises :class:`RulesConfigError`."""
+    base, user, source = read_config_documents(path)
+    entry = dict(_section(base, "cost_budget", str(DEFAULT_RULES_FILE)))
+    if user is not None:
+        entry.update(_section(user, "cost_budget", source))
+    return _build_budget(entry, f"{source}: cost_budget")
+
+
+@dataclass(frozen=True)
+class UserSpendSpec:
+    """A user's spend over the rolling ``rolling_minutes`` above ``threshold_usd`` fires, naming the user."""
+
+    threshold_usd: float
+    resolve_usd: float
+    rolling_minutes: int = 60
+    alertname: str = "UserSpendHigh"
+    severity: str = "warning"
+    runbook_url: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+_USER_SPEND_KEYS = frozenset({"enabled", "alertname", "threshold_usd", "resolve_usd", "rolling_minutes", "severity",
+                              "runbook_url", "labels"})
+
+
+def load_user_spend(path: str | Path | None = None) -> UserSpendSpec | None:
+    """The per-user spend rule: the packaged ``user_spend`` (off: no threshold) with the user's keys over it."""
+    base, user, source = read_config_documents(path)
+    entry = dict(_section(base, "user_spend", str(DEFAULT_RULES_FILE)))
+    if user is not None:
+        entry.update(_section(user, "user_spend", source))
+    where = f"{source}: user_spend"
+    _check_keys(entry, _USER_SPEND_KEYS, where)
+    threshold = _usd(entry.get("threshold_usd"), f"{where}: threshold_usd")
+    if entry.get("enabled", True) is False or threshold is None:
+        return None
+    resolve = _usd(entry.get("resolve_usd"), f"{where}: resolve_usd")
+    resolve = threshold if resolve is None else resolve
+    if resolve > threshold:
+        raise RulesConfigError(f"{where}: resolve_usd ({resolve}) must be <= threshold_usd ({threshold})")
+    labels = entry.get("labels") or {}
+    if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        raise RulesConfigError(f"{where}: labels must map strings to strings, got {labels!r}")
+    reserved = (RESERVED_LABELS | {"user"}) & set(labels)
+    if reserved:
+        raise RulesConfigError(f"{where}: labels {sorted(reserved)} are set by the engine and cannot be overridden")
+    runbook = entry.get("runbook_url")
+    return UserSpendSpec(
+        threshold_usd=threshold, resolve_usd=resolve,
+        rolling_minutes=_int(entry.get("rolling_minutes", 60), where, "rolling_minutes", 1),
+        alertname=_text(entry.get("alertname", UserSpendSpec.alertname), where, "alertname"),
+        severity=_text(entry.get("severity", UserSpendSpec.severity), where, "severity"),
+        runbook_url=None if runbook is None else _text(runbook, where, "runbook_url"),
+        labels=tuple(sorted(labels.items())),
+    )
+
+
+@dataclass(frozen=True)
 class RuleSet:
     rules: tuple[RuleSpec, ...]
     source: str = "defaults"
+    budget: BudgetSpec | None = None
+    user_spend: UserSpendSpec | None = None
 
     def by_name(self, name: str) -> RuleSpec:
         for rule in self.rules:
@@ -293,7 +436,7 @@ def load_rules(path: str | Path | None = None) -> RuleSet:
         if entry.get("enabled", True) is False:
             continue
         rules.append(_build_rule(where, entry, defaults))
-    return RuleSet(tuple(rules), source)
+    return RuleSet(tuple(rules), source, load_budget(path), load_user_spend(path))
 
 
 def _section(doc: Mapping[str, Any], name: str, path: str) -> dict[str, Any]:
@@ -450,6 +593,13 @@ _Key = tuple[str, str | None]  # (rule name, tool or None)
 class _TenantState:
     last_window_end_us: int | None = None
     keys: dict[_Key, AlertState] = field(default_factory=dict)
+    budget_day: int | None = None  # UTC day number (epoch days) whose spend is counted
+    spend_nusd: int = 0  # that day's spend so far, integer nano-USD
+    budget_since_us: int | None = None  # start of the window that crossed the budget (the alert is open)
+    unpriced: int = 0  # calls of unpriced models that day
+    # per-user spend: the rolling windows' sketches (start, end, [(user, cost, error)]) and open alerts (user: since)
+    spend_windows: list[tuple[int, int, list[tuple[str, int, int]]]] = field(default_factory=list)
+    spend_open: dict[str, int] = field(default_factory=dict)
 
 
 class RuleEngine:
@@ -460,9 +610,13 @@ class RuleEngine:
     ``generatorURL``, e.g. a dashboard link.
     """
 
-    def __init__(self, rules: RuleSet | Sequence[RuleSpec] | None = None, generator_url: str | None = None) -> None:
+    def __init__(self, rules: RuleSet | Sequence[RuleSpec] | None = None, generator_url: str | None = None,
+                 budget: BudgetSpec | None = None, user_spend: UserSpendSpec | None = None) -> None:
         ruleset = load_rules() if rules is None else rules
         self.rules: tuple[RuleSpec, ...] = tuple(ruleset.rules if isinstance(ruleset, RuleSet) else ruleset)
+        self.budget = budget if budget is not None or not isinstance(ruleset, RuleSet) else ruleset.budget
+        self.user_spend = (user_spend if user_spend is not None or not isinstance(ruleset, RuleSet)
+                           else ruleset.user_spend)
         names = [r.name for r in self.rules]
         if len(set(names)) != len(names):
             raise RulesConfigError(f"rule names must be unique, got {names}")
@@ -486,6 +640,10 @@ class RuleEngine:
             return []
         tenant.last_window_end_us = m.window_end_us
         out: list[Alert] = []
+        if self.budget is not None:
+            self._evaluate_budget(self.budget, tenant, m, backfill, out)
+        if self.user_spend is not None:
+            self._evaluate_user_spend(self.user_spend, tenant, m, backfill, out)
         for rule in self.rules:
             metric = METRICS[rule.metric]
             if rule.per == "tenant":
@@ -513,6 +671,104 @@ class RuleEngine:
                 num, den = (counts.failures, counts.calls) if counts is not None else (0, 0)
                 self._evaluate_key(rule, tenant, m, tool, num, den, backfill, out)
         return out
+
+    def _evaluate_budget(self, spec: BudgetSpec, ts: _TenantState, m: WindowMetrics, backfill: bool,
+                         out: list[Alert]) -> None:
+        day = m.window_start_us // DAY_US
+        if ts.budget_day != day:
+            if ts.budget_since_us is not None and ts.budget_day is not None:
+                out.append(self._budget_alert(spec, ts, m, RESOLVED, backfill))
+            ts.budget_day, ts.spend_nusd, ts.budget_since_us, ts.unpriced = day, 0, None, 0
+        ts.spend_nusd += m.cost_nusd
+        ts.unpriced += m.llm_calls_unpriced
+        if ts.budget_since_us is not None:
+            return
+        limit = spec.budget_nusd(m.tenant)
+        if limit is not None and ts.spend_nusd > limit:
+            ts.budget_since_us = m.window_start_us
+            out.append(self._budget_alert(spec, ts, m, FIRING, backfill))
+
+    def _evaluate_user_spend(self, spec: UserSpendSpec, ts: _TenantState, m: WindowMetrics, backfill: bool,
+                             out: list[Alert]) -> None:
+        horizon = m.window_end_us - spec.rolling_minutes * 60_000_000
+        kept = [w for w in ts.spend_windows if w[1] > horizon]
+        if m.top_spenders:
+            kept.append((m.window_start_us, m.window_end_us, list(m.top_spenders)))
+        ts.spend_windows = kept
+        low: dict[str, int] = {}
+        high: dict[str, int] = {}
+        for _s, _e, users in kept:
+            for user, cost, err in users:
+                low[user] = low.get(user, 0) + cost - err
+                high[user] = high.get(user, 0) + cost
+        fire, resolve = round(spec.threshold_usd * NANO_PER_USD), round(spec.resolve_usd * NANO_PER_USD)
+        for user in sorted(ts.spend_open):
+            if high.get(user, 0) <= resolve:
+                since = ts.spend_open.pop(user)
+                out.append(self._user_alert(spec, m, user, RESOLVED, since, low.get(user, 0), high.get(user, 0),
+                                            backfill))
+        for user in sorted(u for u, v in low.items() if v > fire and u not in ts.spend_open):
+            ts.spend_open[user] = m.window_start_us
+            out.append(self._user_alert(spec, m, user, FIRING, m.window_start_us, low[user], high[user], backfill))
+
+    def _user_alert(self, spec: UserSpendSpec, m: WindowMetrics, user: str, status: str, since: int, low: int,
+                    high: int, backfill: bool) -> Alert:
+        labels = {"alertname": spec.alertname, "tenant": m.tenant, "user": user, "severity": spec.severity,
+                  **dict(spec.labels)}
+        lo, hi = low / NANO_PER_USD, high / NANO_PER_USD
+        annotations = {"spend_usd": f"{lo:.6f}", "spend_usd_upper": f"{hi:.6f}",
+                       "threshold_usd": f"{spec.threshold_usd:.6f}", "rolling_minutes": str(spec.rolling_minutes)}
+        bound = "" if lo == hi else f" (at most ${hi:,.2f})"
+        if status == FIRING:
+            annotations["summary"] = (f"User {user} of tenant {m.tenant} spent at least ${lo:,.2f}{bound} on LLM "
+                                      f"calls in the last {spec.rolling_minutes} min, over ${spec.threshold_usd:,.2f}")
+            ends_at, threshold = None, spec.threshold_usd
+        else:
+            annotations["summary"] = (f"{spec.alertname} resolved for user {user} of tenant {m.tenant}: at most "
+                                      f"${hi:,.2f} in the last {spec.rolling_minutes} min")
+            annotations["resolve_reason"] = "recovered"
+            ends_at, threshold = m.window_end_us, spec.resolve_usd
+        if spec.runbook_url:
+            annotations["runbook_url"] = spec.runbook_url
+        url = None
+        if self.generator_url is not None:
+            url = self.generator_url.format(tenant=m.tenant, alertname=spec.alertname, tool="")
+        return Alert(labels=labels, annotations=annotations, status=status,  # type: ignore[arg-type]
+                     starts_at_us=since, ends_at_us=ends_at, window_start_us=m.window_start_us,
+                     window_end_us=m.window_end_us, value=lo if status == FIRING else hi, threshold=threshold,
+                     backfill=backfill, generator_url=url)
+
+    def _budget_alert(self, spec: BudgetSpec, ts: _TenantState, m: WindowMetrics, status: str,
+                      backfill: bool) -> Alert:
+        assert ts.budget_day is not None and ts.budget_since_us is not None
+        labels = {"alertname": spec.alertname, "tenant": m.tenant, "severity": spec.severity, **dict(spec.labels)}
+        limit = spec.budget_nusd(m.tenant)
+        day_start = ts.budget_day * DAY_US
+        spend, budget = ts.spend_nusd / NANO_PER_USD, (limit or 0) / NANO_PER_USD
+        day = rfc3339(day_start)[:10]
+        annotations = {"spend_usd": f"{spend:.6f}", "budget_usd": f"{budget:.6f}", "day": day}
+        unpriced = ""
+        if ts.unpriced:
+            annotations["llm_calls_unpriced"] = str(ts.unpriced)
+            unpriced = f" ({ts.unpriced} calls of unpriced models not counted)"
+        if status == FIRING:
+            annotations["summary"] = (f"Tenant {m.tenant} spent ${spend:,.2f} on LLM calls on {day} (UTC), over its "
+                                      f"daily budget of ${budget:,.2f}{unpriced}")
+            ends_at = None
+        else:
+            annotations["summary"] = (f"{spec.alertname} resolved for tenant {m.tenant}: the UTC day {day} is over "
+                                      f"(spent ${spend:,.2f} of ${budget:,.2f}){unpriced}")
+            annotations["resolve_reason"] = "day_over"
+            ends_at = day_start + DAY_US
+        if spec.runbook_url:
+            annotations["runbook_url"] = spec.runbook_url
+        url = None
+        if self.generator_url is not None:
+            url = self.generator_url.format(tenant=m.tenant, alertname=spec.alertname, tool="")
+        return Alert(labels=labels, annotations=annotations, status=status,  # type: ignore[arg-type]
+                     starts_at_us=ts.budget_since_us, ends_at_us=ends_at, window_start_us=m.window_start_us,
+                     window_end_us=m.window_end_us, value=spend, threshold=budget, backfill=backfill,
+                     generator_url=url)
 
     def _evaluate_key(self, rule: RuleSpec, tenant: _TenantState, m: WindowMetrics, tool: str | None, num: int,
                       den: int, backfill: bool, out: list[Alert]) -> None:
@@ -584,6 +840,11 @@ class RuleEngine:
         new = after if isinstance(after, WindowMetrics) else WindowMetrics.from_record(after)
         old = None if before is None else (
             before if isinstance(before, WindowMetrics) else WindowMetrics.from_record(before))
+        ts = self._tenants.get(new.tenant)
+        if self.budget is not None and ts is not None and ts.budget_day == new.window_start_us // DAY_US:
+            # late cost of today counts toward today's spend (checked against the budget with the next window)
+            ts.spend_nusd += new.cost_nusd - (old.cost_nusd if old is not None else 0)
+            ts.unpriced += new.llm_calls_unpriced - (old.llm_calls_unpriced if old is not None else 0)
         out: list[Alert] = []
         for rule in self.rules:
             metric = METRICS[rule.metric]
@@ -631,11 +892,17 @@ class RuleEngine:
         ts = self._tenants.get(tenant)
         if ts is None:
             return None
-        return {
+        snap: dict[str, Any] = {
             "last_window_end_us": ts.last_window_end_us,
             "keys": [{"rule": name, "tool": tool, **st.to_dict()} for (name, tool), st in sorted(
                 ts.keys.items(), key=lambda kv: (kv[0][0], kv[0][1] or ""))],
         }
+        if ts.budget_day is not None:
+            snap["budget"] = [ts.budget_day, ts.spend_nusd, ts.budget_since_us, ts.unpriced]
+        if ts.spend_windows or ts.spend_open:
+            snap["user_spend"] = {"windows": [[s, e, [list(u) for u in users]] for s, e, users in ts.spend_windows],
+                                  "open": dict(sorted(ts.spend_open.items()))}
+        return snap
 
     def restore_tenant(self, tenant: str, data: Mapping[str, Any] | None) -> None:
         """Replace one tenant's state with a :meth:`snapshot_tenant` value (None forgets the tenant).
@@ -647,6 +914,16 @@ class RuleEngine:
             self._tenants.pop(tenant, None)
             return
         ts = _TenantState(data.get("last_window_end_us"))
+        budget = data.get("budget")
+        if budget is not None:
+            day, spend, since, unpriced = budget
+            ts.budget_day, ts.spend_nusd, ts.unpriced = int(day), int(spend), int(unpriced)
+            ts.budget_since_us = None if since is None else int(since)
+        spend = data.get("user_spend")
+        if spend is not None:
+            ts.spend_windows = [(int(s), int(e), [(str(u), int(c), int(x)) for u, c, x in users])
+                                for s, e, users in spend.get("windows", ())]
+            ts.spend_open = {str(u): int(v) for u, v in spend.get("open", {}).items()}
         for entry in data.get("keys", ()):
             if entry["rule"] in self._by_name:
                 ts.keys[(entry["rule"], entry.get("tool"))] = AlertState.from_dict(entry)

@@ -25,6 +25,11 @@ Choices, and why:
   who want a deliberate, permanent change to become the new normal and resolve by itself.
 * **Largest contributor**: the model or skill whose tokens in this window rose most, in absolute tokens, above
   its average over the baseline windows; a model swap shows up as the new model.
+* **Cost**: a firing alert also carries what the spike costs, in the trigger measure's unit: ``cost_usd`` and
+  ``cost_usd_baseline`` (median over the same baseline windows), or ``cost_per_turn_usd`` and
+  ``cost_per_turn_usd_baseline``, plus ``llm_calls_unpriced`` when calls of unpriced models are missing from it.
+  Cost is reported, not detected on: a cheaper model's token spike is still a spike (the budget rule in
+  :mod:`streams.rules` watches money).
 """
 
 from __future__ import annotations
@@ -155,22 +160,30 @@ class Observation:
     models: dict[str, int]
     skills: dict[str, int]
     per: float = 1.0
+    cost_nusd: int = 0  # the window's cost (integer nano-USD), for the cost annotations of an alert
 
     def share(self, attr: str, name: str) -> float:
         """Tokens of one model or skill in the measure's unit."""
         return getattr(self, attr).get(name, 0) / self.per
 
     def to_list(self) -> list[Any]:
-        return [self.value, self.models, self.skills, self.per]
+        return [self.value, self.models, self.skills, self.per, self.cost_nusd]
 
     @classmethod
     def from_list(cls, data: list[Any]) -> Observation:
+        """Also reads the 4-item lists of state written before cost existed (cost 0 then)."""
         return cls(
             float(data[0]),
             {str(k): int(v) for k, v in data[1].items()},
             {str(k): int(v) for k, v in data[2].items()},
             float(data[3]),
+            int(data[4]) if len(data) > 4 else 0,
         )
+
+    @property
+    def cost_usd(self) -> float:
+        """The window's cost in the measure's unit (per window, or per turn), in USD."""
+        return self.cost_nusd / self.per / 1e9
 
 
 def observe(m: WindowMetrics) -> dict[str, Observation] | None:
@@ -181,9 +194,9 @@ def observe(m: WindowMetrics) -> dict[str, Observation] | None:
     if m.llm_calls > 0 and m.llm_calls_with_usage == 0:
         return None
     models, skills = dict(m.tokens_by_model), dict(m.tokens_by_skill)  # copied once: the caller may reuse its dicts
-    out = {TOKENS: Observation(float(m.total_tokens), models, skills)}
+    out = {TOKENS: Observation(float(m.total_tokens), models, skills, 1.0, m.cost_nusd)}
     if m.turns > 0:
-        out[TOKENS_PER_TURN] = Observation(m.total_tokens / m.turns, models, skills, float(m.turns))
+        out[TOKENS_PER_TURN] = Observation(m.total_tokens / m.turns, models, skills, float(m.turns), m.cost_nusd)
     return out
 
 
@@ -316,6 +329,21 @@ class SpikeDetector:
             annotations[f"{r.measure}_ratio"] = f"{r.ratio:.2f}"
         if m.llm_calls_without_usage:
             annotations["llm_calls_without_usage"] = str(m.llm_calls_without_usage)
+        cost_text = ""
+        if trigger is not None:
+            # cost in the trigger measure's unit (per window or per turn): this window and its baseline windows'
+            hist_cost = [e.cost_usd for e in ts.history.get(trigger.measure, ())]
+            unit = "_per_turn" if trigger.measure == TOKENS_PER_TURN else ""
+            annotations[f"cost{unit}_usd"] = f"{trigger.current.cost_usd:.6f}"
+            cost_text = f"; cost ${trigger.current.cost_usd:,.4f}"
+            if hist_cost:
+                base_cost = statistics.median(hist_cost)
+                annotations[f"cost{unit}_usd_baseline"] = f"{base_cost:.6f}"
+                cost_text += f" vs baseline ${base_cost:,.4f}"
+            cost_text += " per turn" if unit else " per window"
+            if m.llm_calls_unpriced:
+                annotations["llm_calls_unpriced"] = str(m.llm_calls_unpriced)
+                cost_text += f" ({m.llm_calls_unpriced} calls of unpriced models not in it)"
         details = "; ".join(
             f"{_MEASURE_TEXT[r.measure]} {_num(r.current.value)} vs baseline {_num(r.baseline or 0.0)} "
             f"= {r.ratio:.2f}x" for r in rated)
@@ -337,7 +365,7 @@ class SpikeDetector:
             annotations["summary"] = (
                 f"Token spike for tenant {m.tenant}: {_MEASURE_TEXT[trigger.measure]} {_num(trigger.current.value)} "
                 f"= {trigger.ratio:.2f}x the baseline {_num(trigger.baseline or 0.0)} (fires at >= "
-                f"{cfg.fire_ratio:g}x); largest contributor: {top_text}")
+                f"{cfg.fire_ratio:g}x); largest contributor: {top_text}{cost_text}")
             annotations["description"] = (f"{details} ({basis}). A sudden 2x usually means a model swap or a skill "
                                           f"change; the largest contributor names the model or skill that grew most.")
             threshold: float | None = cfg.fire_ratio

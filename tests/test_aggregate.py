@@ -178,8 +178,13 @@ def test_skill_of_reads_only_a_real_skill_key() -> None:
 # -- merging ---------------------------------------------------------------------------------------------------
 
 
+# priced flat, priced with a 200k-token tier, priced by time of day, and one without a price
+MODEL_NAMES = ("gpt-4o-mini", "claude-sonnet-4-5", "deepseek-reasoner", "no-price-model")
+
+
 def random_events(seed: int, n: int = 600, tools: int = 8, models: int = 3) -> list[dict[str, Any]]:
     rng = random.Random(seed)
+    names = [MODEL_NAMES[i % len(MODEL_NAMES)] if i < len(MODEL_NAMES) else f"m{i}" for i in range(models + 1)]
     out = []
     for _ in range(n):
         kinds = (
@@ -199,13 +204,17 @@ def random_events(seed: int, n: int = 600, tools: int = 8, models: int = 3) -> l
             usage = not failed and rng.random() < 0.9
             out.append(
                 llm(
-                    f"m{rng.randrange(models)}",
-                    rng.randint(0, 5000) if usage else None,
+                    rng.choice(names),
+                    rng.choice((rng.randint(0, 5000), rng.randint(190_000, 210_000))) if usage else None,
                     rng.randint(0, 500) if usage else None,
                     status="error" if failed else "ok",
                     http_status=rng.choice((500, 503, 429, None)) if failed else None,
                     error_class="Boom" if failed else None,
                     cache_read_tokens=rng.randint(0, 100) if usage else None,
+                    cache_creation_tokens=rng.randint(0, 50) if usage else None,
+                    reasoning_tokens=rng.randint(0, 20) if usage else None,
+                    event_time=T0 + rng.randrange(86_400) * S,
+                    user_id=rng.choice((None, "ann", "bob", "cy")),
                     duration_ms=rng.randint(1, 20_000),
                     payload=json.dumps({"skill": rng.choice(("a", "b"))}) if rng.random() < 0.5 else None,
                 )
@@ -409,14 +418,14 @@ def test_windows_agree_with_the_simulator_ground_truth() -> None:
     assert engine.late_counts(0) == {}
     assert set(got) == set(truth) and len(got) >= 6
 
-    checked = 0
+    checked = users_checked = 0
     for key, want in truth.items():
         rec = got[key]
         for name in (
             "events", "events_by_type", "turns", "turns_by_status", "incomplete_reasons", "max_iterations_hits",
             "tool_calls", "tool_failures", "tool_cancelled", "llm_calls", "llm_attempts", "llm_retries",
             "llm_errors", "llm_errors_by_type", "llm_5xx", "llm_failed_attempts_by_status",
-            "llm_calls_without_usage", "tokens_by_model",
+            "llm_calls_without_usage", "tokens_by_model", "cost_nusd", "llm_calls_unpriced",
         ):  # fmt: skip
             assert rec[name] == want[name], (key, name)
         tokens = want["tokens"]
@@ -438,6 +447,18 @@ def test_windows_agree_with_the_simulator_ground_truth() -> None:
             confirm["timeout"],
         )
         assert want["tokens_per_turn"] == (None if rec["tokens_per_turn"] is None else round(rec["tokens_per_turn"], 6))
+        assert {k: v for k, v in rec["cost_by_model"].items() if v} == want["cost_by_model"], key
+        spent = rec["top_spenders"]
+        assert spent["total_nusd"] == sum(want["cost_by_user"].values())
+        for u in spent["users"]:  # the sketch's stated bounds, against the exact per-user cost
+            assert u["cost_nusd"] - u["error_nusd"] <= want["cost_by_user"].get(u["user"], 0) <= u["cost_nusd"]
+            assert u["error_nusd"] * spent["capacity"] <= spent["total_nusd"]
+        if len(want["cost_by_user"]) <= spent["capacity"]:
+            users_checked += 1
+            assert {u["user"]: u["cost_nusd"] for u in spent["users"] if u["cost_nusd"]} == want["cost_by_user"]
+        assert want["cost_per_turn_usd"] == (
+            None if rec["cost_per_turn_usd"] is None else round(rec["cost_per_turn_usd"], 6)
+        )
         tools = {t["tool"]: t for t in rec["tools"]}
         assert set(tools) == set(want["tools"])
         pairs = [(rec["turn_duration"], want["turn_duration_ms"])]
@@ -455,8 +476,10 @@ def test_windows_agree_with_the_simulator_ground_truth() -> None:
                 for q in ("p50", "p95", "p99"):
                     assert abs(mine[q] - exact[q]) <= 0.01 * exact[q] + 1e-9, (key, q)
                     checked += 1
-    assert checked > 100
-    totals = {k: sum(w[k] for w in truth.values()) for k in ("llm_5xx", "tool_failures", "max_iterations_hits")}
+    assert checked > 100 and users_checked > 0
+    totals = {
+        k: sum(w[k] for w in truth.values()) for k in ("llm_5xx", "tool_failures", "max_iterations_hits", "cost_nusd")
+    }
     assert all(totals.values()), totals  # the incidents did produce what is being compared
 
 
@@ -489,3 +512,65 @@ def test_two_stage_aggregation_equals_one_stage() -> None:
     stage2.add(0, "end", 1 << 61, lambda agg: None)
     got = {(c.key, c.start_us): c.aggregate.to_record() for c in stage2.close_due(0)}
     assert got == expected and len(got) >= 10
+
+
+# -- cost ------------------------------------------------------------------------------------------------------
+
+
+def test_cost_per_model_skill_turn_and_unpriced_calls() -> None:
+    from schemas.pricing import default_prices
+
+    prices = default_prices()
+    a = prices.cost_nusd("gpt-4o-mini", T0 + 1, 1000, 50, 400, 0, 7)
+    b = prices.cost_nusd("claude-sonnet-4-5", T0 + 1, 250_000, 10)  # above the 200k tier
+    assert a and b and b > 250_000 * 3000  # the tier price, not the base
+    rec = agg_of(
+        [
+            llm("gpt-4o-mini", 1000, 50, cache_read_tokens=400, reasoning_tokens=7, payload='{"skill": "pdf"}'),
+            llm("claude-sonnet-4-5", 250_000, 10),
+            llm("no-price-model", 10, 10, payload='{"skill": "pdf"}'),  # tokens counted, cost unknown
+            llm("gpt-4o-mini", None, None, status="error"),  # no usage: neither cost nor unpriced
+            ev("turn_end", status="ok"),
+            ev("turn_end", status="ok"),
+        ]
+    ).to_record()
+    assert rec["cost_nusd"] == a + b and rec["llm_calls_unpriced"] == 1
+    assert rec["cost_by_model"] == {"claude-sonnet-4-5": b, "gpt-4o-mini": a, "no-price-model": 0}
+    assert rec["cost_by_skill"] == {"pdf": a}
+    assert rec["cost_per_turn_usd"] == (a + b) / 2 / 1e9
+    models = {m["label"]: m for m in rec["models"]}
+    assert models["no-price-model"]["llm_calls_unpriced"] == 1 and models["gpt-4o-mini"]["llm_calls_unpriced"] == 0
+    assert {s["label"]: s["llm_calls_unpriced"] for s in rec["skills"]} == {"pdf": 1}
+    assert MetricsCodec().decode(MetricsCodec().encode(rec)) == rec
+
+
+def test_overrides_reach_the_aggregate_and_folded_models_are_priced_by_their_own_name() -> None:
+    from schemas.pricing import PriceTable, parse_overrides
+
+    table = PriceTable(parse_overrides({"models": {"my-llama": {"input_mtok": 1, "output_mtok": 2}}}))
+    events = [llm(f"x{i}", 1, 1) for i in range(3)] + [llm("my-llama", 1_000_000, 1_000_000)]
+    rec = agg_of(events, label_limit=1, prices=table).to_record()
+    assert rec["cost_nusd"] == 3 * 10**9 and rec["llm_calls_unpriced"] == 3
+    assert rec["cost_by_model"][OTHER] == 3 * 10**9  # my-llama folded into __other__, priced as my-llama
+
+
+def test_state_written_before_cost_existed_restores_with_zero_cost() -> None:
+    agg = agg_of([llm("gpt-4o-mini", 100, 10)])
+    state = json.loads(json.dumps(agg.to_state()))
+    state["models"] = {k: v[:-2] for k, v in state["models"].items()}  # the 9-value lists of before
+    old = TenantWindowAggregate.from_state(state)
+    assert old.to_record()["cost_nusd"] == 0 and old.to_record()["prompt_tokens"] == 100
+    state["models"] = {k: v[:5] for k, v in state["models"].items()}
+    with pytest.raises(ValueError, match="usage state"):
+        TenantWindowAggregate.from_state(state)
+
+
+def test_cost_sums_saturate_at_the_avro_long_instead_of_failing_the_record() -> None:
+    from schemas.pricing import PriceTable, parse_overrides
+
+    table = PriceTable(parse_overrides({"models": {"dear": {"input_mtok": 1_000_000, "output_mtok": 1_000_000}}}))
+    flood = [llm("dear", 10**9, 10**9, user_id="mallory") for _ in range(5000)]  # 2e15 nano-USD per call
+    rec = agg_of(flood, prices=table).to_record()
+    assert rec["cost_nusd"] == 2**63 - 1 and rec["cost_by_model"]["dear"] == 2**63 - 1
+    assert rec["top_spenders"]["users"][0]["cost_nusd"] == 2**63 - 1
+    assert MetricsCodec().decode(MetricsCodec().encode(rec))["cost_nusd"] == 2**63 - 1

@@ -165,3 +165,40 @@ def test_restore_drops_partials_of_windows_already_final() -> None:
     restored.restore(0, table.items())
     assert not restored.handle(0, Marker(0, T0 + 2 * W)).metrics  # not finalized twice
     assert restored.state_changes(0)[-1] == (f"p|acme|{T0}|0", None)  # and the stale partial is deleted
+
+
+def test_cost_rules_through_stage_two_and_a_restore() -> None:
+    """Budget and per-user spend fed by real window records; the state pairs carry them over a restart; the
+    budget alert of a tenant that went quiet resolves when its UTC day is over (empty windows)."""
+    from schemas.pricing import default_prices
+    from streams.rules import BudgetSpec, UserSpendSpec
+
+    day_end = T0 + 86_400 * US  # T0 is a UTC midnight
+    start = day_end - 3 * W
+
+    def spending(source: int, at: int) -> Partial:
+        agg = TenantWindowAggregate("acme", at, at + W)
+        for user, p in (("ann", 1_000_000), ("bob", 100_000)):
+            agg.add_event({"event_time": at, "tenant": "acme", "type": "llm_call_completed", "model": "gpt-4o",
+                           "status": "ok", "prompt_tokens": p, "completion_tokens": 0, "user_id": user})
+        return Partial(source, agg.to_record(final=False))
+
+    ann_usd = default_prices().cost_nusd("gpt-4o", start, 1_000_000, 0) / 1e9  # $2.50
+    assert ann_usd == 2.5
+
+    def make() -> MergeStage:
+        rules = RuleEngine([], budget=BudgetSpec(daily_usd=4.0), user_spend=UserSpendSpec(4.0, 4.0, 60))
+        return MergeStage(60, 1, 1, rules, SpikeDetector())
+
+    s = make()
+    s.handle(0, spending(0, start))
+    assert not s.handle(0, Marker(0, start + W)).alerts  # $2.75 spent today, ann $2.50
+    table = {k: json.loads(json.dumps(v)) for k, v in s.state_changes(0) if v is not None}
+    restarted = make()
+    restarted.restore(0, table.items())
+    restarted.handle(0, spending(0, start + W))
+    out = restarted.handle(0, Marker(0, start + 2 * W))
+    fired = sorted((a.alertname, a.labels.get("user", "")) for a in out.alerts if a.status == "firing")
+    assert fired == [("DailyCostBudgetExceeded", ""), ("UserSpendHigh", "ann")]  # $5.50 > $4; ann $5 > $4
+    out = restarted.handle(0, Marker(0, day_end + 2 * W))  # quiet: empty windows into the next UTC day
+    assert ("DailyCostBudgetExceeded", "resolved") in {(a.alertname, a.status) for a in out.alerts}

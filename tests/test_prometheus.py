@@ -120,6 +120,12 @@ def test_counters_equal_the_simulator_truth_per_tenant(fleet):
             assert s.total("agent_llm_tokens_total", tenant=tenant, type=ttype) == tok[key], ttype
         for outcome in ("request", "allow", "reject", "timeout"):
             assert s.total("agent_confirm_requests_total", tenant=tenant, outcome=outcome) == t["confirm"][outcome]
+        # cost: the same integer nano-USD per model as the truth (exposed in USD), and the unpriced count
+        cost = {lab["model"]: round(v * 1e9) for lab, v in s.series("agent_llm_cost_usd_total")
+                if lab["tenant"] == tenant}
+        assert {k: v for k, v in cost.items() if v} == t["cost_by_model"]
+        assert sum(cost.values()) == t["cost_nusd"] > 0
+        assert s.total("agent_llm_calls_unpriced_total", tenant=tenant) == t["llm_calls_unpriced"]
     assert s.total("agentwatch_exporter_events_total") == len(events)
     by_type = truth["totals"]["events_by_type"]
     for typ, n in by_type.items():
@@ -389,3 +395,29 @@ def test_known_series_exist_at_zero_before_their_first_event():
     assert s.value("agent_tool_calls_total", tenant="acme", tool="read_file", status="cancelled") == 0
     assert s.value("agent_tool_calls_total", tenant="acme", tool="read_file", status="ok") == 1
     assert not [lab for lab, _ in s.series("agent_llm_tokens_total")], "no token count reported: no token series"
+
+
+def test_cost_counter_in_usd_unpriced_models_counted_and_overrides_apply():
+    from schemas.pricing import PriceTable, default_prices, parse_overrides
+
+    evs = [
+        event("llm_call_completed", 0, model="gpt-4.1", status="ok", prompt_tokens=5000, completion_tokens=300,
+              cache_read_tokens=4096),
+        event("llm_call_completed", 1, model="my-llama", status="ok", prompt_tokens=1_000_000,
+              completion_tokens=1_000_000),
+        event("llm_call_completed", 2, model="my-llama", status="ok", prompt_tokens=None, completion_tokens=None),
+        event("llm_call_completed", 3, model="claude-sonnet-4-5", status="error", http_status=529),
+    ]
+    gpt = default_prices().cost_nusd("gpt-4.1", T0, 5000, 300, 4096)
+    _, s = state_with(batches(evs))
+    assert s.value("agent_llm_cost_usd_total", tenant="acme", model="gpt-4.1") == gpt / 1e9
+    assert s.value("agent_llm_cost_usd_total", tenant="acme", model="my-llama") == 0
+    assert s.value("agent_llm_calls_unpriced_total", tenant="acme", model="my-llama") == 1  # the call with usage
+    # a model seen only failing still has its cost series, at 0 (rate() sees its first increment)
+    assert s.value("agent_llm_cost_usd_total", tenant="acme", model="claude-sonnet-4-5") == 0
+    assert s.value("agent_llm_calls_unpriced_total", tenant="acme", model="claude-sonnet-4-5") == 0
+    assert "# TYPE agent_llm_cost_usd_total counter" in s.text
+    table = PriceTable(parse_overrides({"models": {"my-llama": {"input_mtok": 0.5, "output_mtok": 1.5}}}))
+    _, s = state_with(batches(evs), prices=table)
+    assert s.value("agent_llm_cost_usd_total", tenant="acme", model="my-llama") == 2.0
+    assert s.total("agent_llm_calls_unpriced_total") == 0

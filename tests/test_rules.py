@@ -7,9 +7,24 @@ import json
 import textwrap
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streams.alerts import FIRING, RESOLVED, Alert
-from streams.rules import RuleEngine, RulesConfigError, RuleSet, ToolCounts, WindowMetrics, load_rules
+from streams.heavy_hitters import SpaceSaving
+from streams.rules import (
+    DAY_US,
+    BudgetSpec,
+    RuleEngine,
+    RulesConfigError,
+    RuleSet,
+    ToolCounts,
+    UserSpendSpec,
+    WindowMetrics,
+    load_budget,
+    load_rules,
+    load_user_spend,
+)
 
 T0 = 1_764_064_800_000_000  # 2025-11-25T10:00:00Z, a minute boundary
 MIN = 60_000_000
@@ -397,3 +412,180 @@ def test_invalid_yaml_gives_a_clear_error(tmp_path, text, message):
 def test_missing_rules_file_is_a_clear_error(tmp_path):
     with pytest.raises(RulesConfigError, match="cannot read rules file"):
         load_rules(tmp_path / "nope.yaml")
+
+
+# -- daily cost budget -------------------------------------------------------------------------------------------
+
+USD = 1_000_000_000  # nano-USD
+DAY0 = T0 - T0 % DAY_US  # 2025-11-25T00:00:00Z
+PER_DAY = DAY_US // MIN
+
+
+def spend(i: int, cost_usd: float, tenant: str = "acme", unpriced: int = 0) -> WindowMetrics:
+    """Window ``i`` minutes after midnight of DAY0, costing ``cost_usd``."""
+    return WindowMetrics(tenant, DAY0 + i * MIN, DAY0 + (i + 1) * MIN, cost_nusd=round(cost_usd * USD),
+                         llm_calls_unpriced=unpriced)
+
+
+def budget_engine(daily: float | None = 10.0, **tenants: float | None) -> RuleEngine:
+    return RuleEngine([], budget=BudgetSpec(daily_usd=daily, tenants=tuple(sorted(tenants.items()))))
+
+
+def test_budget_fires_once_above_the_daily_spend_and_resolves_when_the_utc_day_is_over():
+    eng = budget_engine(10.0)
+    assert eng.evaluate(spend(0, 4)) == [] and eng.evaluate(spend(1, 6)) == []  # exactly 10: not above
+    (fired,) = eng.evaluate(spend(2, 0.000000001, unpriced=3))
+    assert (fired.status, fired.labels) == (FIRING, {"alertname": "DailyCostBudgetExceeded", "tenant": "acme",
+                                                     "severity": "warning"})
+    assert (fired.value, fired.threshold, fired.starts_at_us) == (10.000000001, 10.0, DAY0 + 2 * MIN)
+    ann = fired.annotations
+    assert (ann["spend_usd"], ann["budget_usd"], ann["day"], ann["llm_calls_unpriced"]) == (
+        "10.000000", "10.000000", "2025-11-25", "3")
+    assert "$10.00" in ann["summary"] and "unpriced" in ann["summary"]
+    assert eng.evaluate(spend(3, 50)) == []  # one page per tenant and day
+    (resolved,) = eng.evaluate(spend(PER_DAY + 5, 1))  # the next UTC day
+    assert (resolved.status, resolved.ends_at_us, resolved.fingerprint) == (RESOLVED, DAY0 + DAY_US,
+                                                                             fired.fingerprint)
+    assert resolved.annotations["resolve_reason"] == "day_over" and resolved.annotations["spend_usd"] == "60.000000"
+    assert eng.evaluate(spend(PER_DAY + 6, 9)) == []  # a new day starts from zero: 1 + 9 = 10, not above
+    assert [a.status for a in eng.evaluate(spend(PER_DAY + 7, 0.01))] == [FIRING]
+
+
+def test_per_tenant_budgets_override_the_default_and_null_means_none():
+    eng = budget_engine(10.0, big=100.0, internal=None)
+    out = [a.labels["tenant"] for t in ("acme", "big", "internal") for a in eng.evaluate(spend(0, 50, t))]
+    assert out == ["acme"]
+    only_listed = budget_engine(None, big=1.0)
+    assert [a.labels["tenant"] for t in ("acme", "big") for a in only_listed.evaluate(spend(0, 5, t))] == ["big"]
+    assert BudgetSpec().active is False and BudgetSpec(daily_usd=0).budget_nusd("x") == 0
+
+
+def test_late_cost_of_today_counts_and_fires_with_the_next_window():
+    eng = budget_engine(10.0)
+    eng.evaluate(spend(0, 9))
+    before, after = spend(0, 9), spend(0, 12)  # a revision of window 0 adds $3
+    assert eng.revision_alerts(before, after, 1) == []
+    assert [a.status for a in eng.evaluate(spend(1, 0))] == [FIRING]
+    eng.revision_alerts(None, spend(PER_DAY * 3, 100), 1)  # another day's late window: not today's spend
+    assert eng.snapshot_tenant("acme")["budget"][1] == 12 * USD
+
+
+@settings(max_examples=60, deadline=None)
+@given(costs=st.lists(st.integers(min_value=0, max_value=4 * USD), min_size=1, max_size=40),
+       gaps=st.lists(st.sampled_from([1, 1, 1, 300, PER_DAY]), min_size=40, max_size=40),
+       cut=st.integers(min_value=0, max_value=40))
+def test_budget_state_survives_a_restart_at_any_window(costs: list[int], gaps: list[int], cut: int):
+    """Snapshot (JSON, as the changelog table holds it), a fresh engine, restore: the same alerts as no restart."""
+    windows, i = [], 0
+    for c, g in zip(costs, gaps, strict=False):
+        windows.append(WindowMetrics("acme", DAY0 + i * MIN, DAY0 + (i + 1) * MIN, cost_nusd=c))
+        i += g
+    straight = budget_engine(5.0)
+    want = [(a.status, a.starts_at_us, a.value) for w in windows for a in straight.evaluate(w)]
+    first = budget_engine(5.0)
+    got = [(a.status, a.starts_at_us, a.value) for w in windows[:cut] for a in first.evaluate(w)]
+    second = budget_engine(5.0)
+    snap = first.snapshot_tenant("acme")
+    second.restore_tenant("acme", json.loads(json.dumps(snap)) if snap is not None else None)
+    got += [(a.status, a.starts_at_us, a.value) for w in windows[cut:] for a in second.evaluate(w)]
+    assert got == want
+    total_by_day: dict[int, int] = {}
+    for w in windows:
+        total_by_day[w.window_start_us // DAY_US] = total_by_day.get(w.window_start_us // DAY_US, 0) + w.cost_nusd
+    assert sum(s == FIRING for s, _, _ in want) == sum(v > 5 * USD for v in total_by_day.values())
+
+
+def test_budget_config_from_the_rules_file(tmp_path):
+    assert load_budget() is None  # packaged: no budget set
+    assert load_rules().budget is None
+    f = tmp_path / "rules.yaml"
+    f.write_text("cost_budget: {daily_usd: 25, tenants: {acme: 100.5, free: null}, labels: {team: ai}}\n")
+    spec = load_rules(f).budget
+    assert spec is not None and (spec.budget_nusd("x"), spec.budget_nusd("acme"), spec.budget_nusd("free")) == (
+        25 * USD, 100_500_000_000, None)
+    eng = RuleEngine(load_rules(f))
+    (a,) = eng.evaluate(spend(0, 26, "x"))
+    assert a.labels["team"] == "ai"
+    f.write_text("cost_budget: {daily_usd: 25, enabled: false}\n")
+    assert load_rules(f).budget is None
+    for bad, msg in (("cost_budget: {daily_usd: -1}", "daily_usd must be a number"),
+                     ("cost_budget: {daily_usd: yes}", "daily_usd must be a number"),
+                     ("cost_budget: {tenants: [a]}", "tenants must map"),
+                     ("cost_budget: {tenants: {a: '5'}}", "tenants.a must be a number"),
+                     ("cost_budget: {monthly_usd: 5}", "unknown keys ['monthly_usd']"),
+                     ("cost_budget: {daily_usd: 1, labels: {tenant: x}}", "set by the engine")):
+        f.write_text(bad + "\n")
+        with pytest.raises(RulesConfigError, match="cost_budget") as info:
+            load_rules(f)
+        assert msg in str(info.value), (bad, str(info.value))
+
+
+# -- per-user spend ------------------------------------------------------------------------------------------------
+
+
+def users(i: int, spent: dict[str, float], tenant: str = "acme", capacity: int = 20) -> WindowMetrics:
+    """Window ``i`` whose users spent ``spent`` (USD), as the aggregate's sketch reports it."""
+    sketch = SpaceSaving(capacity)
+    for user, usd in spent.items():
+        sketch.add(user, round(usd * USD))
+    return WindowMetrics.from_record({"tenant": tenant, "window_start_us": T0 + i * MIN,
+                                      "window_end_us": T0 + (i + 1) * MIN, "top_spenders": sketch.to_record()})
+
+
+def spend_engine(threshold: float = 10.0, resolve: float | None = None, minutes: int = 60) -> RuleEngine:
+    return RuleEngine([], user_spend=UserSpendSpec(threshold, threshold if resolve is None else resolve, minutes))
+
+
+def test_a_users_rolling_spend_above_the_threshold_fires_naming_the_user_and_resolves_when_it_rolls_off():
+    eng = spend_engine(10.0, minutes=5)
+    assert eng.evaluate(users(0, {"ann": 4, "bob": 1})) == []
+    assert eng.evaluate(users(1, {"ann": 6, "bob": 1})) == []  # ann: exactly 10, not above
+    (a,) = eng.evaluate(users(2, {"ann": 0.5, "bob": 1}))
+    assert a.status == FIRING and a.labels == {"alertname": "UserSpendHigh", "tenant": "acme", "user": "ann",
+                                                "severity": "warning"}
+    assert (a.value, a.threshold, a.annotations["spend_usd"]) == (10.5, 10.0, "10.500000")
+    assert "User ann of tenant acme spent at least $10.50" in a.annotations["summary"]
+    assert eng.evaluate(users(3, {"bob": 1})) == [] and eng.evaluate(users(4, {})) == []
+    (r,) = eng.evaluate(users(5, {}))  # window 0 (ann's $4) left the 5-minute span: $6.50 <= $10
+    assert (r.status, r.labels["user"], r.fingerprint, r.ends_at_us) == (RESOLVED, "ann", a.fingerprint, T0 + 6 * MIN)
+
+
+def test_only_certain_spend_fires_with_a_full_sketch():
+    """With more users than the sketch keeps, a user is named only when its lower bound is above the threshold."""
+    eng = spend_engine(10.0)
+    crowd = {f"u{i}": 0.5 for i in range(40)} | {"whale": 11.0}
+    (a,) = eng.evaluate(users(0, crowd, capacity=8))
+    assert a.labels["user"] == "whale" and float(a.annotations["spend_usd"]) <= 11.0 <= float(
+        a.annotations["spend_usd_upper"])
+
+
+def test_user_spend_state_survives_a_restart():
+    eng = spend_engine(10.0)
+    eng.evaluate(users(0, {"ann": 6}))
+    (a,) = eng.evaluate(users(1, {"ann": 6}))
+    again = spend_engine(10.0)
+    again.restore_tenant("acme", json.loads(json.dumps(eng.snapshot_tenant("acme"))))
+    assert again.evaluate(users(2, {"ann": 1})) == []  # still open: no second page
+    straight = spend_engine(10.0)
+    for i, s in enumerate(({"ann": 6}, {"ann": 6}, {"ann": 1})):
+        straight.evaluate(users(i, s))
+    assert again.snapshot_tenant("acme") == straight.snapshot_tenant("acme")
+
+
+def test_user_spend_config():
+    assert load_user_spend() is None and load_rules().user_spend is None  # packaged: off
+
+
+def test_user_spend_config_from_a_file(tmp_path):
+    f = tmp_path / "rules.yaml"
+    f.write_text("user_spend: {threshold_usd: 20, rolling_minutes: 30}\n")
+    spec = load_rules(f).user_spend
+    assert spec == UserSpendSpec(20.0, 20.0, 30)
+    for bad, msg in (("user_spend: {threshold_usd: 5, resolve_usd: 6}", "must be <= threshold_usd"),
+                     ("user_spend: {threshold_usd: 5, labels: {user: x}}", "set by the engine"),
+                     ("user_spend: {threshold_usd: 5, rolling_minutes: 0}", "rolling_minutes"),
+                     ("user_spend: {per_user: 5}", "unknown keys")):
+        f.write_text(bad + "\n")
+        with pytest.raises(RulesConfigError, match="user_spend") as info:
+            load_rules(f)
+        assert msg in str(info.value), (bad, str(info.value))

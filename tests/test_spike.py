@@ -233,3 +233,28 @@ def test_yaml_override_and_validation(tmp_path):
 def test_disabled_detector_says_nothing():
     det = SpikeDetector(dataclasses.replace(CFG, enabled=False))
     assert run(det, history() + [win(5, 100_000)]) == []
+
+
+def test_firing_alert_carries_the_windows_cost_and_the_baselines():
+    det = SpikeDetector(SpikeConfig(baseline_windows=5, min_tokens=1_000, min_turns=5))
+    for i in range(5):  # baseline: $0.10 per window (and $0.01 per turn), then a model swap costs 8x
+        det.evaluate(dataclasses.replace(win(i, 10_000), cost_nusd=100_000_000 + i))
+    (a,) = det.evaluate(dataclasses.replace(win(5, 30_000), cost_nusd=800_000_000, llm_calls_unpriced=2))
+    ann = a.annotations
+    unit = "_per_turn" if ann["measure"] == "tokens_per_turn" else ""
+    per = 10 if unit else 1
+    assert ann[f"cost{unit}_usd"] == f"{0.8 / per:.6f}"
+    assert ann[f"cost{unit}_usd_baseline"] == f"{100_000_002 / 1e9 / per:.6f}"  # the median window
+    assert ann["llm_calls_unpriced"] == "2" and "unpriced" in ann["summary"] and "cost $" in ann["summary"]
+
+
+def test_spike_state_written_before_cost_existed_restores():
+    det = SpikeDetector(CFG)
+    for w in history():
+        det.evaluate(w)
+    snap = json.loads(json.dumps(det.snapshot_tenant("acme")))
+    snap["history"] = {m: [o[:4] for o in h] for m, h in snap["history"].items()}
+    fresh = SpikeDetector(CFG)
+    fresh.restore_tenant("acme", snap)
+    (a,) = fresh.evaluate(dataclasses.replace(win(5, 30_000), cost_nusd=5))
+    assert a.annotations["cost_usd_baseline"] == "0.000000" and a.annotations["cost_usd"] == "0.000000"

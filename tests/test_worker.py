@@ -8,6 +8,7 @@ their own consumer group with their own partials, metrics, alerts and changelog 
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -115,6 +116,7 @@ def _check_alerts(alerts: list[Alert], truth: dict[str, Any]) -> None:
 
 
 def test_one_worker_matches_the_ground_truth(outputs: Settings, fleet: Fleet, tmp_path: Path) -> None:
+    assert fleet.truth["totals"]["cost_nusd"] > 0  # cost is among the cells compared, and not vacuously 0
     worker = start_worker(outputs, tmp_path, "--metrics-port", "0")
     try:
         started = time.monotonic()
@@ -219,3 +221,61 @@ def test_bad_records_go_to_the_dead_letter_topic_and_the_worker_keeps_going(
                        "oversize": "oversize"}
     (rec,) = [r for (t, s, e), r in metrics.items() if e - s == 60 * US]
     assert rec["events"] == 2 and rec["turns"] == 2  # the good records on both sides of the bad ones
+
+
+def test_cost_budget_and_user_spend_alerts_survive_a_kill(outputs: Settings, fleet: Fleet, tmp_path: Path) -> None:
+    """Daily budgets at 80 % of each tenant's spend and a per-user threshold; the worker is SIGKILLed early, so the
+    day's spend and the open alerts must come back from the changelog: each tenant's budget fires exactly once, in
+    the window the ground truth's running sum crosses it, and every user named really spent that much."""
+    from streams.rules import load_rules
+
+    windows = sorted(fleet.truth["windows"], key=lambda w: (w["tenant"], w["window_start_us"]))
+    totals = fleet.truth["tenants"]
+    budgets = {t: round(0.8 * v["cost_nusd"] / 1e9, 6) for t, v in totals.items()}
+    top_user = max(max(v["cost_by_user"].values()) for v in totals.values())
+    threshold = round(0.6 * top_user / 1e9, 6)
+    rules = tmp_path / "cost-rules.yaml"
+    rules.write_text(json.dumps({"cost_budget": {"tenants": budgets},
+                                 "user_spend": {"threshold_usd": threshold, "rolling_minutes": 60}}))
+    spec = load_rules(rules)
+    assert spec.budget is not None and spec.user_spend is not None
+    want_budget: dict[str, int] = {}
+    running: dict[str, int] = {}
+    user_running: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    for w in windows:
+        t = w["tenant"]
+        running[t] = running.get(t, 0) + w["cost_nusd"]
+        if t not in want_budget and running[t] > spec.budget.budget_nusd(t):
+            want_budget[t] = w["window_start_us"]
+        for user, c in w["cost_by_user"].items():
+            seq = user_running.setdefault((t, user), [])
+            seq.append((w["window_end_us"], (seq[-1][1] if seq else 0) + c))
+    fire_nusd = round(threshold * 1e9)
+    # sure to fire: exact spend minus the sketches' largest possible shortfall (each window's total / capacity)
+    slack = {t: v["cost_nusd"] // 20 for t, v in totals.items()}
+    sure = {k for k, seq in user_running.items() if seq[-1][1] - slack[k[0]] > fire_nusd}
+    assert sure and set(want_budget) == set(totals)
+
+    first = start_worker(outputs, tmp_path, "--hop", "0", "--rules", str(rules), name="first")
+    try:
+        wait_until(lambda: len(read_metrics(outputs)) >= 6, 120, interval=0.3, alive=[first])
+    finally:
+        first.kill()
+    assert len(read_metrics(outputs)) < len(windows) // 2, "killed too late to matter"
+    second = start_worker(outputs, tmp_path, "--hop", "0", "--rules", str(rules), name="second")
+    try:
+        wait_until(lambda: _complete(outputs, fleet.truth), 150, alive=[second])
+        time.sleep(3)
+        alerts = list(_transitions(read_alerts(outputs)).values())
+    finally:
+        assert second.stop() == 0, second.log()[-3000:]
+    budget = [a for a in alerts if a.alertname == "DailyCostBudgetExceeded"]
+    assert sorted((a.labels["tenant"], a.status, a.starts_at_us) for a in budget) == sorted(
+        (t, "firing", s) for t, s in want_budget.items())
+    named = [a for a in alerts if a.alertname == "UserSpendHigh"]
+    assert all(a.status == "firing" for a in named)  # the rolling hour outlasts the run
+    fired = [(a.labels["tenant"], a.labels["user"]) for a in named]
+    assert len(fired) == len(set(fired)) and sure <= set(fired), (sorted(fired), sorted(sure))
+    for a in named:  # never a user who did not spend it: the exact running sum at the firing window is above
+        exact = max(c for end, c in user_running[(a.labels["tenant"], a.labels["user"])] if end <= a.window_end_us)
+        assert exact > fire_nusd, (a.labels, exact, fire_nusd)

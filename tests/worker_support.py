@@ -167,6 +167,9 @@ def as_truth(rec: dict[str, Any]) -> dict[str, Any]:
         "llm_calls_without_usage": rec["llm_calls_without_usage"],
         "tokens": {k: rec[v] for k, v in _TOKENS.items()},
         "tokens_by_model": {k: v for k, v in rec["tokens_by_model"].items()},
+        "cost_nusd": rec["cost_nusd"],
+        "llm_calls_unpriced": rec["llm_calls_unpriced"],
+        "cost_by_model": {k: v for k, v in rec["cost_by_model"].items() if v},
         "confirm": {"request": rec["confirm_requests"], "allow": rec["confirm_allows"],
                     "reject": rec["confirm_rejects"], "timeout": rec["confirm_timeouts"]},
     }
@@ -187,6 +190,8 @@ def truth_windows(truth: dict[str, Any]) -> dict[tuple[str, int], dict[str, Any]
             "llm_failed_attempts_by_status": w["llm_failed_attempts_by_status"],
             "llm_calls_without_usage": w["llm_calls_without_usage"], "tokens": w["tokens"],
             "tokens_by_model": {k: v for k, v in w["tokens_by_model"].items() if v},
+            "cost_nusd": w["cost_nusd"], "llm_calls_unpriced": w["llm_calls_unpriced"],
+            "cost_by_model": {k: v for k, v in w["cost_by_model"].items() if v},
             "confirm": w["confirm"],
         }
     return out

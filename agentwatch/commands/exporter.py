@@ -20,6 +20,7 @@ from prometheus_client.process_collector import ProcessCollector
 from agentwatch.cli_flags import add_bootstrap_servers, add_topic
 from agentwatch.config import Settings
 from agentwatch.foreground import stop_on_signals
+from schemas.pricing import PricesFileError, price_table
 from sinks.exporter import Exporter, MetricsServer, SpoolDirCollector
 from sinks.prometheus import CardinalityLimits, ExporterState
 
@@ -31,7 +32,8 @@ def build(args: argparse.Namespace, settings: Settings) -> tuple[Exporter, Colle
     topic = args.topic or settings.topics.events
     per_label = {"tool": args.max_tools, "model": args.max_models, "error_type": args.max_error_types}
     limits = CardinalityLimits(max_tenants=args.max_tenants, max_values=args.max_values, per_label=per_label)
-    state = ExporterState(topic, limits=limits, lateness_s=args.lateness)
+    state = ExporterState(topic, limits=limits, lateness_s=args.lateness,
+                          prices=price_table(getattr(args, "prices", None) or settings.prices_file))
     exporter = Exporter(settings.bootstrap_servers, topic, state=state, group_id=args.group,
                         dead_letter_topic=None if args.no_dead_letter else settings.topics.dead_letter,
                         commit_interval_s=args.commit_interval, health_interval_s=args.health_interval)
@@ -48,7 +50,11 @@ def build(args: argparse.Namespace, settings: Settings) -> tuple[Exporter, Colle
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     settings = settings.with_(bootstrap_servers=args.bootstrap_servers)
-    exporter, registry = build(args, settings)
+    try:
+        exporter, registry = build(args, settings)
+    except PricesFileError as exc:
+        print(f"agentwatch exporter: {exc}", file=sys.stderr)
+        return 2
     addr = args.addr or settings.listen_addr
     server = MetricsServer(registry, args.port, addr)
     print(f"serving http://{addr}:{server.port}/metrics; consuming {exporter.topic} at "
@@ -76,6 +82,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--group", default="agentwatch-exporter", help="consumer group (default agentwatch-exporter)")
     add_bootstrap_servers(p)
     add_topic(p, "events")
+    p.add_argument("--prices", type=Path, default=None,
+                   help="YAML file of negotiated or self-hosted LLM prices that win over genai-prices' for "
+                   "agent_llm_cost_usd_total; use the worker's file (default: $AGENTWATCH_PRICES_FILE)")
     p.add_argument("--no-dead-letter", action="store_true", help="do not watch the dead-letter topic's size")
     p.add_argument("--spool-dir", default=None, help="a producer spool directory on this host to report the size of")
     p.add_argument("--watch-spool", action="store_true", help="report the size of $AGENTWATCH_SPOOL_DIR")

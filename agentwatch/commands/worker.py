@@ -49,6 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                         help="the alerts' generatorURL (the link in a page): a template over {tenant}, {alertname} "
                         "and {tool}, or none (default: $AGENTWATCH_GENERATOR_URL, else the tenant's view of the "
                         "shipped Grafana dashboard on localhost:3000)")
+    parser.add_argument("--prices", type=Path, default=None,
+                        help="YAML file of negotiated or self-hosted LLM prices (USD per million tokens per model "
+                        "name) that win over genai-prices' bundled prices; see schemas/pricing.py "
+                        "(default: $AGENTWATCH_PRICES_FILE, else genai-prices only)")
     parser.add_argument("--window", type=int, default=60, help="tumbling window size in seconds (default 60)")
     parser.add_argument("--grace", type=float, default=10.0,
                         help="seconds a window waits for out-of-order events after its end (default 10)")
@@ -119,7 +123,7 @@ def build_options(args: argparse.Namespace, settings: Settings, events_partition
         generator_url=settings.generator_url if args.generator_url is None else args.generator_url or None,
         datadir=workdir, web_port=args.web_port,
         metrics_port=args.metrics_port, listen_addr=args.listen_addr or settings.listen_addr,
-        max_record_bytes=args.max_record_bytes,
+        max_record_bytes=args.max_record_bytes, prices_file=getattr(args, "prices", None) or settings.prices_file,
         flush_interval_s=args.flush_interval, gc_threshold=args.gc_threshold,
         loglevel="info" if logging.getLogger().isEnabledFor(logging.DEBUG) else "warning",
     )
