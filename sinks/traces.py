@@ -399,6 +399,11 @@ class _Builder:
             "agentwatch.retry.reason": payload.get("reason") if isinstance(payload.get("reason"), str) else None})))
 
     def _on_llm_call_completed(self, ev: Mapping[str, Any]) -> None:
+        if ev.get("child_task_id") and "_subagent_usage" in _payload(ev):
+            # The bridge's count of a sub-agent's not-forwarded usage (producers/subagent_usage.py): no LLM call
+            # happened at that moment, and the run's usage is already on its invoke_agent span (from the terminal
+            # subagent_lifecycle). A chat span here would invent a call and could close a real call's span.
+            return
         if self.llm_open:
             span = self.llm_open.pop(0)
         else:  # its start never arrived: rebuild the span from the completion alone

@@ -86,6 +86,25 @@ def test_one_turn_is_one_tree_under_the_hosts_span() -> None:
         assert root.start_ns <= s.start_ns <= s.end_ns <= root.end_ns
 
 
+def test_the_bridges_subagent_usage_event_makes_no_chat_span() -> None:
+    from producers.subagent_usage import SubagentUsageLedger
+
+    events = _turn(crafted_session(), "turn-1")
+    terminal = next(i for i, e in enumerate(events)
+                    if e["type"] == "subagent_lifecycle" and e.get("status") == "completed")
+    usage = SubagentUsageLedger().settle(events[terminal], MODEL)
+    assert usage is not None and usage["prompt_tokens"] == 6067
+    synthetic = dict(events[terminal], **usage, type="llm_call_completed", event_id="e-usage",
+                     seq=events[terminal]["seq"], duration_ms=None)
+    # a parent LLM call still open when the usage event arrives must not be closed by it
+    opened = dict(events[terminal], type="llm_call_started", event_id="e-open", child_task_id=None, model=MODEL)
+    base = build_turn_spans([*events, opened])
+    spans = build_turn_spans([*events, opened, synthetic])
+    assert _shape(spans) == _shape(base)
+    assert [s.name for s in spans].count("chat gpt-5-mini") == 3
+    assert _by_name(spans)["invoke_agent generalist"].attributes["gen_ai.usage.input_tokens"] == 6067
+
+
 def test_failed_llm_call_and_llm_error_turn_carry_error_type() -> None:
     events = crafted_session()
     turn2 = _turn(events, "turn-2")
