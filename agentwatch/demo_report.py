@@ -8,7 +8,8 @@ it opens anywhere, from a file, years later. No I/O here: the demo command reads
 Semantics: a window's value is the newest revision of the tenant's 1-minute ``WindowedMetrics`` record (late data
 sends a window again with a higher revision; the newest is the answer, as compaction keeps it). Rates are per window:
 tool failures / tool calls and 5xx answers / provider attempts, drawn against the thresholds of the rules the truth
-was computed with. Cost is drawn only when the records carry a cost field (``cost_usd``); otherwise it is left out.
+was computed with. Cost is WindowedMetrics v3's ``cost_nusd`` (integer nano-USD, priced by ``schemas.pricing``)
+drawn against the truth's ``cost_nusd`` of the same window; records of an older schema (no cost field) leave it out.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-COST_FIELDS = ("cost_usd", "llm_cost_usd", "total_cost_usd")  # the first one a record carries is its cost
+NANO_USD = 1e-9
 RATE_RULES = {"tool_failure_rate": "ToolFailureRateHigh", "llm_5xx_rate": "LLM5xxRateHigh"}
 _PALETTE = ("#2b6cb0", "#c05621", "#2f855a", "#6b46c1", "#b7791f", "#c53030", "#319795", "#97266d")
 
@@ -33,6 +34,7 @@ class WindowPoint:
     tokens: float | None
     true_tokens: float | None
     cost_usd: float | None = None
+    true_cost_usd: float | None = None
     tool_calls: int = 0
     tool_failures: int = 0
     llm_attempts: int = 0
@@ -108,11 +110,10 @@ class ReportData:
 
 
 def record_cost(rec: Mapping[str, Any]) -> float | None:
-    """The record's cost in USD, when its schema has one (the cost fields arrive with the cost work)."""
-    for name in COST_FIELDS:
-        value = rec.get(name)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
+    """The record's (or truth window's) cost in USD from ``cost_nusd``; None when its schema has no cost field."""
+    value = rec.get("cost_nusd")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value * NANO_USD
     return None
 
 
@@ -180,6 +181,7 @@ def build_report_data(*, records: Iterable[Mapping[str, Any]], truth: Mapping[st
             start_us=start, tokens=tokens,
             true_tokens=float(true["tokens"]["total"]) if true is not None else None,
             cost_usd=record_cost(rec) if rec is not None else None,
+            true_cost_usd=record_cost(true) if true is not None else None,
             tool_calls=int(rec.get("tool_calls") or 0) if rec else 0,
             tool_failures=int(rec.get("tool_failures") or 0) if rec else 0,
             llm_attempts=int(rec.get("llm_attempts") or 0) if rec else 0,
@@ -410,7 +412,8 @@ def render_report(data: ReportData) -> str:
                                value=lambda p: p.tokens, truth=lambda p: p.true_tokens))
         if data.has_cost:
             out.append(value_chart(tenant, points, data.window_s, alerts, kind="cost", title="cost (USD) per window",
-                                   value=lambda p: p.cost_usd, y_fmt=lambda v: f"${v:,.2f}"))
+                                   value=lambda p: p.cost_usd, truth=lambda p: p.true_cost_usd,
+                                   y_fmt=lambda v: f"${v:,.2f}"))
         out.append(rate_chart(tenant, points, data.window_s, alerts, kind="tool-failure-rate",
                               title="tool failure rate per window (failures / tool calls)",
                               rate=lambda p: p.tool_failure_rate, threshold=data.thresholds.get("tool_failure_rate")))

@@ -132,11 +132,15 @@ def test_page_has_every_chart_and_marks_the_alerts() -> None:
 
 
 def test_cost_drawn_only_when_the_records_carry_it() -> None:
-    assert record_cost({"cost_usd": 0.5}) == 0.5 and record_cost({"cost_usd": None}) is None
-    assert record_cost({"turns": 3}) is None
-    data = build_report_data(records=[rec("acme", i, cost_usd=0.25 * i) for i in range(3)],
-                             truth=truth(["acme"], 3), notifications=[])
+    assert record_cost({"cost_nusd": 1_500_000_000}) == 1.5 and record_cost({"cost_nusd": None}) is None
+    assert record_cost({"turns": 3}) is None  # a WindowedMetrics v2 record
+    t = truth(["acme"], 3)
+    for i, w in enumerate(t["windows"]):
+        w["cost_nusd"] = 250_000_000 * i
+    data = build_report_data(records=[rec("acme", i, cost_nusd=250_000_000 * i) for i in range(3)],
+                             truth=t, notifications=[])
     assert data.has_cost
+    assert [p.cost_usd for p in data.tenants["acme"]] == [p.true_cost_usd for p in data.tenants["acme"]]
     assert ("cost", "acme") in charts(render_report(data))
 
 

@@ -394,18 +394,21 @@ def _outcome(truth: dict[str, Any], records: list[dict[str, Any]], alerts_file: 
     lines.append("windowed metrics (metrics topic, 1-minute windows, newest revision), against the simulator's "
                  "ground truth:")
     lines.append(f"  {'tenant':<12} {'windows':>7} {'turns':>7} {'tool calls':>10} {'fail %':>7} "
-                 f"{'tokens':>13} {'cache hit %':>11}  truth")
+                 f"{'tokens':>13} {'cache hit %':>11} {'cost USD':>10}  truth")
     per_tenant = _tenant_totals(newest_windows(records, WINDOW_S).values())
     for tenant in sorted(set(per_tenant) | set(truth["tenants"])):
         t, true = per_tenant.get(tenant, dict.fromkeys(_TOTALS, 0)), truth["tenants"].get(tenant, {})
         ok = (true.get("turns") == t["turns"] and true.get("tool_calls") == t["tool_calls"]
-              and true.get("tokens", {}).get("total") == t["tokens"])
+              and true.get("tokens", {}).get("total") == t["tokens"] and true.get("cost_nusd") == t["cost_nusd"])
         checks.append(Check(f"windows {tenant}", ok, f"{t['turns']:,.0f} turns, {t['tool_calls']:,.0f} tool calls, "
-                            f"{t['tokens']:,.0f} tokens" + ("" if ok else f"; truth {true.get('turns')} turns, "
-                            f"{true.get('tool_calls')} tool calls, {true.get('tokens', {}).get('total')} tokens")))
+                            f"{t['tokens']:,.0f} tokens, ${t['cost_nusd'] / 1e9:,.4f}"
+                            + ("" if ok else f"; truth {true.get('turns')} turns, {true.get('tool_calls')} tool "
+                               f"calls, {true.get('tokens', {}).get('total')} tokens, "
+                               f"{true.get('cost_nusd')} nano-USD")))
         lines.append(f"  {tenant:<12} {t['windows']:>7.0f} {t['turns']:>7,.0f} {t['tool_calls']:>10,.0f} "
                      f"{100 * t['tool_failures'] / max(t['tool_calls'], 1):>7.1f} {t['tokens']:>13,.0f} "
-                     f"{100 * t['cached'] / max(t['prompt'], 1):>11.1f}  {'✓ equal' if ok else '✗ differs'}")
+                     f"{100 * t['cached'] / max(t['prompt'], 1):>11.1f} {t['cost_nusd'] / 1e9:>10,.4f}  "
+                     f"{'✓ equal' if ok else '✗ differs'}")
 
     lines += ["", "alerts delivered (alert delivery sink, JSONL receiver), against the scripted incidents:"]
     states = _alert_states(alerts_file)
@@ -456,7 +459,7 @@ def _outcome(truth: dict[str, Any], records: list[dict[str, Any]], alerts_file: 
     return checks, lines
 
 
-_TOTALS = ("windows", "turns", "tool_calls", "tool_failures", "tokens", "cached", "prompt")
+_TOTALS = ("windows", "turns", "tool_calls", "tool_failures", "tokens", "cached", "prompt", "cost_nusd")
 
 
 def _tenant_totals(records: Any) -> dict[str, dict[str, float]]:
@@ -471,6 +474,7 @@ def _tenant_totals(records: Any) -> dict[str, dict[str, float]]:
         t["prompt"] += rec.get("prompt_tokens") or 0
         t["cached"] += rec.get("cache_read_tokens") or 0
         t["tokens"] += (rec.get("prompt_tokens") or 0) + (rec.get("completion_tokens") or 0)
+        t["cost_nusd"] += rec.get("cost_nusd") or 0
     return per_tenant
 
 
