@@ -89,7 +89,7 @@ class LogStats:
     compressed: int = 0  # day files gzipped
     pruned: int = 0  # files deleted by retention
     repaired: int = 0  # torn last lines cut off
-    by_type: Counter[str] = field(default_factory=Counter)  # lines per event type
+    by_type: Counter[str] = field(default_factory=Counter)  # lines written per event type
 
     def line(self) -> str:
         return (f"{self.events:,} events -> {self.lines:,} lines ({self.bytes:,} bytes); {self.present:,} already "
@@ -134,6 +134,7 @@ class LogWriter:
         self._days: OrderedDict[tuple[str, str], _Day] = OrderedDict()  # (tenant dir, day)
         self._dirnames: dict[str, str] = {}
         self._dirty: dict[tuple[str, str], _Day] = {}
+        self._types: Counter[str] = Counter()  # buffered lines by event type
         self._new_dirs: set[Path] = set()
         self._last_maintain: float | None = None
         self._broken = False
@@ -174,7 +175,7 @@ class LogWriter:
         self.stats.redactions += redactions
         d.buf.append(encode_line(rec))
         d.pending += 1
-        self.stats.by_type[rec["event_type"]] += 1
+        self._types[rec["event_type"]] += 1
         self._dirty[(d.dir.name, day)] = d
         return True
 
@@ -227,6 +228,8 @@ class LogWriter:
             raise cls(f"flushing the logs failed ({exc.strerror or exc}); the batch was not committed") from exc
         self._new_dirs.clear()
         self._dirty.clear()
+        self.stats.by_type.update(self._types)
+        self._types.clear()
         self.maintain()
         while len(self._days) > self.max_days_held:
             self._days.popitem(last=False)  # flushed: its watermarks are on disk, re-read if it comes back
