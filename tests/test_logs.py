@@ -256,3 +256,48 @@ def test_any_crash_schedule_gives_every_event_exactly_once(tmp_path: Path, data:
     got = sorted(r["event_id"] for t in ["a", "b", "../c"] if (root / tenant_dirname(t)).exists()
                  for r in read_lines(root, t))
     assert got == want
+
+
+_FULL_DISK = """
+import json, resource, signal, sys
+from sinks.logs_store import LogsFull, LogWriter
+sys.path.insert(0, sys.argv[3])
+from test_logs import Clock, DEC7, ev
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), resource.RLIM_INFINITY))
+w = LogWriter(sys.argv[1], clock=Clock(DEC7 + 60), fsync=False)
+committed = 0
+try:
+    for batch in range(100):
+        for i in range(batch * 10, batch * 10 + 10):
+            w.add(ev(DEC7 + i, seq=i + 1, event_id=f"{i:032x}"), (0, i, 0))
+        w.flush()
+        committed = batch * 10 + 10
+except LogsFull as exc:
+    print(json.dumps({"committed": committed, "error": str(exc)}))
+    sys.exit(3)
+"""
+
+
+def test_a_full_disk_stops_cleanly_and_a_restart_resumes_exactly_once(tmp_path: Path) -> None:
+    """A file size limit (EFBIG, like ENOSPC) mid-write: LogsFull, the file cut back to its last complete line,
+    nothing committed past it; with room again, a restart from the last commit writes every event once."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "logs"
+    here = Path(__file__).resolve().parent
+    done = subprocess.run([sys.executable, "-c", _FULL_DISK, str(root), "20000", str(here)], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(here.parent)})
+    assert done.returncode == 3, done.stderr
+    report = json.loads(done.stdout)
+    assert "cut back to its last complete line" in report["error"] and 0 < report["committed"] < 1000
+    live = root / "t-acme" / "2026-12-07.jsonl"
+    data = live.read_bytes()
+    assert len(data) <= 20000 and data.endswith(b"\n")
+    assert [json.loads(x)["seq"] for x in data.splitlines()] == list(range(1, report["committed"] + 1))
+    w = LogWriter(root, clock=Clock(DEC7 + 60), fsync=False)
+    for i in range(report["committed"], 1000):  # re-delivered from the last commit
+        w.add(ev(DEC7 + i, seq=i + 1, event_id=f"{i:032x}"), (0, i, 0))
+    w.close()
+    assert [r["seq"] for r in read_lines(root)] == list(range(1, 1001))
