@@ -32,7 +32,10 @@ import json
 import re
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 from typing import Any
+
+import orjson
 
 from producers.scrub import SCANNED_FIELDS, Scrubber
 
@@ -52,6 +55,7 @@ _LEVELS = {"debug", "info", "warning", "error", "critical"}
 _LIVE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.jsonl$")
 _SEGMENT = re.compile(r"^(\d{4}-\d{2}-\d{2})\.(\d+)\.jsonl(\.gz)?$")
 _POSITION_KEY = b',"kafka_position":['
+_EPOCH = date(1970, 1, 1)
 
 Position = tuple[int, int, int]  # (partition, offset, index of the event in its record)
 
@@ -63,15 +67,30 @@ def clamp_us(t_us: Any) -> int:
     return min(max(t_us, _MIN_US), _MAX_US)
 
 
-def rfc3339(t_us: int) -> str:
+@lru_cache(maxsize=4096)
+def day_text(day_index: int) -> str:
+    """The ``YYYY-MM-DD`` of a :func:`day_index`."""
+    return (_EPOCH + timedelta(days=day_index)).isoformat()
+
+
+def day_index(t_us: Any) -> int:
+    """Days since 1970-01-01 (UTC) of an event time."""
+    return clamp_us(t_us) // DAY_US
+
+
+def rfc3339(t_us: Any) -> str:
     """Microseconds since the epoch as RFC 3339 UTC: ``2026-12-07T21:02:34.123456Z``."""
     t_us = clamp_us(t_us)
-    return datetime.fromtimestamp(t_us // US, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{t_us % US:06d}Z"
+    day, rest = divmod(t_us, DAY_US)
+    secs, us = divmod(rest, US)
+    h, secs = divmod(secs, 3600)
+    m, secs = divmod(secs, 60)
+    return f"{day_text(day)}T{h:02d}:{m:02d}:{secs:02d}.{us:06d}Z"
 
 
-def day_of(t_us: int) -> str:
+def day_of(t_us: Any) -> str:
     """The UTC day (``YYYY-MM-DD``) of an event time: the file it is written to."""
-    return datetime.fromtimestamp(clamp_us(t_us) // US, UTC).strftime("%Y-%m-%d")
+    return day_text(day_index(t_us))
 
 
 def day_end_us(day: str) -> int:
@@ -88,6 +107,11 @@ def oldest_kept_day(now_s: float, retention_days: int) -> str:
 
 def is_expired(day: str, now_s: float, retention_days: int) -> bool:
     return day < oldest_kept_day(now_s, retention_days)
+
+
+def oldest_kept_index(now_s: float, retention_days: int) -> int:
+    """:func:`oldest_kept_day` as a :func:`day_index`."""
+    return int(now_s // 86_400) - (retention_days - 1)
 
 
 def is_closed(day: str, now_s: float, grace_s: float) -> bool:
@@ -139,12 +163,17 @@ def _payload_dict(event_type: str, payload: Any, scrubber: Scrubber) -> tuple[di
     if payload is None:
         return None, 0
     try:
-        parsed = json.loads(payload) if isinstance(payload, str) else payload
+        parsed = orjson.loads(payload) if isinstance(payload, str) else payload
     except (ValueError, RecursionError):
-        parsed = None
+        try:  # orjson refuses what the stdlib reads (lone surrogates, NaN)
+            parsed = json.loads(payload)
+        except (ValueError, RecursionError):
+            parsed = None
     if not isinstance(parsed, dict):
         hits: dict[str, int] = {}
         return {"payload_text": scrubber.redact(str(payload), hits)}, sum(hits.values())
+    if isinstance(payload, str) and scrubber.payload_text_is_clean(event_type, payload):
+        return parsed, 0  # nothing to scrub: no secret can match, no cap reached, no dropped key
     scrubbed, hits = scrubber.scrub_payload(event_type, parsed)
     return scrubbed, sum(hits.values())
 
@@ -179,8 +208,11 @@ def log_record(event: Mapping[str, Any], scrubber: Scrubber, position: Position 
 
 def encode_line(rec: Mapping[str, Any]) -> bytes:
     """One JSON line (UTF-8, no raw newline inside: JSON escapes it). Lone surrogates are escaped, never fatal."""
-    return json.dumps(rec, ensure_ascii=False, separators=(",", ":"), default=str).encode(
-        "utf-8", "backslashreplace") + b"\n"
+    try:
+        return orjson.dumps(rec, default=str, option=orjson.OPT_APPEND_NEWLINE)
+    except (TypeError, ValueError):  # lone surrogates, integers beyond 64 bits: the stdlib's way
+        return json.dumps(rec, ensure_ascii=False, separators=(",", ":"), default=str).encode(
+            "utf-8", "backslashreplace") + b"\n"
 
 
 def position_of_line(line: bytes) -> Position | None:

@@ -47,12 +47,14 @@ from sinks.fsync import fsync_dir
 from sinks.logs import (
     DEFAULT_RETENTION_DAYS,
     Position,
-    day_of,
+    day_index,
+    day_text,
     encode_line,
     is_closed,
     is_expired,
     live_name,
     log_record,
+    oldest_kept_index,
     parse_log_name,
     position_of_line,
     segment_name,
@@ -159,10 +161,11 @@ class LogWriter:
         self.stats.events += 1
         tenant = event.get("tenant")
         tenant = tenant if isinstance(tenant, str) else str(tenant)
-        day = day_of(event.get("event_time", 0))
-        if is_expired(day, self.clock(), self.retention_days):
+        index = day_index(event.get("event_time", 0))
+        if index < oldest_kept_index(self.clock(), self.retention_days):
             self.stats.expired += 1
             return False
+        day = day_text(index)
         d = self._day(tenant, day)
         if position is not None:
             p, o, i = position
