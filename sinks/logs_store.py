@@ -23,8 +23,10 @@ nothing but the files as state:
 * **Full disk**: an ``ENOSPC``/``EDQUOT``/``EFBIG`` mid-write cuts the file back to its last complete line and
   raises :class:`LogsFull`; the sink stops without committing, and a restart resumes cleanly.
 
-One writer per root at a time (``.lock``, ``flock``). Directories are created 0700 and files 0600: the lines hold
-conversations, scrubbed of secrets but not of everything private.
+The positions are those of one topic: an existing directory pointed at another topic, or at the same topic
+deleted and created again (offsets restart at 0), would take its events for lines already written; give it a
+fresh directory. One writer per root at a time (``.lock``, ``flock``). Directories are created 0700 and files
+0600: the lines hold conversations, scrubbed of secrets but not of everything private.
 """
 
 from __future__ import annotations

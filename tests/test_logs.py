@@ -301,3 +301,24 @@ def test_a_full_disk_stops_cleanly_and_a_restart_resumes_exactly_once(tmp_path: 
         w.add(ev(DEC7 + i, seq=i + 1, event_id=f"{i:032x}"), (0, i, 0))
     w.close()
     assert [r["seq"] for r in read_lines(root)] == list(range(1, 1001))
+
+
+def test_settings_from_the_environment_and_the_help(monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from agentwatch.cli import main
+    from agentwatch.config import ConfigError, Settings
+
+    monkeypatch.setenv("AGENTWATCH_LOGS_DIR", "/srv/logs")
+    monkeypatch.setenv("AGENTWATCH_LOGS_RETENTION_DAYS", "30")
+    monkeypatch.setenv("AGENTWATCH_LOGS_GROUP", "g1")
+    monkeypatch.setenv("AGENTWATCH_LOGS_METRICS_PORT", "9467")
+    conf = Settings.from_env().logs
+    assert (str(conf.dir), conf.retention_days, conf.group, conf.grace_s, conf.metrics_port) == \
+        ("/srv/logs", 30, "g1", 900.0, 9467)
+    monkeypatch.setenv("AGENTWATCH_LOGS_RETENTION_DAYS", "0")
+    with pytest.raises(ConfigError, match="AGENTWATCH_LOGS_RETENTION_DAYS"):
+        Settings.from_env()
+    with pytest.raises(SystemExit):
+        main(["logs", "run", "--help"])
+    out = capsys.readouterr().out
+    assert "--retention-days" in out and "--metrics-port" in out and "--until-end" in out and "gzipped" in out
