@@ -34,6 +34,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import gzip
+import logging
 import os
 import shutil
 import time
@@ -61,6 +62,8 @@ from sinks.logs import (
     position_of_line,
     segment_name,
 )
+
+log = logging.getLogger(__name__)
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -93,6 +96,7 @@ class LogStats:
     compressed: int = 0  # day files gzipped
     pruned: int = 0  # files deleted by retention
     repaired: int = 0  # torn last lines cut off
+    maintain_errors: int = 0  # gzip or prune steps that failed (retried later)
     by_type: Counter[str] = field(default_factory=Counter)  # lines written per event type
 
     def line(self) -> str:
@@ -175,10 +179,12 @@ class LogWriter:
             if mark is not None and (o, i) <= mark:
                 self.stats.present += 1
                 return False
-            d.marks[p] = (o, i)
         rec, redactions = log_record(event, self.scrubber, position)
+        line = encode_line(rec)
+        if position is not None:
+            d.marks[position[0]] = (position[1], position[2])
         self.stats.redactions += redactions
-        d.buf.append(encode_line(rec))
+        d.buf.append(line)
         d.pending += 1
         self._types[rec["event_type"]] += 1
         self._dirty[(d.dir.name, day)] = d
@@ -190,7 +196,6 @@ class LogWriter:
         """Write every buffered line, fsync files (and directories with new entries), then maintain if due."""
         if self._broken:
             raise LogsError("the log store failed earlier; restart the sink")
-        synced: list[int] = []
         new_dirs: set[Path] = set(self._new_dirs)
         try:
             for d in self._dirty.values():
@@ -216,7 +221,6 @@ class LogWriter:
                         os.fsync(fd)
                 finally:
                     os.close(fd)
-                synced.append(1)
                 d.size += len(data)
                 self.stats.lines += d.pending
                 self.stats.bytes += len(data)
@@ -250,12 +254,19 @@ class LogWriter:
                 parsed = parse_log_name(name)
                 if parsed is None:
                     continue
-                day, n, _gz = parsed
-                if is_expired(day, now, self.retention_days):
-                    self._delete(tdir / name)
-                    self._days.pop((tdir.name, day), None)
-                elif n is None and is_closed(day, now, self.grace_s) and (tdir.name, day) not in self._dirty:
-                    self._compress(tdir, day)
+                day, n, gz = parsed
+                try:
+                    if is_expired(day, now, self.retention_days):
+                        self._delete(tdir / name)
+                        self._days.pop((tdir.name, day), None)
+                    elif n is None and is_closed(day, now, self.grace_s) and (tdir.name, day) not in self._dirty:
+                        self._compress(tdir, day)
+                    elif n is not None and not gz and (tdir / name).exists():
+                        self._finish_segments(tdir)  # a gzip an earlier pass could not finish
+                except OSError as exc:  # the lines are durable already; a full disk must not stop the pruning
+                    self.stats.maintain_errors += 1
+                    log.warning("logs: maintaining %s failed (%s); retried at the next pass or start",
+                                tdir / name, exc)
 
     def recover(self) -> None:
         """Finish what a crash interrupted: remove gzip temporaries, complete half-done compressions."""
@@ -263,18 +274,22 @@ class LogWriter:
             for name in os.listdir(tdir):
                 if name.endswith(".gz.tmp"):
                     os.unlink(tdir / name)
-            names = set(os.listdir(tdir))
-            for name in sorted(names):
-                parsed = parse_log_name(name)
-                if parsed is None or parsed[1] is None or parsed[2]:
-                    continue
-                day, n, _gz = parsed
-                if segment_name(day, n, True) in names:
-                    os.unlink(tdir / name)  # the .gz was complete (renamed after its fsync)
-                else:
-                    self._gzip(tdir, day, n)
+            self._finish_segments(tdir)
             if self.fsync:
                 fsync_dir(tdir)
+
+    def _finish_segments(self, tdir: Path) -> None:
+        """Gzip the plain segments a crash or a failed pass left (``<day>.<n>.jsonl``)."""
+        names = set(os.listdir(tdir))
+        for name in sorted(names):
+            parsed = parse_log_name(name)
+            if parsed is None or parsed[1] is None or parsed[2]:
+                continue
+            day, n, _gz = parsed
+            if segment_name(day, n, True) in names:
+                os.unlink(tdir / name)  # the .gz was complete (renamed after its fsync)
+            else:
+                self._gzip(tdir, day, n)
 
     def close(self) -> None:
         """Flush and release the directory."""
@@ -321,8 +336,13 @@ class LogWriter:
                 with open(path, "rb") as fh:
                     _scan(fh, d.marks)
             elif parsed[2]:
-                with gzip.open(path, "rb") as fh:
-                    _scan(fh, d.marks)
+                try:
+                    with gzip.open(path, "rb") as fh:
+                        _scan(fh, d.marks)
+                except (OSError, EOFError) as exc:
+                    raise LogsError(f"{path} is not a complete gzip file ({exc}); it was not written by this "
+                                    "store (which renames a .gz into place only once complete): move it away") \
+                        from exc
             else:
                 with open(path, "rb") as fh:
                     _scan(fh, d.marks)
@@ -378,8 +398,14 @@ class LogWriter:
                 shutil.copyfileobj(src, gz, 1 << 20)
             if self.fsync:
                 os.fsync(fd)
-        finally:
+        except BaseException:
             os.close(fd)
+            fd = -1
+            tmp.unlink(missing_ok=True)  # the plain segment stays, gzipped at a later pass
+            raise
+        finally:
+            if fd >= 0:
+                os.close(fd)
         os.rename(tmp, final)
         if self.fsync:
             fsync_dir(tdir)

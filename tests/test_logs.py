@@ -322,3 +322,29 @@ def test_settings_from_the_environment_and_the_help(monkeypatch: pytest.MonkeyPa
         main(["logs", "run", "--help"])
     out = capsys.readouterr().out
     assert "--retention-days" in out and "--metrics-port" in out and "--until-end" in out and "gzipped" in out
+
+
+def test_a_gzip_that_fails_on_a_full_disk_is_counted_and_finished_later(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import shutil
+
+    clock = Clock(DEC7 + 60)
+    w = LogWriter(tmp_path, clock=clock, fsync=False, grace_s=0, maintain_every_s=0)
+    w.add(ev(DEC7 + 1), (0, 0, 0))
+    w.flush()
+    real = shutil.copyfileobj
+
+    def full(*a: Any, **k: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfileobj", full)
+    clock.t = DEC7 + 86_400 + 1
+    w.maintain(force=True)
+    tdir = tmp_path / "t-acme"
+    assert sorted(os.listdir(tdir)) == ["2026-12-07.1.jsonl"] and w.stats.maintain_errors == 1
+    monkeypatch.setattr(shutil, "copyfileobj", real)
+    w.maintain(force=True)
+    assert sorted(os.listdir(tdir)) == ["2026-12-07.1.jsonl.gz"]
+    w.close()
+    assert len(read_lines(tmp_path)) == 1
