@@ -20,10 +20,10 @@ is never written.
 hostile ones included, becomes a safe, reversible directory name). **Rotation is by event time**, UTC day: a
 record re-delivered after a crash goes to the same file as the first time whatever the wall clock says, which
 is what makes the offset check exact. A day's file is closed and gzipped once the store's clock is past the day's
-end plus a grace period, as ``<day>.<n>.jsonl.gz`` (n = 1, 2, ... for events that arrive after a day was
-compressed: they start a new ``<day>.jsonl``, compressed in turn). **Retention** keeps the last
-``retention_days`` days, today included, by the store's clock; older days are deleted and events for them are
-counted as expired, not written.
+end plus a grace period (and the file has been idle that long), as ``<day>.<n>.jsonl.gz`` (n = 1, 2, ... for events
+that arrive after a day was compressed: they start a new ``<day>.jsonl``, compressed in turn). **Retention** keeps
+the last ``retention_days`` days, today included, by the store's clock; older days are deleted and events for them
+are counted as expired, not written.
 """
 
 from __future__ import annotations

@@ -15,9 +15,10 @@ nothing but the files as state:
   and the watermarks skip what was written; a torn last line (a crash mid-write) is cut off when the file is
   opened again.
 * **Rotation and gzip**: a day's live file is compressed once the clock (injected: ``clock()`` returns epoch
-  seconds) is ``grace_s`` past the day's end: renamed to ``<day>.<n>.jsonl`` (so a crash cannot confuse it with a
-  new live file), gzipped to a temporary file, fsynced, renamed to ``<day>.<n>.jsonl.gz``, then the plain copy is
-  removed. A crash at any step is finished on the next start (:meth:`LogWriter.recover`).
+  seconds) is ``grace_s`` past the day's end and the file has had no line for ``grace_s`` (late events for a closed
+  day make one new segment per burst, not one per pass): renamed to ``<day>.<n>.jsonl`` (so a crash cannot confuse
+  it with a new live file), gzipped to a temporary file, fsynced, renamed to ``<day>.<n>.jsonl.gz``, then the plain
+  copy is removed. A crash at any step is finished on the next start (:meth:`LogWriter.recover`).
 * **Retention**: days before :func:`sinks.logs.oldest_kept_day` are deleted (every file of the day, every
   tenant), at start and then at most every ``maintain_every_s``; events for such a day are counted ``expired``.
 * **Full disk**: an ``ENOSPC``/``EDQUOT``/``EFBIG`` mid-write cuts the file back to its last complete line and
@@ -115,6 +116,7 @@ class _Day:
     size: int = 0  # bytes of the live file on disk
     buf: list[bytes] = field(default_factory=list)
     pending: int = 0  # lines in buf
+    last_write: float | None = None  # clock() at the last flush that wrote to the live file
 
     @property
     def path(self) -> Path:
@@ -196,6 +198,7 @@ class LogWriter:
         """Write every buffered line, fsync files (and directories with new entries), then maintain if due."""
         if self._broken:
             raise LogsError("the log store failed earlier; restart the sink")
+        now = self.clock()
         new_dirs: set[Path] = set(self._new_dirs)
         try:
             for d in self._dirty.values():
@@ -222,6 +225,7 @@ class LogWriter:
                 finally:
                     os.close(fd)
                 d.size += len(data)
+                d.last_write = now
                 self.stats.lines += d.pending
                 self.stats.bytes += len(data)
                 d.buf.clear()
@@ -259,7 +263,7 @@ class LogWriter:
                     if is_expired(day, now, self.retention_days):
                         self._delete(tdir / name)
                         self._days.pop((tdir.name, day), None)
-                    elif n is None and is_closed(day, now, self.grace_s) and (tdir.name, day) not in self._dirty:
+                    elif n is None and is_closed(day, now, self.grace_s) and self._idle(tdir.name, day, now):
                         self._compress(tdir, day)
                     elif n is not None and not gz and (tdir / name).exists():
                         self._finish_segments(tdir)  # a gzip an earlier pass could not finish
@@ -277,6 +281,14 @@ class LogWriter:
             self._finish_segments(tdir)
             if self.fsync:
                 fsync_dir(tdir)
+
+    def _idle(self, dirname: str, day: str, now: float) -> bool:
+        """No line for the day waits in memory, and none was written in the last ``grace_s``: a stream of late
+        events for a closed day makes one segment when it stops, not one per pass."""
+        if (dirname, day) in self._dirty:
+            return False
+        d = self._days.get((dirname, day))
+        return d is None or d.last_write is None or now - d.last_write >= self.grace_s
 
     def _finish_segments(self, tdir: Path) -> None:
         """Gzip the plain segments a crash or a failed pass left (``<day>.<n>.jsonl``)."""

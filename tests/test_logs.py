@@ -122,9 +122,11 @@ def test_rotation_across_a_day_boundary_gzip_and_retention(tmp_path: Path) -> No
     w.add(ev(DEC7 + 86_400 + 500, seq=3), (0, 2, 0))
     w.flush()
     assert sorted(os.listdir(tdir)) == ["2026-12-07.1.jsonl.gz", "2026-12-08.jsonl"]
-    w.add(ev(DEC7 + 100, seq=4), (0, 3, 0))  # a late event for the 7th: a new live file, gzipped in turn
-    clock.t += 1
+    w.add(ev(DEC7 + 100, seq=4), (0, 3, 0))  # a late event for the 7th: a new live file...
     w.flush()
+    assert sorted(os.listdir(tdir)) == ["2026-12-07.1.jsonl.gz", "2026-12-07.jsonl", "2026-12-08.jsonl"]
+    clock.t += 600  # ...gzipped in turn once idle for the grace period
+    w.maintain()
     assert sorted(os.listdir(tdir)) == ["2026-12-07.1.jsonl.gz", "2026-12-07.2.jsonl.gz", "2026-12-08.jsonl"]
     assert [r["seq"] for r in read_lines(tmp_path)] == [1, 4, 2, 3]
     clock.t = DEC7 + 3 * 86_400 + 10  # the 10th: keeps 8, 9, 10

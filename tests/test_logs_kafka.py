@@ -50,6 +50,16 @@ def produce(bootstrap: str, topic: str, events: list[dict[str, Any]], per_record
 
 
 def lines(root: Path) -> list[dict[str, Any]]:
+    """Every line under ``root``; read again when a file was gzipped (renamed) while it was being listed."""
+    for _attempt in range(20):
+        try:
+            return _lines(root)
+        except FileNotFoundError:
+            time.sleep(0.05)
+    return _lines(root)
+
+
+def _lines(root: Path) -> list[dict[str, Any]]:
     out = []
     for tdir in sorted(p for p in root.iterdir() if p.is_dir()):
         for name in sorted(os.listdir(tdir)):

@@ -97,7 +97,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "run", help="consume the events topic into the per-tenant log files",
         description="Consume the events topic in its own consumer group; write, fsync, then commit (a crash loses "
         "nothing committed and writes no line twice: each line carries its Kafka position). Files rotate by the "
-        "events' own time (UTC day); a day's file is gzipped once the day is over plus --grace, and days older "
+        "events' own time (UTC day); a day's file is gzipped once the day is over plus --grace and the file has "
+        "been idle as long, and days older "
         "than --retention-days are deleted. Run one instance per directory. Stops on Ctrl-C / SIGTERM, or with "
         "--until-end / --idle-timeout.")
     add_bootstrap_servers(r)
