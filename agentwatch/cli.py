@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "agentwatch.commands.audit",
     "agentwatch.commands.replay",
     "agentwatch.commands.traces",
+    "agentwatch.commands.logs",
     "agentwatch.commands.exporter",
     "agentwatch.commands.alerts",
 )

@@ -382,6 +382,41 @@ class TracesSettings:
 
 
 @dataclass(frozen=True)
+class LogsSettings:
+    """The per-tenant structured logs (``agentwatch logs run``; issue 10).
+
+    ``AGENTWATCH_LOGS_DIR`` (``None``: ``$AGENTWATCH_HOME/logs``), ``AGENTWATCH_LOGS_RETENTION_DAYS`` (days kept,
+    today included; default 14, the seed's minimum viable setup), ``AGENTWATCH_LOGS_GROUP`` (consumer group,
+    default ``agentwatch-logs``), ``AGENTWATCH_LOGS_GRACE_S`` (how long after a day's end its file stays open for
+    late events before it is gzipped; default 900), ``AGENTWATCH_LOGS_METRICS_PORT`` (``/metrics``; unset: none).
+    The scrubbing policy is the producer's (``AGENTWATCH_CAPTURE_FLAGS``, ``AGENTWATCH_PII_CLASSES``).
+    """
+
+    dir: Path | None = None
+    retention_days: int = 14
+    group: str = "agentwatch-logs"
+    grace_s: float = 900.0
+    metrics_port: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.retention_days < 1:
+            raise ConfigError(f"logs retention must be at least 1 day, not {self.retention_days}")
+        if not self.group:
+            raise ConfigError("the logs consumer group must not be empty")
+
+    @classmethod
+    def from_env(cls) -> LogsSettings:
+        directory = _env_opt("AGENTWATCH_LOGS_DIR")
+        return cls(
+            dir=Path(directory) if directory else None,
+            retention_days=_env_int("AGENTWATCH_LOGS_RETENTION_DAYS", 14, minimum=1),
+            group=_env("AGENTWATCH_LOGS_GROUP", "agentwatch-logs"),
+            grace_s=_env_seconds("AGENTWATCH_LOGS_GRACE_S", 900.0),
+            metrics_port=_env_opt_int("AGENTWATCH_LOGS_METRICS_PORT", minimum=0),
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     """What a deployment configures. ``Settings.from_env()`` is the only place that reads the environment."""
 
@@ -411,6 +446,7 @@ class Settings:
     traces: TracesSettings = field(default_factory=TracesSettings)
     # The worker's alerts' generatorURL: a template over {tenant}, {alertname}, {tool}; None: no link.
     generator_url: str | None = DEFAULT_GENERATOR_URL
+    logs: LogsSettings = field(default_factory=LogsSettings)
 
     def __post_init__(self) -> None:
         if not self.app_id:
@@ -441,6 +477,7 @@ class Settings:
 
             traces=TracesSettings.from_env(),
             generator_url=parse_generator_url(_env("AGENTWATCH_GENERATOR_URL", DEFAULT_GENERATOR_URL)),
+            logs=LogsSettings.from_env(),
         )
 
     def with_(self, **changes: object) -> Settings:

@@ -27,10 +27,13 @@ What downstream reads, and which event counts what:
 
 from __future__ import annotations
 
+import collections
 import contextvars
+import logging
 import sys
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable
 from enum import Enum
@@ -48,6 +51,7 @@ from producers.mapping import (
 )
 from producers.stamp import Stamper
 from producers.subagent_usage import SubagentUsageLedger
+from schemas.redaction import truncate_head_tail
 
 ConfirmFn = Callable[[str, str, dict], bool]
 MaxIterationsFn = Callable[[int, list], dict]
@@ -381,3 +385,163 @@ def _call_with_timeout(fn: ConfirmFn, args: tuple, timeout: float) -> tuple[bool
     if "error" in box:
         raise box["error"]
     return bool(box["value"]), False
+
+
+# -- Agentao's logger, taken over (issue 10, the seed's "take over Agentao's logger") ------------------------------
+
+
+class AgentaoLogBridge(logging.Handler):
+    """Agentao's log records as ``log`` AgentEvents of a bridge's session, so ``agentao.log`` is not written.
+
+    Pass :attr:`logger` as ``Agentao(logger=...)``: Agentao then skips its own set-up (no ``<wd>/agentao.log``, no
+    change to the ``agentao`` package logger) and writes its LLM requests and responses to it. The records of
+    Agentao's modules (MCP start/stop, plugin hooks, compaction) go to the ``agentao.*`` module loggers instead;
+    :meth:`capture_package` adds this handler there too (process-wide: with several agents in one process, every
+    such record goes to the session that captured it; :meth:`close` removes it).
+
+    Each record becomes one event: ``type="log"``, payload ``logger``, ``level``, ``message`` (capped at
+    ``max_message_chars``, head and tail kept), ``source``, ``thread``, ``exc`` (a traceback, capped), and
+    ``suppressed`` (records the rate limit dropped since the previous event). The publisher scrubs the payload
+    with the producer's scrubber on its sender thread, like every event. On the agent's thread a record costs
+    a format, a token-bucket check and an enqueue: it never blocks and never raises (failures are counted).
+
+    Rate limit: a token bucket, ``rate`` records per second with bursts of ``burst``; a record that finds the
+    bucket empty is suppressed and counted (``stats()["suppressed"]``), and the count travels on the next event
+    and in a summary event at :meth:`close`. Records before the bridge's ``session_start`` (Agentao logging while
+    it is constructed) wait in a bounded queue (``max_early``) so the session's first event stays its start.
+    """
+
+    def __init__(self, bridge: AgentaoBridge, *, level: int = logging.DEBUG, rate: float = 50.0,
+                 burst: int = 200, max_message_chars: int = 8_000, max_early: int = 100,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(level)
+        if rate <= 0 or burst < 1:
+            raise ValueError("rate must be > 0 and burst >= 1")
+        self._bridge = bridge
+        self._rate = float(rate)
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._clock = clock
+        self._last = clock()
+        self._max_chars = max_message_chars
+        self._early: collections.deque[dict[str, Any]] = collections.deque()
+        self._max_early = max_early
+        self._suppressed_pending = 0
+        self._state = threading.Lock()
+        self._local = threading.local()
+        self._captured: list[tuple[logging.Logger, int]] = []
+        self._counts = {"records": 0, "emitted": 0, "suppressed": 0, "errors": 0}
+        # Not registered with logging's manager: one per session, nothing left behind when it is dropped.
+        self.logger = logging.Logger(f"agentwatch.agentao.{bridge.session_id}", level)
+        self.logger.propagate = False
+        self.logger.addHandler(self)
+
+    def stats(self) -> dict[str, int]:
+        """records (seen), emitted (handed to the bridge), suppressed (rate limit, early-queue overflow), errors."""
+        with self._state:
+            return dict(self._counts)
+
+    def capture_package(self, name: str = "agentao", level: int = logging.INFO) -> AgentaoLogBridge:
+        """Also take the records of Agentao's module loggers (``name`` and below), at ``level`` and above."""
+        pkg = logging.getLogger(name)
+        self._captured.append((pkg, pkg.level))
+        if pkg.level == logging.NOTSET or pkg.level > level:
+            pkg.setLevel(level)
+        pkg.addHandler(self)
+        return self
+
+    def handle(self, record: logging.LogRecord) -> bool:  # no handler lock: emit is thread-safe on its own
+        if getattr(self._local, "busy", False):
+            return False  # a record logged while publishing one (the publisher's own logging): not looped back
+        if not self.filter(record):
+            return False
+        self._local.busy = True
+        try:
+            self.emit(record)
+        finally:
+            self._local.busy = False
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            with self._state:
+                self._counts["records"] += 1
+                now = self._clock()
+                self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+                self._last = now
+                if self._tokens < 1.0:
+                    self._counts["suppressed"] += 1
+                    self._suppressed_pending += 1
+                    return
+                self._tokens -= 1.0
+                suppressed, self._suppressed_pending = self._suppressed_pending, 0
+            self._publish(self._payload(record, suppressed))
+        except Exception:
+            with self._state:
+                self._counts["errors"] += 1
+
+    def close(self) -> None:
+        """Publish what waits (early records, the suppressed count) and detach from the captured loggers."""
+        try:
+            for pkg, old_level in self._captured:
+                pkg.removeHandler(self)
+                pkg.setLevel(old_level)
+            self._captured.clear()
+            with self._state:
+                suppressed, self._suppressed_pending = self._suppressed_pending, 0
+            if suppressed:
+                self._publish({"logger": self.logger.name, "level": "WARNING", "suppressed": suppressed,
+                               "message": f"{suppressed} Agentao log record(s) suppressed by the rate limit"},
+                              force=True)
+            self._flush_early(force=True)
+        except Exception:
+            with self._state:
+                self._counts["errors"] += 1
+        super().close()
+
+    # -- internals ------------------------------------------------------------------------------------------
+
+    def _payload(self, record: logging.LogRecord, suppressed: int) -> dict[str, Any]:
+        try:
+            message = record.getMessage()
+        except Exception as exc:  # a bad %-format in the caller: keep what there is
+            message = f"{record.msg!r} % {record.args!r} ({type(exc).__name__})"
+        out: dict[str, Any] = {"logger": record.name, "level": record.levelname,
+                               "message": _cap(message, self._max_chars),
+                               "source": f"{record.module}:{record.lineno}", "thread": record.threadName}
+        if record.exc_info and record.exc_info[0] is not None:
+            out["exc_type"] = record.exc_info[0].__name__
+            out["exc"] = _cap("".join(traceback.format_exception(*record.exc_info)), self._max_chars)
+        if suppressed:
+            out["suppressed"] = suppressed
+        return out
+
+    def _publish(self, payload: dict[str, Any], force: bool = False) -> None:
+        bridge = self._bridge
+        if not bridge._started and not force:
+            with self._state:
+                if len(self._early) >= self._max_early:
+                    self._counts["suppressed"] += 1
+                    return
+                self._early.append(payload)
+            return
+        self._flush_early()
+        bridge._emit("log", {"payload": payload_text(payload)}, bridge.turn_id)
+        with self._state:
+            self._counts["emitted"] += 1
+
+    def _flush_early(self, force: bool = False) -> None:
+        if not self._early or not (self._bridge._started or force):
+            return
+        while True:
+            with self._state:
+                if not self._early:
+                    return
+                payload = self._early.popleft()
+            self._bridge._emit("log", {"payload": payload_text(payload)}, self._bridge.turn_id)
+            with self._state:
+                self._counts["emitted"] += 1
+
+
+def _cap(text: str, max_chars: int) -> str:
+    return text if len(text) <= max_chars else truncate_head_tail(text, max_chars, 0.5)[0]

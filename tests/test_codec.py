@@ -461,9 +461,9 @@ def test_event_types_cover_agentao_host_kinds_and_our_own() -> None:
     agentao = {e.value for e in EventType}
     host = {m.model_fields["event_type"].default
             for m in (ToolLifecycleEvent, PermissionDecisionEvent, SubagentLifecycleEvent)}
-    ours = {"unknown", "confirm_resolved", "session_start", "session_end"}
+    ours = {"unknown", "confirm_resolved", "session_start", "session_end", "log"}
     assert len(agentao) == 35 and len(host) == 3
-    assert len(SYMBOLS) == len(set(SYMBOLS)) == 42
+    assert len(SYMBOLS) == len(set(SYMBOLS)) == 43
     assert set(SYMBOLS) == agentao | host | ours
     type_field = next(f for f in contract.current().event_json["fields"] if f["name"] == "type")
     assert type_field["type"]["default"] == "unknown" == SYMBOLS[0]

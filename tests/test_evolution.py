@@ -163,7 +163,7 @@ def test_adding_a_required_field_is_rejected(v2_json: dict[str, Any], v1_json: d
     bad = _with(v2_json, lambda s: s["fields"].append({"name": "region", "type": "string"}))
     problems = evolution.check_full_transitive([v1_json, bad])
     assert len(problems) == 1
-    assert (problems[0].reader, problems[0].writer) == ("v3", "v2")  # the new reader cannot read old data
+    assert (problems[0].reader, problems[0].writer) == ("v4", "v3")  # the new reader cannot read old data
     assert "reader_field_missing_default_value" in str(problems[0])
     assert any("region" in v for v in evolution.policy_violations(bad))
 
@@ -174,7 +174,7 @@ def test_a_new_symbol_without_the_enum_default_is_rejected(v1_json: dict[str, An
 
     v1_without, v2_without = _with(v1_json, drop_default), _with(v2_json, drop_default)
     problems = evolution.check_full_transitive([v1_without, v2_without])
-    assert [(p.reader, p.writer) for p in problems] == [("v2", "v3")]  # the old reader fails on tool_cancelled
+    assert [(p.reader, p.writer) for p in problems] == [("v3", "v4")]  # the old reader fails on tool_cancelled
     assert "missing_enum_symbols" in str(problems[0]) and "tool_cancelled" in str(problems[0])
     assert any("EventType" in v for v in evolution.policy_violations(v2_without))
 
