@@ -30,7 +30,7 @@ def sample_report(cost: bool = False) -> str:
                    "revision": 0, "prompt_tokens": tokens, "completion_tokens": 40_000, "tool_calls": 400,
                    "tool_failures": failures, "llm_attempts": 450, "llm_5xx": 30 if tenant == "acme" and i == 4 else 1}
             if cost:
-                rec["cost_usd"] = tokens / 1e6 * 2.5
+                rec["cost_nusd"] = tokens * 2_500  # $2.50 per million tokens
             records.append(rec)
             windows.append({"tenant": tenant, "window_start_us": T0 + i * MIN, "tokens": {"total": tokens + 40_000}})
     truth = {"window_s": 60, "windows": windows,
