@@ -389,6 +389,11 @@ class Settings:
     evidence: EvidenceSettings = field(default_factory=EvidenceSettings)
 
     traces: TracesSettings = field(default_factory=TracesSettings)
+    # How long a command waits at start for a Kafka broker to answer before it gives up with a one-line error.
+    kafka_startup_timeout_s: float = 10.0
+    # The port of a long-running command's /metrics (self-monitoring); None: the command's own default (off for
+    # most, 9464 for the exporter). One variable for all: each command runs in its own container or unit.
+    metrics_port: int | None = None
 
     def __post_init__(self) -> None:
         if not self.app_id:
@@ -417,6 +422,8 @@ class Settings:
             evidence=EvidenceSettings.from_env(),
 
             traces=TracesSettings.from_env(),
+            kafka_startup_timeout_s=_env_seconds("AGENTWATCH_KAFKA_STARTUP_TIMEOUT", 10.0),
+            metrics_port=_env_opt_int("AGENTWATCH_METRICS_PORT", minimum=0),
         )
 
     def with_(self, **changes: object) -> Settings:

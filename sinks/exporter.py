@@ -48,7 +48,8 @@ log = logging.getLogger(__name__)
 # Consumer settings an AdminClient of the same cluster needs too (connection and security).
 _SHARED_CLIENT_KEYS = frozenset({
     "bootstrap.servers", "security.protocol", "sasl.mechanism", "sasl.mechanisms", "sasl.username", "sasl.password",
-    "ssl.ca.location", "ssl.certificate.location", "ssl.key.location", "ssl.key.password", "client.id"})
+    "ssl.ca.location", "ssl.certificate.location", "ssl.key.location", "ssl.key.password", "client.id",
+    "logger"})
 
 
 class _OffsetsQuery:
