@@ -106,10 +106,16 @@ def with_logger(config: dict[str, Any] | None = None) -> dict[str, Any]:
 
 
 def install(verbose: bool = False) -> ThrottleFilter:
-    """Throttle every handler of the root logger (the CLI calls it after ``logging.basicConfig``). librdkafka's
-    INFO lines (connection chatter) are shown only with ``-v``."""
-    flt = ThrottleFilter()
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(flt)
+    """Throttle the root logger's plain stream handlers, the one ``logging.basicConfig`` makes (the CLI calls it
+    after that; handlers of embedding code or of a test harness are left alone), once. librdkafka's INFO lines
+    (connection chatter) are shown only with ``-v``."""
     client_logger().setLevel(logging.DEBUG if verbose else logging.WARNING)
-    return flt
+    for handler in logging.getLogger().handlers:
+        if type(handler) is logging.StreamHandler:  # noqa: E721 (subclasses belong to someone else)
+            existing = [f for f in handler.filters if isinstance(f, ThrottleFilter)]
+            if existing:
+                return existing[0]
+            flt = ThrottleFilter()
+            handler.addFilter(flt)
+            return flt
+    return ThrottleFilter()

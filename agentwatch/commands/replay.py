@@ -157,6 +157,15 @@ def _print_repairs(writer: ArchiveWriter) -> None:
 # -- rebuild ------------------------------------------------------------------------------------------------------
 
 
+def precheck_rebuild(args: argparse.Namespace, settings: Settings) -> None:
+    """Before waiting for Kafka: the output directory must be fresh."""
+    from agentwatch.startup import StartupError
+
+    out = Path(args.out)
+    if out.exists() and any(p.name != ".lock" for p in out.iterdir()):
+        raise StartupError(f"{out} is not empty; give a fresh directory")
+
+
 def cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
     from sinks.archive_sink import Progress, rebuild_archive
 
@@ -347,7 +356,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--out", required=True, metavar="DIR", help="the new archive's directory (must be empty or absent)")
     b.add_argument("--workers", type=int, default=None, metavar="N",
                    help="processes sharing the partitions (default: the number of CPUs; 1 = this process)")
-    b.set_defaults(func=cmd_rebuild)
+    b.set_defaults(func=cmd_rebuild, precheck=precheck_rebuild)
 
     ls = rsub.add_parser("list", parents=[common, reading], help="list archived replays, newest first",
                          description="Like Agentao's /replay list: short id, first user message, events and "
