@@ -75,3 +75,41 @@ def test_create_topics_sizes_internal_topics_from_the_events_topic(settings, kaf
     assert set(_partitions(kafka_bootstrap, names).values()) == {2}
     counts = _partitions(kafka_bootstrap, [s.name for s in specs])
     assert partition_mismatches(settings, dict(counts)) == []
+
+
+def test_worker_create_topics_next_to_a_3_partition_events_topic_runs(settings, kafka_bootstrap, tmp_path):
+    """The reported sequence: a 3-partition events topic, then `worker --create-topics`; the worker used to make
+    6-partition internal topics and die ~10 s later with PartitionsMismatch. It also serves the self-monitoring
+    metrics next to its own on --metrics-port."""
+    import socket
+    import time
+    import urllib.request
+
+    from worker_support import start_worker, wait_until
+
+    t = settings.topics
+    ensure_topics(kafka_bootstrap, [TopicSpec(t.events, 3, 3_600_000)])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    worker = start_worker(settings, tmp_path, "--create-topics", "--metrics-port", str(port))
+    try:
+        names = [t.partials, changelog_topic(settings.app_id, WINDOW_TABLE),
+                 changelog_topic(settings.app_id, TENANT_TABLE)]
+        wait_until(lambda: len(_partitions(kafka_bootstrap, names)) == 3, 60, alive=[worker])
+        assert set(_partitions(kafka_bootstrap, names).values()) == {3}
+
+        def metrics() -> str:
+            try:
+                return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            except OSError:
+                return ""
+
+        body = wait_until(lambda: (m := metrics()) and 'agentwatch_kafka_connected{component="worker"} 1.0' in m
+                          and f'topic="{t.events}"' in m and m, 60, alive=[worker])
+        assert "agentwatch_worker_" in body and "agentwatch_component_info" in body
+        time.sleep(15)  # past the moment it used to die
+        assert worker.proc.poll() is None, worker.log()[-3000:]
+        assert "PartitionsMismatch" not in worker.log()
+    finally:
+        worker.stop()

@@ -58,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                              "differs from the code.")
     listing.set_defaults(func=_list)
     for p in (create, listing):
-        add_bootstrap_servers(p)
+        add_bootstrap_servers(p, needs_kafka=True)
         p.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the broker (default 15)")
 
 
