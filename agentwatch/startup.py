@@ -16,7 +16,6 @@ import errno
 import os
 import socket
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -121,18 +120,20 @@ def port_in_use(exc: OSError, addr: str, port: int, flag: str) -> StartupError:
 
 
 def require_writable_dir(path: Path, what: str, hint: str) -> None:
-    """``path`` exists (created if needed) and a file can be created in it; StartupError naming ``what`` and the
-    ``hint`` (the flag or variable that moves it) otherwise."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=path)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        where = exc.filename or path
-        raise StartupError(f"the {what} {path} is not writable ({reason}: {where}); fix its permissions or "
-                           f"choose another with {hint}") from None
+    """``path`` is a writable directory, or can be created (its nearest existing ancestor is a writable directory);
+    StartupError naming ``what`` and the ``hint`` (the flag or variable that moves it) otherwise. Nothing is created:
+    the store makes its directories itself, with its own permissions (0700)."""
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        reason = f"{probe} is not a directory"
+    elif not os.access(probe, os.W_OK | os.X_OK):
+        reason = f"no permission to write in {probe}" if probe != path else "no write permission"
+    else:
+        return
+    raise StartupError(f"the {what} {path} is not writable ({reason}); fix its permissions or choose another with "
+                       f"{hint}")
 
 
 def require_free_port(addr: str, port: int | None, flag: str) -> None:
