@@ -22,7 +22,7 @@ from confluent_kafka.admin import AdminClient
 from agentwatch.cli_flags import add_bootstrap_servers, add_metrics_port, check_metrics_port
 from agentwatch.commands.topics import sized_topics
 from agentwatch.config import Settings
-from agentwatch.kafka_log import with_logger
+from agentwatch.kafka_log import ThrottleFilter, with_logger
 from agentwatch.startup import StartupError, require_free_port
 from agentwatch.topics import ensure_topics
 from streams.options import TENANT_TABLE, WINDOW_TABLE, WorkerOptions, changelog_topic
@@ -145,6 +145,15 @@ def _bounded_stop_worker_class() -> type:
 
     class BoundedStopWorker(faust.Worker):  # type: ignore[misc]
         stop_timeout_s: float = 20.0
+
+        def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+            # Faust replaces the CLI's log handlers: throttle its ones too, so a worker cut off from Kafka logs
+            # aiokafka's reconnect errors a few times a minute, each saying how many it stands for
+            super().on_setup_root_logger(logger, level)
+            flt = ThrottleFilter()
+            for handler in logger.handlers:
+                if not any(isinstance(f, ThrottleFilter) for f in handler.filters):
+                    handler.addFilter(flt)
 
         def _schedule_shutdown(self, signum: signal.Signals) -> None:
             if self.stop_timeout_s > 0 and not self._signal_stop_time:
