@@ -2,9 +2,9 @@
 
 Without a ``logger`` in its configuration, librdkafka writes each of its lines straight to stderr: a client that
 cannot reach its broker prints a ``FAIL ... Connection refused`` line per broker per reconnect attempt (about 37 a
-second from one command in the field), with nothing at agentwatch's level to say what is wrong. Every Kafka client
+second from one command in the field), with nothing at agentwatch's level to say what is wrong. Every Kafka consumer
 agentwatch's commands create gets :func:`client_logger` instead (``with_logger(config)``), so those lines become
-ordinary records of the logger ``agentwatch.librdkafka``.
+ordinary records of the logger ``agentwatch.librdkafka``; their AdminClients log nothing (:func:`quiet_admin`).
 
 The CLI puts a :class:`ThrottleFilter` on its log handler: per kind of message (logger name plus the message with
 its numbers blanked, for librdkafka its facility and text) the first ``burst`` records of each ``interval_s`` pass,
@@ -103,6 +103,14 @@ def client_logger() -> logging.Logger:
 def with_logger(config: dict[str, Any] | None = None) -> dict[str, Any]:
     """``config`` plus ``logger``: a Kafka client configured with it logs through Python logging, not to stderr."""
     return {**(config or {}), "logger": client_logger()}
+
+
+def quiet_admin(config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An AdminClient configuration that logs nothing (``log_level`` 0): the callers report its failures
+    themselves (raised errors, ``agentwatch_kafka_connected``). AdminClients do not get ``logger``: their log lines
+    are only delivered on ``poll()``, which nothing calls, and with it the self-monitoring probe's AdminClient
+    crashed the process in librdkafka's main thread (SIGSEGV, 3 times in ~7 runs of tests/test_kafka_outage.py)."""
+    return {**(config or {}), "log_level": 0}
 
 
 def install(verbose: bool = False) -> ThrottleFilter:

@@ -35,7 +35,7 @@ from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicP
 from confluent_kafka.admin import AdminClient, OffsetSpec
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from agentwatch.kafka_log import with_logger
+from agentwatch.kafka_log import quiet_admin
 from agentwatch.startup import port_in_use
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ class OffsetsProbe:
                  client_config: dict[str, Any] | None = None) -> None:
         self.group_id = group_id
         self.topics = list(topics)
-        self.admin = AdminClient(with_logger({"bootstrap.servers": bootstrap_servers, **(client_config or {})}))
+        self.admin = AdminClient(quiet_admin({"bootstrap.servers": bootstrap_servers, **(client_config or {})}))
 
     def partitions(self, timeout: float) -> list[TopicPartition]:
         """The topics' partitions; raises KafkaException when no broker answers within ``timeout``."""

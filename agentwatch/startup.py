@@ -22,7 +22,7 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from agentwatch.kafka_log import with_logger
+from agentwatch.kafka_log import quiet_admin
 
 START_HINT = ("start one (`agentwatch broker start`) or point --bootstrap-servers / KAFKA_BOOTSTRAP_SERVERS at "
               "yours")
@@ -83,7 +83,7 @@ def wait_for_kafka(bootstrap_servers: str, timeout_s: float, *, announce: bool =
                 break
             reasons[f"{host}:{port}"] = reason
         if reachable:
-            admin = AdminClient(with_logger({"bootstrap.servers": bootstrap_servers}))
+            admin = AdminClient(quiet_admin({"bootstrap.servers": bootstrap_servers}))
             try:
                 admin.list_topics(timeout=max(deadline - time.monotonic(), 1.0))
                 return

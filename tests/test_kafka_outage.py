@@ -30,10 +30,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+LAST_ERROR: dict[int, str] = {}
+
+
 def metric(port: int, name: str) -> float | None:
     try:
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    except OSError:
+    except OSError as exc:
+        LAST_ERROR[port] = repr(exc)
         return None
     for line in body.splitlines():
         if line.startswith(name + "{") or line.startswith(name + " "):
@@ -59,7 +63,7 @@ def test_commands_survive_a_broker_outage_and_say_so_once(tmp_path):
     try:
         ensure_topics(kafka.bootstrap_servers, [TopicSpec(topic, 1, 3_600_000)])
         env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "AGENTWATCH_"))}
-        env.update(PYTHONPATH=str(ROOT), AGENTWATCH_HOME=str(tmp_path / "home"),
+        env.update(PYTHONPATH=str(ROOT), AGENTWATCH_HOME=str(tmp_path / "home"), PYTHONFAULTHANDLER="1",
                    KAFKA_BOOTSTRAP_SERVERS=kafka.bootstrap_servers, AGENTWATCH_EVENTS_TOPIC=topic)
         commands = {"exporter": ["exporter", "--no-dead-letter", "--port"], "replay": ["replay", "run",
                                                                                         "--metrics-port"]}
@@ -68,8 +72,12 @@ def test_commands_survive_a_broker_outage_and_say_so_once(tmp_path):
             procs[name] = (subprocess.Popen([sys.executable, "-m", "agentwatch", *argv, str(mport)], env=env,
                                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True),
                            mport)
-        for name, (_proc, mport) in procs.items():
-            wait_for(lambda m=mport: metric(m, "agentwatch_kafka_connected") == 1, 90, f"{name} connected")
+        for name, (proc, mport) in procs.items():
+            try:
+                wait_for(lambda m=mport: metric(m, "agentwatch_kafka_connected") == 1, 90, f"{name} connected")
+            except AssertionError:
+                proc.send_signal(signal.SIGABRT)  # faulthandler: every thread's stack on stderr, for the report
+                raise AssertionError(f"{name} never showed connected: {LAST_ERROR.get(mport)}") from None
 
         kafka.stop()
         outage_start = time.monotonic()

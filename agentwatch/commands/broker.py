@@ -20,7 +20,7 @@ from agentwatch.broker import daemon
 from agentwatch.broker.errors import BrokerError, with_tail
 from agentwatch.broker.launcher import LocalKafka
 from agentwatch.config import Settings
-from agentwatch.kafka_log import with_logger
+from agentwatch.kafka_log import quiet_admin
 
 LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
 
@@ -139,7 +139,7 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
         print(f"not running (data directory {_data_dir(args, settings)})")
         return 1
     try:
-        md = AdminClient(with_logger({"bootstrap.servers": record.bootstrap_servers})).list_topics(timeout=5)
+        md = AdminClient(quiet_admin({"bootstrap.servers": record.bootstrap_servers})).list_topics(timeout=5)
         answer = f"answering, {len([t for t in md.topics if not t.startswith('__')])} topics"
         ok = True
     except KafkaException as exc:

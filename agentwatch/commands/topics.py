@@ -16,7 +16,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from agentwatch.cli_flags import add_bootstrap_servers
 from agentwatch.config import Settings
-from agentwatch.kafka_log import with_logger
+from agentwatch.kafka_log import quiet_admin
 from agentwatch.topics import DAY_MS, TopicSpec, default_topics, ensure_topics
 
 HOUR_MS = 3600 * 1000
@@ -111,7 +111,7 @@ def render(table: list[Row]) -> str:
 
 def describe(bootstrap_servers: str, names: list[str], timeout: float) -> dict[str, TopicState]:
     """Partitions and effective config of those ``names`` that exist on the broker."""
-    admin = AdminClient(with_logger({"bootstrap.servers": bootstrap_servers}))  # errors are raised, not logged
+    admin = AdminClient(quiet_admin({"bootstrap.servers": bootstrap_servers}))  # errors are raised, not logged
     topics = admin.list_topics(timeout=timeout).topics
     present = [n for n in names if n in topics]
     if not present:

@@ -22,7 +22,7 @@ from confluent_kafka.admin import AdminClient
 from agentwatch.cli_flags import add_bootstrap_servers, add_metrics_port, check_metrics_port
 from agentwatch.commands.topics import sized_topics
 from agentwatch.config import Settings
-from agentwatch.kafka_log import ThrottleFilter, with_logger
+from agentwatch.kafka_log import ThrottleFilter, quiet_admin
 from agentwatch.startup import StartupError, require_free_port
 from agentwatch.topics import ensure_topics
 from streams.options import TENANT_TABLE, WINDOW_TABLE, WorkerOptions, changelog_topic
@@ -96,7 +96,7 @@ def precheck(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def _partition_counts(bootstrap: str, names: list[str], timeout: float = 15.0) -> dict[str, int | None]:
-    admin = AdminClient(with_logger({"bootstrap.servers": bootstrap}))
+    admin = AdminClient(quiet_admin({"bootstrap.servers": bootstrap}))
     md = admin.list_topics(timeout=timeout).topics
     return {n: (len(md[n].partitions) if n in md and md[n].error is None else None) for n in names}
 
