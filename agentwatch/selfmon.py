@@ -4,13 +4,13 @@ the Prometheus metrics of /work/helpers/selfmon-contract.md (``docs/self-monitor
 One probe thread per process polls, every ``interval_s`` (default 5 s), from outside the consume loop, so the same
 code serves every component, the Faust worker included:
 
-* connectivity: a metadata request (``AdminClient.list_topics``) answered within the interval means connected;
+* connectivity: a metadata request (``list_topics``) answered within the interval means connected;
   ``agentwatch_kafka_connected`` is 1 or 0, and each connected -> disconnected transition counts in
   ``agentwatch_kafka_disconnects_total`` and is said once on the log (and once more when Kafka is back), however
   long the outage: the consume loops keep retrying on their own, librdkafka's reconnect chatter is throttled by
   :mod:`agentwatch.kafka_log`.
-* progress: the group's committed offsets (``list_consumer_group_offsets``, which never joins the group) and the
-  high watermarks (``list_offsets``) of its topics give ``agentwatch_consumer_committed_offset`` and
+* progress: the group's committed offsets (read by a consumer of the group that never subscribes, so it never
+  joins the group) and the high watermarks of its topics give ``agentwatch_consumer_committed_offset`` and
   ``agentwatch_consumer_lag_records`` (high watermark - committed; a partition the group never committed counts
   from its low watermark, i.e. everything retained is unread). ``agentwatch_last_progress_timestamp_seconds`` is
   the time a committed offset was last seen to advance (or :meth:`SelfMonitor.note_progress` was called); it starts
@@ -31,11 +31,9 @@ from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from agentwatch.kafka_log import quiet_admin
 from agentwatch.startup import port_in_use
 
 log = logging.getLogger(__name__)
@@ -114,38 +112,42 @@ class SelfMetrics:
 
 
 class OffsetsProbe:
-    """Reads connectivity and a group's offsets through one AdminClient that never joins the group."""
+    """Reads connectivity and a group's offsets through a consumer of that group that never subscribes, so it never
+    joins the group (as :class:`sinks.topic_end.CommittedOffsets`). Not an AdminClient: with
+    ``list_offsets``/``list_consumer_group_offsets`` polled every few seconds, processes crashed in librdkafka's
+    main thread (SIGSEGV, about one start in three of tests/test_kafka_outage.py, confluent-kafka 2.16)."""
 
     def __init__(self, bootstrap_servers: str, group_id: str | None, topics: Sequence[str],
                  client_config: dict[str, Any] | None = None) -> None:
         self.group_id = group_id
         self.topics = list(topics)
-        self.admin = AdminClient(quiet_admin({"bootstrap.servers": bootstrap_servers, **(client_config or {})}))
+        # log_level 0: the probe reports what goes wrong itself (agentwatch_kafka_connected, one log line)
+        self.consumer = Consumer({"bootstrap.servers": bootstrap_servers, "enable.auto.commit": False,
+                                  "group.id": group_id or "agentwatch-selfmon-probe", "log_level": 0,
+                                  **(client_config or {})})
 
     def partitions(self, timeout: float) -> list[TopicPartition]:
         """The topics' partitions; raises KafkaException when no broker answers within ``timeout``."""
-        md = self.admin.list_topics(timeout=timeout)
+        md = self.consumer.list_topics(timeout=timeout)
         return [TopicPartition(t, p) for t in self.topics if t in md.topics and md.topics[t].error is None
                 for p in sorted(md.topics[t].partitions)]
 
     def offsets(self, tps: list[TopicPartition], timeout: float) -> dict[tuple[str, int], tuple[int | None, int, int]]:
         if not tps:
             return {}
-        highs = self._list(tps, OffsetSpec.latest(), timeout)
-        lows = self._list(tps, OffsetSpec.earliest(), timeout)
         committed: dict[tuple[str, int], int] = {}
         if self.group_id:
-            futs = self.admin.list_consumer_group_offsets(
-                [ConsumerGroupTopicPartitions(self.group_id, tps)], request_timeout=timeout)
-            for result in (f.result(timeout) for f in futs.values()):
-                for tp in result.topic_partitions:
-                    if tp.error is None and tp.offset >= 0:
-                        committed[(tp.topic, tp.partition)] = tp.offset
-        return {key: (committed.get(key), lows.get(key, 0), high) for key, high in highs.items()}
+            for tp in self.consumer.committed(tps, timeout=timeout):
+                if tp.error is None and tp.offset >= 0:
+                    committed[(tp.topic, tp.partition)] = tp.offset
+        out = {}
+        for tp in tps:
+            low, high = self.consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)
+            out[(tp.topic, tp.partition)] = (committed.get((tp.topic, tp.partition)), low, high)
+        return out
 
-    def _list(self, tps: list[TopicPartition], spec: OffsetSpec, timeout: float) -> dict[tuple[str, int], int]:
-        futs = self.admin.list_offsets({tp: spec for tp in tps}, request_timeout=timeout)
-        return {(tp.topic, tp.partition): fut.result(timeout).offset for tp, fut in futs.items()}
+    def close(self) -> None:
+        self.consumer.close()
 
 
 class SelfMonitor:
@@ -207,7 +209,9 @@ class SelfMonitor:
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(self.interval_s + 2)
+            self._thread.join(self.interval_s * 3 + 5)
+        if self._thread is None or not self._thread.is_alive():
+            self.probe.close()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

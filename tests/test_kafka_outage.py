@@ -98,7 +98,7 @@ def test_commands_survive_a_broker_outage_and_say_so_once(tmp_path):
         outputs = {name: proc.communicate(timeout=60)[1] for name, (proc, _mport) in procs.items()}
         kafka.stop()
         for name, err in outputs.items():
-            print(f"--- {name} stderr ({len(err.splitlines())} lines):\n{err}")
+            print(f"--- {name} (exit {procs[name][0].returncode}) stderr ({len(err.splitlines())} lines):\n{err}")
     for err in outputs.values():
         assert "Traceback" not in err and "%3|" not in err
         assert err.count("Kafka unreachable") == 1 and err.count("reachable again") == 1
