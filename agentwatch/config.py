@@ -447,6 +447,11 @@ class Settings:
     # The worker's alerts' generatorURL: a template over {tenant}, {alertname}, {tool}; None: no link.
     generator_url: str | None = DEFAULT_GENERATOR_URL
     logs: LogsSettings = field(default_factory=LogsSettings)
+    # How long a command waits at start for a Kafka broker to answer before it gives up with a one-line error.
+    kafka_startup_timeout_s: float = 10.0
+    # The port of a long-running command's /metrics (self-monitoring); None: the command's own default (off for
+    # most, 9464 for the exporter). One variable for all: each command runs in its own container or unit.
+    metrics_port: int | None = None
 
     def __post_init__(self) -> None:
         if not self.app_id:
@@ -478,6 +483,8 @@ class Settings:
             traces=TracesSettings.from_env(),
             generator_url=parse_generator_url(_env("AGENTWATCH_GENERATOR_URL", DEFAULT_GENERATOR_URL)),
             logs=LogsSettings.from_env(),
+            kafka_startup_timeout_s=_env_seconds("AGENTWATCH_KAFKA_STARTUP_TIMEOUT", 10.0),
+            metrics_port=_env_opt_int("AGENTWATCH_METRICS_PORT", minimum=0),
         )
 
     def with_(self, **changes: object) -> Settings:

@@ -280,7 +280,9 @@ class Exporter:
         ``on_batch(events_counted)`` is called after each non-empty batch (tests and progress output)."""
         stop = stop or threading.Event()
         consumer = self._consumer = Consumer(self._config)
-        admin = AdminClient({k: v for k, v in self._config.items() if k in _SHARED_CLIENT_KEYS})
+        # log_level 0: its failures show in the health metrics; an AdminClient's log lines would otherwise go raw to
+        # stderr (they are delivered to a Python logger only on poll(), which nothing calls)
+        admin = AdminClient({**{k: v for k, v in self._config.items() if k in _SHARED_CLIENT_KEYS}, "log_level": 0})
         query: _OffsetsQuery | None = None
         try:
             consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,

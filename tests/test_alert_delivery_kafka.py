@@ -224,3 +224,39 @@ def test_cli_deliver_and_tail(kafka_settings, tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert sorted(line.split("tenant=")[1].split()[0] for line in out) == ["b", "c"]
     assert "[backfill]" in next(line for line in out if "tenant=b" in line)
+
+
+def test_cli_deliver_until_end_fails_when_it_gave_up(kafka_settings, capsys):
+    import socket
+
+    topic = kafka_settings.topics.alerts
+    produce(kafka_settings.bootstrap_servers, topic, alert(tenant="a"), alert(tenant="b"))
+    with socket.socket() as s:  # a receiver that is down: connection refused
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/hook"
+    code = _run_cli(["alerts", "deliver", "--webhook", f"oncall={dead}", "--from", "earliest", "--until-end",
+                     "--idle-timeout", "20", "--max-attempts", "2", "--backoff", "0.01", "--max-retry-time", "2",
+                     "--timeout", "1", "--group", f"test-cli-{uuid.uuid4().hex[:8]}"], kafka_settings)
+    assert code == 1
+    assert "2 notification(s) not delivered (given up or rejected); exit status 1" in capsys.readouterr().err
+
+
+def test_delivery_counters_are_exposed_per_receiver_and_outcome():
+    from prometheus_client import CollectorRegistry
+
+    from agentwatch.commands.alerts import DeliveryCollector
+    from sinks.alert_sink import DispatchStats, ReceiverStats
+
+    stats = DispatchStats(receivers={"oncall": ReceiverStats(delivered=5, retries=3, gave_up=1, skipped=1,
+                                                             rejected=1), "file": ReceiverStats(delivered=2)})
+    registry = CollectorRegistry()
+    registry.register(DeliveryCollector(stats))
+
+    def value(receiver: str, outcome: str) -> float | None:
+        return registry.get_sample_value("agentwatch_alert_deliveries_total",
+                                         {"receiver": receiver, "outcome": outcome})
+
+    assert (value("oncall", "delivered"), value("oncall", "retried"), value("oncall", "given_up")) == (5, 3, 3)
+    assert (value("file", "delivered"), value("file", "given_up")) == (2, 0)
+    stats.receivers["oncall"].delivered += 1  # read at scrape time
+    assert value("oncall", "delivered") == 6

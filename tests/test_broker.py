@@ -383,14 +383,21 @@ def test_broker_command_runs_a_persistent_broker(tmp_path: Path, capsys: pytest.
     try:
         assert _run(["broker", "start", "--port", str(port)], settings) == 0
         assert capsys.readouterr().out == f"KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:{port}\n"
-        first = daemon.running(home)
-        assert first is not None and (home / daemon.PID_FILE).read_text().strip() == str(first.pid)
+        state = daemon.default_data_dir(home).resolve()
+        first = daemon.running(state)
+        assert first is not None and (state / daemon.PID_FILE).read_text().strip() == str(first.pid)
         assert _run(["broker", "start"], settings) == 0  # already running: reported, not restarted
-        assert daemon.running(home) == first
+        assert daemon.running(state) == first
         with pytest.raises(BrokerError, match="already runs"):
             daemon.start(home, port=port + 1)
         assert _run(["broker", "status"], settings) == 0
         assert "answering" in capsys.readouterr().out
+        # state is per data directory: another user's broker (another data dir, same home) is neither seen nor
+        # stopped
+        other = str(tmp_path / "other-broker")
+        assert _run(["broker", "status", "--data-dir", other], settings) == 1
+        assert _run(["broker", "stop", "--data-dir", other], settings) == 0
+        assert pid_alive(first.pid) and daemon.running(state) == first
 
         bootstrap = first.bootstrap_servers
         ensure_topics(bootstrap, [TopicSpec(topic, 2, DAY_MS)])
@@ -401,7 +408,7 @@ def test_broker_command_runs_a_persistent_broker(tmp_path: Path, capsys: pytest.
 
         assert _run(["broker", "stop"], settings) == 0
         assert not pid_alive(first.pid)
-        assert daemon.running(home) is None and not (home / daemon.PID_FILE).exists()
+        assert daemon.running(state) is None and not (state / daemon.PID_FILE).exists()
         assert _run(["broker", "status"], settings) == 1
 
         second, started = daemon.start(home, port=port)
@@ -416,6 +423,6 @@ def test_broker_command_runs_a_persistent_broker(tmp_path: Path, capsys: pytest.
             consumer.close()
         assert sum(high - low for low, high in marks) == 1  # the record written before the restart
     finally:
-        stopped = daemon.stop(home)
+        stopped = daemon.stop(daemon.default_data_dir(home).resolve())
         if stopped is not None:
             assert _wait_gone(stopped.pid)

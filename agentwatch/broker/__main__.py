@@ -14,13 +14,25 @@ import sys
 from agentwatch.broker.launcher import LocalKafka
 from agentwatch.config import Settings
 
+USAGE = """usage: python -m agentwatch.broker [--] COMMAND [ARG...]
+
+Run COMMAND with a throw-away local Kafka broker: KAFKA_BOOTSTRAP_SERVERS is set for it, and the broker (a fresh
+data directory, free ports) is stopped and deleted when COMMAND ends, whatever its outcome. When
+KAFKA_BOOTSTRAP_SERVERS is already set, COMMAND simply runs against that broker. The exit status is COMMAND's.
+Example: python -m agentwatch.broker -- pytest -m kafka
+
+For a broker that outlives one command, use `agentwatch broker start|stop|status`."""
+
 
 def main(argv: list[str] | None = None) -> int:
     command = list(sys.argv[1:] if argv is None else argv)
+    if command[:1] in (["-h"], ["--help"]):
+        print(USAGE)
+        return 0
     if command[:1] == ["--"]:
         command = command[1:]
     if not command:
-        print(__doc__.strip().splitlines()[0], file=sys.stderr)
+        print(USAGE, file=sys.stderr)
         return 2
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         return subprocess.call(command)

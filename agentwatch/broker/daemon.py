@@ -1,8 +1,10 @@
 """The long-lived local broker behind ``agentwatch broker start|stop|status``.
 
 Unlike a test's throw-away broker it keeps its data dir and port across restarts and outlives the command that
-started it. ``<home>/broker.pid`` holds its pid (for shell tools) and ``<home>/broker.json`` its bootstrap address,
-data dir and log, so any later command, in any shell, can find, check and stop it.
+started it. Its state lives in its data directory (default ``$AGENTWATCH_HOME/broker``): ``broker.pid`` holds its
+pid (for shell tools) and ``broker.json`` its bootstrap address, data dir and log, so any later command, in any
+shell, can find, check and stop it, and two brokers with different data directories under one ``AGENTWATCH_HOME``
+(two users, two checkouts) never see, nor stop, each other.
 """
 
 from __future__ import annotations
@@ -40,35 +42,35 @@ def default_data_dir(home: Path) -> Path:
     return home / "broker"
 
 
-def load(home: Path) -> BrokerRecord | None:
+def load(data_dir: Path) -> BrokerRecord | None:
     try:
-        return BrokerRecord(**json.loads((home / RECORD_FILE).read_text()))
+        return BrokerRecord(**json.loads((data_dir / RECORD_FILE).read_text()))
     except (OSError, ValueError, TypeError):
         return None
 
 
-def save(home: Path, record: BrokerRecord) -> None:
-    home.mkdir(parents=True, exist_ok=True)
-    tmp = home / f".{RECORD_FILE}.tmp"
+def save(data_dir: Path, record: BrokerRecord) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tmp = data_dir / f".{RECORD_FILE}.tmp"
     tmp.write_text(json.dumps(asdict(record), indent=2) + "\n")
-    tmp.replace(home / RECORD_FILE)
-    (home / PID_FILE).write_text(f"{record.pid}\n")
+    tmp.replace(data_dir / RECORD_FILE)
+    (data_dir / PID_FILE).write_text(f"{record.pid}\n")
 
 
-def clear(home: Path) -> None:
+def clear(data_dir: Path) -> None:
     for name in (RECORD_FILE, PID_FILE):
         with contextlib.suppress(FileNotFoundError):
-            (home / name).unlink()
+            (data_dir / name).unlink()
 
 
-def running(home: Path) -> BrokerRecord | None:
-    """The recorded broker if its JVM is still alive (a stale record is removed)."""
-    record = load(home)
+def running(data_dir: Path) -> BrokerRecord | None:
+    """The broker recorded in ``data_dir`` if its JVM is still alive (a stale record is removed)."""
+    record = load(data_dir)
     if record is None:
         return None
     if is_kafka_process(record.pid, must_contain=record.data_dir):
         return record
-    clear(home)
+    clear(data_dir)
     return None
 
 
@@ -86,26 +88,27 @@ def start(home: Path, port: int | None = None, data_dir: Path | None = None, pro
 
     ``port`` is a demand (a running broker on another port is an error); ``default_port`` only applies to a new one.
     """
-    current = running(home)
+    data_dir = (data_dir or default_data_dir(home)).resolve()
+    current = running(data_dir)
     if current is not None:
         if port is not None and port != current.port:
             raise BrokerError(f"a local broker already runs on {current.bootstrap_servers} (pid {current.pid}); "
                               "`agentwatch broker stop` it first to use another port")
         return current, False
-    kafka = LocalKafka(home, port=port or default_port, data_dir=data_dir or default_data_dir(home), detach=True,
-                       progress=progress)
+    kafka = LocalKafka(home, port=port or default_port, data_dir=data_dir, detach=True, progress=progress)
     kafka.start()
     record = record_for(kafka)
-    save(home, record)
+    save(data_dir, record)
     kafka.release()
     return record, True
 
 
-def stop(home: Path, timeout: float = 30.0) -> BrokerRecord | None:
-    """Stop the recorded broker (SIGTERM, SIGKILL after ``timeout``); returns it, or None if none was running."""
-    record = running(home)
+def stop(data_dir: Path, timeout: float = 30.0) -> BrokerRecord | None:
+    """Stop the broker recorded in ``data_dir`` (SIGTERM, SIGKILL after ``timeout``); returns it, or None if none
+    was running."""
+    record = running(data_dir)
     if record is None:
         return None
     terminate(record.pid, timeout)
-    clear(home)
+    clear(data_dir)
     return record

@@ -18,13 +18,40 @@ import uuid
 from collections import deque
 from typing import Any
 
-from agentwatch.cli_flags import add_bootstrap_servers, add_topic
+from agentwatch.cli_flags import add_bootstrap_servers, add_metrics_port, add_topic
 from agentwatch.config import Settings
 from agentwatch.foreground import StatusLine, stop_on_signals
+from agentwatch.kafka_log import with_logger
 from agentwatch.topic_reading import WholeTopic
 from streams.alerts import FIRING, Alert
 
 DEFAULT_GROUP = "agentwatch-alert-delivery"
+
+#: outcome label of agentwatch_alert_deliveries_total -> the ReceiverStats fields it sums (in notifications)
+DELIVERY_OUTCOMES = {"delivered": ("delivered",), "retried": ("retries",), "given_up": ("gave_up", "skipped")}
+
+
+class DeliveryCollector:
+    """``agentwatch_alert_deliveries_total{receiver,outcome}`` read from the dispatcher's counters at scrape time
+    (they only grow, so they are counters; ``rejected`` (a 4xx, never retried) is counted as given up too: the
+    notification did not reach the receiver)."""
+
+    def __init__(self, stats: Any) -> None:
+        self.stats = stats
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily
+
+        family = CounterMetricFamily("agentwatch_alert_deliveries", "Alert notifications per receiver and outcome "
+                                     "(delivered, retried attempts, given up)", labels=["receiver", "outcome"])
+        for name, rs in sorted(dict(self.stats.receivers).items()):
+            for outcome, attrs in DELIVERY_OUTCOMES.items():
+                value = sum(getattr(rs, a) for a in attrs) + (rs.rejected if outcome == "given_up" else 0)
+                family.add_metric([name, outcome], value)
+        yield family
+
+    def describe(self) -> Any:
+        return []
 
 
 # -- deliver ------------------------------------------------------------------------------------------------------
@@ -78,9 +105,21 @@ def cmd_deliver(args: argparse.Namespace, settings: Settings) -> int:
                                  resend_interval_s=args.resend_interval or None,
                                  sender=UrllibSender(timeout_s=args.timeout))
     sink = AlertSink(settings.bootstrap_servers, topic, dispatcher, group_id=args.group,
-                     new_group_start=args.start, resend_on_start=not args.no_resend_on_start)
+                     new_group_start=args.start, resend_on_start=not args.no_resend_on_start,
+                     consumer_config=with_logger())
+    from prometheus_client import CollectorRegistry
+
+    from agentwatch.selfmon import start_selfmon
+
+    registry = CollectorRegistry()
+    registry.register(DeliveryCollector(dispatcher.stats))
+    port = args.metrics_port if args.metrics_port is not None else settings.metrics_port
+    mon = start_selfmon("alert_delivery", args.group, [topic], port, bootstrap_servers=settings.bootstrap_servers,
+                        listen_addr=settings.listen_addr, registry=registry)
     names = ", ".join(f"{r.name} ({type(r).__name__})" for r in dispatcher.receivers)
-    print(f"delivering {topic} at {settings.bootstrap_servers} (group {args.group}) to {names}", file=sys.stderr)
+    print(f"delivering {topic} at {settings.bootstrap_servers} (group {args.group}) to {names}"
+          + (f"; metrics on http://{settings.listen_addr}:{mon.port}/metrics" if mon.port is not None else ""),
+          file=sys.stderr)
     status = StatusLine(overwrite=False)
 
     def progress(stats: Any) -> None:
@@ -97,6 +136,7 @@ def cmd_deliver(args: argparse.Namespace, settings: Settings) -> int:
             return 1
         finally:
             dispatcher.close()
+            mon.close()
     print(f"  {stats.line()}", file=sys.stderr)
     for name, rs in stats.receivers.items():
         print(f"  {name}: {rs.delivered} delivered ({rs.resends} re-sends), {rs.retries} retries, "
@@ -105,6 +145,12 @@ def cmd_deliver(args: argparse.Namespace, settings: Settings) -> int:
     if stats.undecodable:
         print("  undecodable: " + ", ".join(f"{k}={v}" for k, v in sorted(stats.undecodable.items())),
               file=sys.stderr)
+    lost = sum(rs.gave_up + rs.skipped + rs.rejected for rs in stats.receivers.values())
+    if lost and args.until_end:
+        # a batch run (a script, a demo, a backfill) must not report success when alerts did not get through
+        print(f"alerts deliver: {lost} notification(s) not delivered (given up or rejected); exit status 1",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -133,9 +179,9 @@ def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
     state = ActiveAlerts()
     last: deque[Alert] = deque(maxlen=max(args.lines, 0))
     bad = 0
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers,
-                         "group.id": f"agentwatch-alerts-tail-{uuid.uuid4().hex[:8]}",
-                         "enable.auto.commit": False, "isolation.level": "read_committed"})
+    consumer = Consumer(with_logger({"bootstrap.servers": settings.bootstrap_servers,
+                                     "group.id": f"agentwatch-alerts-tail-{uuid.uuid4().hex[:8]}",
+                                     "enable.auto.commit": False, "isolation.level": "read_committed"}))
 
     def show(alert: Alert) -> None:
         print(json.dumps(alert.to_record(), ensure_ascii=False) if args.json else render_alert(alert), flush=True)
@@ -243,9 +289,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--from", dest="start", choices=("latest", "earliest"), default="latest",
                    help="for a group without committed offsets: 'latest' (default) treats the whole topic as "
                    "already delivered (state only), 'earliest' delivers it all")
-    add_bootstrap_servers(d, legacy_alias=True)
+    add_bootstrap_servers(d, legacy_alias=True, needs_kafka=True)
     add_topic(d, "alerts")
-    d.add_argument("--until-end", action="store_true", help="stop once what the topic held at start is delivered")
+    add_metrics_port(d, "alert_delivery")
+    d.add_argument("--until-end", action="store_true",
+                   help="stop once what the topic held at start is delivered; exit status 1 if any notification "
+                   "was given up on or rejected")
     d.add_argument("--idle-timeout", type=float, default=None, metavar="SECONDS",
                    help="stop after this many seconds without records")
     d.set_defaults(func=cmd_deliver)
@@ -260,7 +309,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--active", action="store_true", help="print the open alerts instead of transitions")
     t.add_argument("--backfill", action="store_true", help="include backfill alerts")
     t.add_argument("--json", action="store_true", help="print alerts-topic records as JSON lines")
-    add_bootstrap_servers(t, legacy_alias=True)
+    add_bootstrap_servers(t, legacy_alias=True, needs_kafka=True)
     add_topic(t, "alerts")
     t.set_defaults(func=cmd_tail)
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from agentwatch.cli_flags import add_bootstrap_servers, add_topic, whole_number
+from agentwatch.cli_flags import add_bootstrap_servers, add_metrics_port, add_topic, check_metrics_port, whole_number
 from agentwatch.config import Settings, parse_list
 from agentwatch.foreground import StatusLine, stop_on_signals
 from agentwatch.isotime import parse_utc, utc_iso
@@ -110,9 +110,22 @@ def _iso(us: int | None) -> str:
 
 # -- run ----------------------------------------------------------------------------------------------------------
 
-def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    from sinks.audit_sink import AuditSink  # confluent-kafka only for this subcommand
+def precheck_run(args: argparse.Namespace, settings: Settings) -> None:
+    """What ``audit run`` needs besides Kafka, checked before waiting for it: keys, a writable root, the port."""
+    from agentwatch.startup import StartupError, require_writable_dir
 
+    conf = AuditOptions.resolve(args, settings)
+    if conf.hmac_key is None:
+        raise StartupError("set AGENTWATCH_AUDIT_HMAC_KEY (the checkpoint signing key, e.g. `openssl rand -base64 "
+                           "32`) to write the audit log")
+    if conf.enc_key is None and not args.insecure_plaintext:
+        raise StartupError("refusing to keep evidence unencrypted: set AGENTWATCH_AUDIT_ENC_KEY (base64 of 32 bytes, "
+                           "e.g. `openssl rand -base64 32`), or pass --insecure-plaintext")
+    require_writable_dir(conf.root, "audit directory", "--dir / AGENTWATCH_AUDIT_DIR")
+    check_metrics_port(args, settings)
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     settings = settings.with_(bootstrap_servers=args.bootstrap_servers)
     conf = AuditOptions.resolve(args, settings)
     topic = args.topic or settings.topics.events
@@ -121,6 +134,24 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
               "e.g. `openssl rand -base64 32`), or pass --insecure-plaintext", file=sys.stderr)
         return 2
     conf.require_key()
+    from agentwatch.kafka_log import with_logger
+    from agentwatch.selfmon import start_selfmon
+    from agentwatch.startup import require_writable_dir
+
+    require_writable_dir(conf.root, "audit directory", "--dir / AGENTWATCH_AUDIT_DIR")
+    port = args.metrics_port if args.metrics_port is not None else settings.metrics_port
+    mon = start_selfmon("audit", args.group, [topic], port, bootstrap_servers=settings.bootstrap_servers,
+                        listen_addr=settings.listen_addr)
+    try:
+        return _run_audit(args, settings, conf, topic, mon, with_logger())
+    finally:
+        mon.close()
+
+
+def _run_audit(args: argparse.Namespace, settings: Settings, conf: AuditOptions, topic: str, mon: Any,
+               consumer_config: dict[str, Any]) -> int:
+    from sinks.audit_sink import AuditSink  # confluent-kafka only for this subcommand
+
     try:
         witness = _witness(conf.anchors, settings)
         if isinstance(witness, KafkaWitness):
@@ -144,8 +175,10 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     for tenant, why in log.recover().items():
         print(f"audit: tenant {tenant!r} refused: {why}; its events are held until this is resolved",
               file=sys.stderr)
+    if mon.port is not None:
+        print(f"  metrics on http://{settings.listen_addr}:{mon.port}/metrics", file=sys.stderr)
     sink = AuditSink(settings.bootstrap_servers, topic, log, conf.policy, group_id=args.group, anchors=anchors,
-                     held_retry_s=args.held_retry)
+                     held_retry_s=args.held_retry, consumer_config=consumer_config)
     next_prune = time.monotonic() + args.prune_interval if args.prune_interval else None
 
     status = StatusLine()
@@ -369,9 +402,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     r = asub.add_parser("run", parents=[common], help="consume the events topic into the audit log",
                         description="Consume the events topic in its own consumer group, keep the audit events, "
                         "fsync, then commit offsets. Stops on Ctrl-C / SIGTERM, or with --until-end.")
-    add_bootstrap_servers(r, legacy_alias=True)
+    add_bootstrap_servers(r, legacy_alias=True, needs_kafka=True)
     add_topic(r, "events")
     r.add_argument("--group", default="agentwatch-audit", help="consumer group (default: agentwatch-audit)")
+    add_metrics_port(r, "audit")
+    r.set_defaults(precheck=precheck_run)
     r.add_argument("--until-end", action="store_true", help="stop once the end offsets seen at start are reached")
     r.add_argument("--idle-timeout", type=float, default=None, metavar="SECONDS",
                    help="stop after this many seconds without data")

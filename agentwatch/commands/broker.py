@@ -20,6 +20,7 @@ from agentwatch.broker import daemon
 from agentwatch.broker.errors import BrokerError, with_tail
 from agentwatch.broker.launcher import LocalKafka
 from agentwatch.config import Settings
+from agentwatch.kafka_log import quiet_admin
 
 LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
 
@@ -53,6 +54,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                             description="Exit status 0 when the broker runs and answers a metadata request, "
                             "1 otherwise.")
     status.set_defaults(func=_status)
+    for p in (stop, status):
+        p.add_argument("--data-dir", type=Path, help="the data directory of the broker meant; brokers are told apart "
+                       "by it (default: $AGENTWATCH_HOME/broker)")
+
+
+def _data_dir(args: argparse.Namespace, settings: Settings) -> Path:
+    return (getattr(args, "data_dir", None) or daemon.default_data_dir(settings.home)).resolve()
 
 
 def default_port(settings: Settings) -> int:
@@ -69,7 +77,7 @@ def _progress(message: str) -> None:
 def _start(args: argparse.Namespace, settings: Settings) -> int:
     try:
         if args.foreground:
-            return _run_foreground(settings.home, args.port or default_port(settings), args.data_dir)
+            return _run_foreground(settings.home, args.port or default_port(settings), _data_dir(args, settings))
         record, started = daemon.start(settings.home, args.port, args.data_dir, _progress,
                                        default_port=default_port(settings))
     except BrokerError as exc:
@@ -82,11 +90,11 @@ def _start(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _run_foreground(home: Path, port: int, data_dir: Path | None) -> int:
-    current = daemon.running(home)
+def _run_foreground(home: Path, port: int, data_dir: Path) -> int:
+    current = daemon.running(data_dir)
     if current is not None:
         raise BrokerError(f"a local broker already runs on {current.bootstrap_servers} (pid {current.pid})")
-    kafka = LocalKafka(home, port=port, data_dir=data_dir or daemon.default_data_dir(home), progress=_progress)
+    kafka = LocalKafka(home, port=port, data_dir=data_dir, progress=_progress)
 
     def on_term(_sig: int, _frame: FrameType | None) -> None:
         raise KeyboardInterrupt
@@ -94,7 +102,7 @@ def _run_foreground(home: Path, port: int, data_dir: Path | None) -> int:
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
         with kafka:
-            daemon.save(home, daemon.record_for(kafka, foreground=True))
+            daemon.save(data_dir, daemon.record_for(kafka, foreground=True))
             _progress(f"Kafka {kafka.kafka_version} on {kafka.bootstrap_servers} (pid {kafka.pid}); "
                       f"log {kafka.log_path}; Ctrl-C stops it")
             print(f"KAFKA_BOOTSTRAP_SERVERS={kafka.bootstrap_servers}", flush=True)
@@ -111,26 +119,27 @@ def _run_foreground(home: Path, port: int, data_dir: Path | None) -> int:
             _progress(with_tail(f"Kafka exited with code {code}", kafka.log_path))
             return 1
     finally:
-        daemon.clear(home)
+        daemon.clear(data_dir)
         signal.signal(signal.SIGTERM, previous)
 
 
 def _stop(args: argparse.Namespace, settings: Settings) -> int:
-    record = daemon.stop(settings.home, timeout=args.timeout)
+    data_dir = _data_dir(args, settings)
+    record = daemon.stop(data_dir, timeout=args.timeout)
     if record is None:
-        print("no local broker is running", file=sys.stderr)
+        print(f"no local broker is running with data directory {data_dir}", file=sys.stderr)
     else:
         print(f"stopped Kafka on {record.bootstrap_servers} (pid {record.pid})", file=sys.stderr)
     return 0
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
-    record = daemon.running(settings.home)
+    record = daemon.running(_data_dir(args, settings))
     if record is None:
-        print("not running")
+        print(f"not running (data directory {_data_dir(args, settings)})")
         return 1
     try:
-        md = AdminClient({"bootstrap.servers": record.bootstrap_servers, "log_level": 2}).list_topics(timeout=5)
+        md = AdminClient(quiet_admin({"bootstrap.servers": record.bootstrap_servers})).list_topics(timeout=5)
         answer = f"answering, {len([t for t in md.topics if not t.startswith('__')])} topics"
         ok = True
     except KafkaException as exc:

@@ -19,6 +19,7 @@ from confluent_kafka import Consumer, KafkaError
 
 from agentwatch.cli_flags import add_bootstrap_servers, add_topic
 from agentwatch.config import Settings
+from agentwatch.kafka_log import with_logger
 from agentwatch.topic_reading import WholeTopic
 from schemas.codec import AvroCodec, DecodeError
 
@@ -48,12 +49,12 @@ class Tally:
 def consume_all(bootstrap: str, topic: str, codec: AvroCodec, *, idle_timeout: float = 5.0,
                 max_events: int | None = None, samples: int = 5, progress: bool = True) -> Tally:
     """Read ``topic`` from the beginning until the end offsets seen at start are reached (or idle_timeout)."""
-    consumer = Consumer({
+    consumer = Consumer(with_logger({
         "bootstrap.servers": bootstrap,
         "group.id": f"agentwatch-consume-{uuid.uuid4().hex[:8]}",
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
-    })
+    }))
     tally = Tally()
     try:
         try:
@@ -128,7 +129,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(batches and single events, both framings), and print counts per tenant and event type, "
         "undecodable records by reason, and a few decoded sample events.",
     )
-    add_bootstrap_servers(p, legacy_alias=True)
+    add_bootstrap_servers(p, legacy_alias=True, needs_kafka=True)
     add_topic(p, "events")
     p.add_argument("--max-events", type=int, default=None, metavar="N", help="stop after this many events")
     p.add_argument("--idle-timeout", type=float, default=5.0, metavar="SECONDS",

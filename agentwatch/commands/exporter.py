@@ -17,14 +17,19 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from agentwatch.cli_flags import add_bootstrap_servers, add_topic
+from agentwatch.cli_flags import add_bootstrap_servers, add_topic, whole_number
 from agentwatch.config import Settings
 from agentwatch.foreground import stop_on_signals
+from agentwatch.kafka_log import with_logger
+from agentwatch.selfmon import start_selfmon
+from agentwatch.startup import require_free_port
 from schemas.pricing import PricesFileError, price_table
-from sinks.exporter import Exporter, MetricsServer, SpoolDirCollector
+from sinks.exporter import Exporter, SpoolDirCollector
 from sinks.prometheus import CardinalityLimits, ExporterState
 
 log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 9464
 
 
 def build(args: argparse.Namespace, settings: Settings) -> tuple[Exporter, CollectorRegistry]:
@@ -36,7 +41,8 @@ def build(args: argparse.Namespace, settings: Settings) -> tuple[Exporter, Colle
                           prices=price_table(getattr(args, "prices", None) or settings.prices_file))
     exporter = Exporter(settings.bootstrap_servers, topic, state=state, group_id=args.group,
                         dead_letter_topic=None if args.no_dead_letter else settings.topics.dead_letter,
-                        commit_interval_s=args.commit_interval, health_interval_s=args.health_interval)
+                        commit_interval_s=args.commit_interval, health_interval_s=args.health_interval,
+                        consumer_config=with_logger())
     registry = CollectorRegistry()
     exporter.register(registry)
     ProcessCollector(registry=registry)
@@ -48,6 +54,15 @@ def build(args: argparse.Namespace, settings: Settings) -> tuple[Exporter, Colle
     return exporter, registry
 
 
+def _port(args: argparse.Namespace, settings: Settings) -> int:
+    return args.port if args.port is not None else settings.metrics_port if settings.metrics_port is not None \
+        else DEFAULT_PORT
+
+
+def precheck(args: argparse.Namespace, settings: Settings) -> None:
+    require_free_port(args.addr or settings.listen_addr, _port(args, settings), "--port")
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     settings = settings.with_(bootstrap_servers=args.bootstrap_servers)
     try:
@@ -56,14 +71,18 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"agentwatch exporter: {exc}", file=sys.stderr)
         return 2
     addr = args.addr or settings.listen_addr
-    server = MetricsServer(registry, args.port, addr)
-    print(f"serving http://{addr}:{server.port}/metrics; consuming {exporter.topic} at "
+    port = _port(args, settings)
+    # /metrics carries agentwatch_kafka_connected: an exporter cut off from Kafka says so instead of serving its
+    # last counters as if all were well (up stays 1: the process is alive)
+    mon = start_selfmon("exporter", args.group, [exporter.topic], port, bootstrap_servers=settings.bootstrap_servers,
+                        listen_addr=addr, registry=registry, flag="--port")
+    print(f"serving http://{addr}:{mon.port}/metrics; consuming {exporter.topic} at "
           f"{settings.bootstrap_servers} in group {args.group}", file=sys.stderr)
     try:
         with stop_on_signals() as stop:
             exporter.run(stop)
     finally:
-        server.close()
+        mon.close()
     return 0
 
 
@@ -75,12 +94,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "tenant, OpenTelemetry gen_ai_* histograms, the pipeline's own health) at /metrics. Several instances "
         "in one group split the partitions; sum their series over instances.",
     )
-    p.add_argument("--port", type=int, default=9464, help="HTTP port of /metrics (default 9464; 0 = any free)")
+    p.add_argument("--port", "--metrics-port", dest="port", type=whole_number(0), default=None,
+                   help=f"HTTP port of /metrics (default: $AGENTWATCH_METRICS_PORT, else {DEFAULT_PORT}; 0 = any free)")
     p.add_argument("--addr", default=None,
                    help="address to listen on; /metrics has no authentication, so the default is loopback "
                    "(default: $AGENTWATCH_LISTEN_ADDR, else 127.0.0.1; 0.0.0.0 for every interface)")
     p.add_argument("--group", default="agentwatch-exporter", help="consumer group (default agentwatch-exporter)")
-    add_bootstrap_servers(p)
+    add_bootstrap_servers(p, needs_kafka=True)
     add_topic(p, "events")
     p.add_argument("--prices", type=Path, default=None,
                    help="YAML file of negotiated or self-hosted LLM prices that win over genai-prices' for "
@@ -99,4 +119,4 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--commit-interval", type=float, default=1.0, help="seconds between offset commits (default 1)")
     p.add_argument("--health-interval", type=float, default=5.0,
                    help="seconds between consumer-lag and dead-letter checks (default 5)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, precheck=precheck)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agentwatch.cli_flags import add_bootstrap_servers, add_topic, whole_number
+from agentwatch.cli_flags import add_bootstrap_servers, add_metrics_port, add_topic, check_metrics_port, whole_number
 from agentwatch.config import Settings, parse_flags
 from agentwatch.foreground import StatusLine, stop_on_signals
 from agentwatch.isotime import parse_utc
@@ -90,20 +90,39 @@ def progress_bar(fraction: float, records: int, total: int, rate: float, width: 
 # -- run ----------------------------------------------------------------------------------------------------------
 
 
+def precheck_run(args: argparse.Namespace, settings: Settings) -> None:
+    """What ``replay run`` needs besides Kafka, checked before waiting for it: a writable archive root, the port."""
+    from agentwatch.startup import require_writable_dir
+
+    require_writable_dir(ReplayOptions.resolve(args, settings).root, "replay archive", "--dir / AGENTWATCH_REPLAY_DIR")
+    check_metrics_port(args, settings)
+
+
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from sinks.archive_sink import ArchiveSink  # confluent-kafka only for the Kafka subcommands
 
     settings = settings.with_(bootstrap_servers=args.bootstrap_servers)
     conf = ReplayOptions.resolve(args, settings)
+    from agentwatch.kafka_log import with_logger
+    from agentwatch.selfmon import start_selfmon
+    from agentwatch.startup import require_writable_dir
+
     topic = args.topic or settings.topics.events
+    require_writable_dir(conf.root, "replay archive", "--dir / AGENTWATCH_REPLAY_DIR")
+    port = args.metrics_port if args.metrics_port is not None else settings.metrics_port
+    mon = start_selfmon("replay", args.group, [topic], port, bootstrap_servers=settings.bootstrap_servers,
+                        listen_addr=settings.listen_addr)
     try:
         writer = conf.open_writer(fsync=not args.no_fsync)
     except ArchiveError as exc:
+        mon.close()
         print(f"replay: {exc}", file=sys.stderr)
         return 1
-    print(f"archiving {topic} at {settings.bootstrap_servers} (group {args.group}) into {conf.root}",
+    print(f"archiving {topic} at {settings.bootstrap_servers} (group {args.group}) into {conf.root}"
+          + (f"; metrics on http://{settings.listen_addr}:{mon.port}/metrics" if mon.port is not None else ""),
           file=sys.stderr)
-    sink = ArchiveSink(settings.bootstrap_servers, topic, writer, group_id=args.group)
+    sink = ArchiveSink(settings.bootstrap_servers, topic, writer, group_id=args.group,
+                       consumer_config=with_logger())
     status = StatusLine()
 
     def progress(stats: object) -> None:
@@ -120,6 +139,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
                   "restart", file=sys.stderr)
         finally:
             writer.close(flush=not failed)
+            mon.close()
     print(f"\r  {sink.stats.line()}\n  {writer.stats.line()}", file=sys.stderr)
     _print_repairs(writer)
     return 1 if failed else 0
@@ -135,6 +155,15 @@ def _print_repairs(writer: ArchiveWriter) -> None:
 
 
 # -- rebuild ------------------------------------------------------------------------------------------------------
+
+
+def precheck_rebuild(args: argparse.Namespace, settings: Settings) -> None:
+    """Before waiting for Kafka: the output directory must be fresh."""
+    from agentwatch.startup import StartupError
+
+    out = Path(args.out)
+    if out.exists() and any(p.name != ".lock" for p in out.iterdir()):
+        raise StartupError(f"{out} is not empty; give a fresh directory")
 
 
 def cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
@@ -291,7 +320,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help=f"instances kept per tenant, newest by last event (default: "
                         f"$AGENTWATCH_REPLAY_MAX_INSTANCES or {DEFAULT_MAX_INSTANCES}; 0 keeps all)")
     writing = argparse.ArgumentParser(add_help=False)
-    add_bootstrap_servers(writing, legacy_alias=True)
+    add_bootstrap_servers(writing, legacy_alias=True, needs_kafka=True)
     add_topic(writing, "events")
     writing.add_argument("--capture", action="append", metavar="FLAG[=BOOL]",
                          help="Agentao capture flag, repeatable: " + ", ".join(DEFAULT_CAPTURE_FLAGS)
@@ -309,6 +338,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "fsync, then commit offsets (never past unwritten data). Stops on Ctrl-C / SIGTERM, or "
                         "with --until-end / --idle-timeout.")
     r.add_argument("--group", default="agentwatch-replay", help="consumer group (default: agentwatch-replay)")
+    add_metrics_port(r, "replay")
+    r.set_defaults(precheck=precheck_run)
     r.add_argument("--until-end", action="store_true", help="stop once the end offsets seen at start are reached")
     r.add_argument("--idle-timeout", type=float, default=None, metavar="SECONDS",
                    help="stop after this many seconds without data")
@@ -325,7 +356,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--out", required=True, metavar="DIR", help="the new archive's directory (must be empty or absent)")
     b.add_argument("--workers", type=int, default=None, metavar="N",
                    help="processes sharing the partitions (default: the number of CPUs; 1 = this process)")
-    b.set_defaults(func=cmd_rebuild)
+    b.set_defaults(func=cmd_rebuild, precheck=precheck_rebuild)
 
     ls = rsub.add_parser("list", parents=[common, reading], help="list archived replays, newest first",
                          description="Like Agentao's /replay list: short id, first user message, events and "

@@ -16,6 +16,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from agentwatch.cli_flags import add_bootstrap_servers
 from agentwatch.config import Settings
+from agentwatch.kafka_log import quiet_admin
 from agentwatch.topics import DAY_MS, TopicSpec, default_topics, ensure_topics
 
 HOUR_MS = 3600 * 1000
@@ -57,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                              "differs from the code.")
     listing.set_defaults(func=_list)
     for p in (create, listing):
-        add_bootstrap_servers(p)
+        add_bootstrap_servers(p, needs_kafka=True)
         p.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the broker (default 15)")
 
 
@@ -110,7 +111,7 @@ def render(table: list[Row]) -> str:
 
 def describe(bootstrap_servers: str, names: list[str], timeout: float) -> dict[str, TopicState]:
     """Partitions and effective config of those ``names`` that exist on the broker."""
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers, "log_level": 2})  # errors are raised, not logged
+    admin = AdminClient(quiet_admin({"bootstrap.servers": bootstrap_servers}))  # errors are raised, not logged
     topics = admin.list_topics(timeout=timeout).topics
     present = [n for n in names if n in topics]
     if not present:
@@ -130,14 +131,27 @@ def _settings(args: argparse.Namespace, settings: Settings) -> Settings:
                           events_partitions=getattr(args, "partitions", None))
 
 
+def sized_topics(settings: Settings, events_partitions: int | None) -> list[TopicSpec]:
+    """The topics to create, the internal ones (partials, changelogs) sized from the events topic when it exists
+    (``events_partitions``): Faust requires each table's changelog to have as many partitions as the topic its agent
+    reads, and the merge stage waits for a watermark from each events partition."""
+    n = events_partitions or settings.events_partitions
+    return default_topics(settings.with_(events_partitions=n))
+
+
 def _create(args: argparse.Namespace, settings: Settings) -> int:
     settings = _settings(args, settings)
     if settings.events_partitions < 1:
         print("agentwatch topics create: --partitions must be at least 1", file=sys.stderr)
         return 2
-    specs = default_topics(settings)
     try:
-        describe(settings.bootstrap_servers, [], args.timeout)  # fails fast and quietly when Kafka is away
+        # fails fast and quietly when Kafka is away; an existing events topic sizes the internal ones
+        existing = describe(settings.bootstrap_servers, [settings.topics.events], args.timeout)
+        events = existing.get(settings.topics.events)
+        if events is not None and args.partitions is not None and events.partitions != args.partitions:
+            print(f"agentwatch topics create: {settings.topics.events} exists with {events.partitions} partitions, "
+                  f"not {args.partitions}; the worker's internal topics follow it", file=sys.stderr)
+        specs = sized_topics(settings, events.partitions if events is not None else None)
         created = ensure_topics(settings.bootstrap_servers, specs, settings.replication_factor, timeout=args.timeout)
         actual = describe(settings.bootstrap_servers, [s.name for s in specs], args.timeout)
     except KafkaException as exc:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from agentwatch.cli_flags import add_bootstrap_servers, add_topic, whole_number
+from agentwatch.cli_flags import add_bootstrap_servers, add_metrics_port, add_topic, whole_number
 from agentwatch.config import Settings
 from agentwatch.foreground import StatusLine, stop_on_signals
 
@@ -44,10 +44,18 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     assembler = AssemblerConfig(turn_timeout_s=args.turn_timeout or conf.turn_timeout_s,
                                 settle_s=args.settle or conf.settle_s,
                                 max_open_turns=args.max_open_turns or conf.max_open_turns)
+    from agentwatch.kafka_log import with_logger
+    from agentwatch.selfmon import start_selfmon
+
+    port = args.metrics_port if args.metrics_port is not None else settings.metrics_port
+    mon = start_selfmon("traces", args.group, [topic], port, bootstrap_servers=settings.bootstrap_servers,
+                        listen_addr=settings.listen_addr)
     sender = OtlpSpanSender(endpoint, conf.headers)
     sink = TracesSink(settings.bootstrap_servers, topic, sender, group_id=args.group, config=assembler,
-                      export_retry_s=args.export_retry)
-    print(f"tracing {topic} at {settings.bootstrap_servers} (group {args.group}) to {endpoint}", file=sys.stderr)
+                      export_retry_s=args.export_retry, consumer_config=with_logger())
+    print(f"tracing {topic} at {settings.bootstrap_servers} (group {args.group}) to {endpoint}"
+          + (f"; metrics on http://{settings.listen_addr}:{mon.port}/metrics" if mon.port is not None else ""),
+          file=sys.stderr)
     status = StatusLine()
     failed = False
     with stop_on_signals() as stop:  # Ctrl-C / SIGTERM: finish the batch, export, commit, then exit
@@ -60,6 +68,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
                   "re-read after a restart", file=sys.stderr)
         finally:
             sender.close()
+            mon.close()
     print(f"\r  {sink.stats.line()}\n  {sink.assembler.stats.line()}", file=sys.stderr)
     if sink.assembler.open_turns:
         print(f"  {sink.assembler.open_turns:,} turn(s) still open: not exported, not committed (the next run "
@@ -86,9 +95,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "$OTEL_EXPORTER_OTLP_HEADERS as key=value,key2=value2; resource attributes: $OTEL_RESOURCE_ATTRIBUTES "
         "(e.g. openinference.project.name=agents for Phoenix). Stops on Ctrl-C / SIGTERM, or with --until-end / "
         "--idle-timeout.")
-    add_bootstrap_servers(r)
+    add_bootstrap_servers(r, needs_kafka=True)
     add_topic(r, "events")
     r.add_argument("--group", default="agentwatch-traces", help="consumer group (default: agentwatch-traces)")
+    add_metrics_port(r, "traces")
     r.add_argument("--endpoint", metavar="URL", help="OTLP/HTTP traces URL, used as is (default: from the "
                    "OTEL_EXPORTER_OTLP_* variables)")
     r.add_argument("--until-end", action="store_true", help="stop once the end offsets seen at start are reached")

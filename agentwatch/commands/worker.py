@@ -7,6 +7,7 @@ never creates topics on its own: ``agentwatch topics create`` (or ``--create-top
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import importlib.util
 import logging
@@ -18,9 +19,13 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
+from agentwatch.cli_flags import add_bootstrap_servers, add_metrics_port, check_metrics_port
+from agentwatch.commands.topics import sized_topics
 from agentwatch.config import Settings
-from agentwatch.topics import default_topics, ensure_topics
-from streams.options import WorkerOptions
+from agentwatch.kafka_log import ThrottleFilter, quiet_admin
+from agentwatch.startup import StartupError, require_free_port
+from agentwatch.topics import ensure_topics
+from streams.options import TENANT_TABLE, WINDOW_TABLE, WorkerOptions, changelog_topic
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -32,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "tables, so a restarted or rebalanced worker resumes. Start several with the same settings to share the "
         "partitions. Broker and topic names come from the environment (KAFKA_BOOTSTRAP_SERVERS, "
         "AGENTWATCH_TOPIC_PREFIX, AGENTWATCH_APP_ID, ...).")
-    parser.add_argument("--bootstrap-servers", help="Kafka to talk to (default: KAFKA_BOOTSTRAP_SERVERS)")
+    add_bootstrap_servers(parser, needs_kafka=True)
     parser.add_argument("--workdir", type=Path,
                         help="directory for Faust's data (RocksDB files when --store rocksdb://) "
                         "(default: $AGENTWATCH_HOME/worker/<app id>)")
@@ -40,8 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--listen-addr", default=None,
                         help="address the metrics and web ports listen on; they have no authentication, so the "
                         "default is loopback (default: $AGENTWATCH_LISTEN_ADDR, else 127.0.0.1)")
-    parser.add_argument("--metrics-port", type=int,
-                        help="serve the worker's Prometheus metrics on this port (default: off)")
+    add_metrics_port(parser, "worker")
     parser.add_argument("--backfill", action="store_true",
                         help="reading history: compute everything, but mark alerts backfill=true (never paged)")
     parser.add_argument("--rules", type=Path, help="YAML rules file overriding the packaged defaults")
@@ -88,8 +92,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                         "Faust's shutdown can hang (e.g. a signal during a rebalance), and exiting is safe: "
                         "offsets are committed only after the state they cover (default 20; 0: wait forever)")
     parser.add_argument("--create-topics", action="store_true",
-                        help="create missing topics first (the same as `agentwatch topics create`)")
-    parser.set_defaults(func=run)
+                        help="create missing topics first (as `agentwatch topics create`), the worker's internal "
+                        "topics (partials, table changelogs) with as many partitions as the events topic has")
+    parser.set_defaults(func=run, precheck=precheck)
+
+
+def precheck(args: argparse.Namespace, settings: Settings) -> None:
+    """Before waiting for Kafka: the ports (Faust binds its web port late, and a taken one ends in a traceback)."""
+    check_metrics_port(args, settings)
+    require_free_port(args.listen_addr or settings.listen_addr, args.web_port, "--web-port")
 
 
 def _generator_url(text: str) -> str:
@@ -103,9 +114,26 @@ def _generator_url(text: str) -> str:
 
 
 def _partition_counts(bootstrap: str, names: list[str], timeout: float = 15.0) -> dict[str, int | None]:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(quiet_admin({"bootstrap.servers": bootstrap}))
     md = admin.list_topics(timeout=timeout).topics
     return {n: (len(md[n].partitions) if n in md and md[n].error is None else None) for n in names}
+
+
+def partition_mismatches(settings: Settings, counts: dict[str, int | None]) -> list[str]:
+    """What disagrees among existing topics, each as "<topic> has N partitions, needs M (why)"; pure."""
+    t = settings.topics
+    events, partials = counts.get(t.events), counts.get(t.partials)
+    wanted: list[tuple[str, int | None, str]] = [
+        (t.partials, events, f"as many as {t.events}"),
+        (changelog_topic(settings.app_id, WINDOW_TABLE), events, f"as many as {t.events}"),
+        (changelog_topic(settings.app_id, TENANT_TABLE), partials, f"as many as {t.partials}"),
+    ]
+    out = []
+    for name, need, why in wanted:
+        have = counts.get(name)
+        if have is not None and need is not None and have != need:
+            out.append(f"{name} has {have} partitions, needs {need} ({why})")
+    return out
 
 
 def build_options(args: argparse.Namespace, settings: Settings, events_partitions: int,
@@ -122,7 +150,8 @@ def build_options(args: argparse.Namespace, settings: Settings, events_partition
         rules_file=args.rules, store=args.store,
         generator_url=settings.generator_url if args.generator_url is None else args.generator_url or None,
         datadir=workdir, web_port=args.web_port,
-        metrics_port=args.metrics_port, listen_addr=args.listen_addr or settings.listen_addr,
+        metrics_port=args.metrics_port if args.metrics_port is not None else settings.metrics_port,
+        listen_addr=args.listen_addr or settings.listen_addr,
         max_record_bytes=args.max_record_bytes, prices_file=getattr(args, "prices", None) or settings.prices_file,
         flush_interval_s=args.flush_interval, gc_threshold=args.gc_threshold,
         loglevel="info" if logging.getLogger().isEnabledFor(logging.DEBUG) else "warning",
@@ -136,6 +165,15 @@ def _bounded_stop_worker_class() -> type:
 
     class BoundedStopWorker(faust.Worker):  # type: ignore[misc]
         stop_timeout_s: float = 20.0
+
+        def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+            # Faust replaces the CLI's log handlers: throttle its ones too, so a worker cut off from Kafka logs
+            # aiokafka's reconnect errors a few times a minute, each saying how many it stands for
+            super().on_setup_root_logger(logger, level)
+            flt = ThrottleFilter()
+            for handler in logger.handlers:
+                if not any(isinstance(f, ThrottleFilter) for f in handler.filters):
+                    handler.addFilter(flt)
 
         def _schedule_shutdown(self, signum: signal.Signals) -> None:
             if self.stop_timeout_s > 0 and not self._signal_stop_time:
@@ -174,18 +212,22 @@ def tune_gc(threshold: int) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     settings = settings.with_(bootstrap_servers=args.bootstrap_servers)
-    specs = default_topics(settings)
+    t = settings.topics
+    specs = sized_topics(settings, _partition_counts(settings.bootstrap_servers, [t.events])[t.events])
     if args.create_topics:
         ensure_topics(settings.bootstrap_servers, specs, settings.replication_factor)
-    t = settings.topics
     mine = {t.events, t.dead_letter, t.metrics, t.alerts, t.partials, t.late}  # and the tables' changelogs
     counts = _partition_counts(settings.bootstrap_servers,
                                [s.name for s in specs if s.name in mine or s.name.startswith(settings.app_id)])
     missing = [name for name, n in counts.items() if n is None]
     if missing:
-        print(f"agentwatch worker: missing topics {missing} on {settings.bootstrap_servers}; create them with "
-              "`agentwatch topics create` (or pass --create-topics)", file=sys.stderr)
-        return 2
+        raise StartupError(f"missing topics {missing} on {settings.bootstrap_servers}; create them with "
+                           "`agentwatch topics create` (or pass --create-topics)")
+    wrong = partition_mismatches(settings, counts)
+    if wrong:
+        raise StartupError("the worker's internal topics do not fit: " + "; ".join(wrong) + ". Delete them "
+                           "(their state is rebuilt from the events topic's retention) or recreate them with those "
+                           "counts; a worker started anyway dies with Faust's PartitionsMismatch")
     try:
         options = build_options(args, settings, int(counts[t.events] or 0), int(counts[t.partials] or 0))
     except ValueError as exc:
@@ -203,15 +245,18 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         uvloop.install()
         loop_kind = "uvloop"
 
+    from agentwatch.selfmon import start_selfmon
     from streams.app import create_app
     from streams.telemetry import WorkerTelemetry
 
     telemetry = WorkerTelemetry()
     app, _shell = create_app(options, telemetry)
-    if options.metrics_port is not None:
-        from prometheus_client import start_http_server
-
-        start_http_server(options.metrics_port, options.listen_addr, registry=telemetry.registry)
+    # the worker's own agentwatch_worker_* and the self-monitoring metrics (group = the Faust app id) on one port
+    mon = start_selfmon("worker", options.app_id, [t.events, t.partials], options.metrics_port,
+                        bootstrap_servers=options.bootstrap_servers, listen_addr=options.listen_addr,
+                        registry=telemetry.registry)
+    if mon.port is not None:
+        options = dataclasses.replace(options, metrics_port=mon.port)
     print(f"agentwatch worker {options.app_id}: broker {options.bootstrap_servers}, store {options.store}, "
           f"{loop_kind} loop", flush=True)
     print(f"  events     {t.events} ({options.events_partitions} partitions) -> dead letters {t.dead_letter}",
@@ -238,4 +283,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         worker.execute_from_commandline()
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+    finally:
+        mon.close()
     return 0
+
