@@ -35,9 +35,10 @@ SCHEMA = json.loads((ROOT / "tests" / "fixtures" / "compose-spec.schema.json").r
 PROMETHEUS = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
 AGENTWATCH = {name: svc for name, svc in SERVICES.items() if svc.get("image") == "agentwatch:latest"}
 WITH_COMMAND = {name: svc for name, svc in AGENTWATCH.items() if "command" in svc}
-# The long-running parts and their Prometheus jobs (helpers/selfmon-contract.md); `logs` joins once it exists.
+# The long-running parts and their Prometheus jobs (docs/self-monitoring.md).
 JOBS = {"worker": "agentwatch-worker", "exporter": "agentwatch-exporter", "alerts": "agentwatch-alerts",
-        "replay": "agentwatch-replay", "audit": "agentwatch-audit", "traces": "agentwatch-traces"}
+        "replay": "agentwatch-replay", "audit": "agentwatch-audit", "traces": "agentwatch-traces",
+        "logs": "agentwatch-logs"}
 INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}")
 
 
@@ -113,13 +114,6 @@ def test_every_part_of_the_pipeline_is_deployed() -> None:
 @pytest.mark.parametrize("name", sorted(WITH_COMMAND))
 def test_service_command_is_a_valid_cli_invocation(name: str) -> None:
     argv = command(WITH_COMMAND[name])
-    if "--metrics-port" in argv and not any("--metrics-port" in a.option_strings for a in subparser(argv)._actions):
-        # The self-monitoring contract's flag, added to every long-running command by another branch (failfast);
-        # everything else in the command must parse now, and the whole command once that branch is merged.
-        i = argv.index("--metrics-port")
-        args = build_parser().parse_args(argv[:i] + argv[i + 2:])
-        assert callable(args.func)
-        pytest.xfail(f"`{' '.join(argv[:2])}` has no --metrics-port yet (self-monitoring contract)")
     args = build_parser().parse_args(argv)
     assert callable(args.func)
 

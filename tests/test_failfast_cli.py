@@ -26,6 +26,7 @@ COMMANDS = {
     "replay run": ["replay", "run", "--metrics-port", "{port}"],
     "audit run": ["audit", "run", "--insecure-plaintext", "--metrics-port", "{port}"],
     "traces run": ["traces", "run", "--metrics-port", "{port}"],
+    "logs run": ["logs", "run", "--metrics-port", "{port}"],
 }
 KAFKA_TIMEOUT_S = 2.0
 # the interpreter start and agentwatch's imports take ~1-2 s on this machine, more under load

@@ -209,7 +209,7 @@ def test_scrape_config_scrapes_every_part_by_static_target_and_loads_the_rules()
     assert cfg["rule_files"] == ["alerts.yml"]
     jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
     assert set(jobs) <= CONTRACT_JOBS, set(jobs) - CONTRACT_JOBS
-    assert CONTRACT_JOBS - {"agentwatch-logs"} <= set(jobs)  # `logs run` does not exist yet
+    assert CONTRACT_JOBS <= set(jobs)
     for job in jobs.values():
         assert "dns_sd_configs" not in job, "a target found by DNS vanishes with its container: up == 0 never fires"
     (down,) = [r for r in alert_rules() if r.get("alert") == "AgentwatchPartDown"]

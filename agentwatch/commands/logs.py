@@ -27,12 +27,28 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _metrics_port(args: argparse.Namespace, settings: Settings) -> int | None:
+    """``--metrics-port``, else ``$AGENTWATCH_LOGS_METRICS_PORT``, else ``$AGENTWATCH_METRICS_PORT``, else none."""
+    for port in (args.metrics_port, settings.logs.metrics_port, settings.metrics_port):
+        if port is not None:
+            return port
+    return None
+
+
+def _precheck(args: argparse.Namespace, settings: Settings) -> None:
+    """Before waiting for Kafka: the metrics port (see :func:`agentwatch.cli.main`)."""
+    from agentwatch.startup import require_free_port
+
+    require_free_port(settings.listen_addr, _metrics_port(args, settings), "--metrics-port")
+
+
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from prometheus_client import CollectorRegistry
 
     from agentwatch.foreground import StatusLine, stop_on_signals
+    from agentwatch.kafka_log import with_logger
+    from agentwatch.selfmon import start_selfmon
     from producers.scrub import Scrubber
-    from sinks.exporter import MetricsServer
     from sinks.logs_sink import LogsCollector, LogsSink
     from sinks.logs_store import LogsError, LogWriter
 
@@ -49,18 +65,17 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     except (LogsError, OSError) as exc:
         print(f"logs: {exc}", file=sys.stderr)
         return 2
-    sink = LogsSink(settings.bootstrap_servers, topic, writer, group_id=group)
-    port = args.metrics_port if args.metrics_port is not None else conf.metrics_port
-    server = None
-    if port is not None:
-        registry = CollectorRegistry()
-        registry.register(LogsCollector(sink))
-        try:
-            server = MetricsServer(registry, port, settings.listen_addr)
-        except OSError as exc:
-            writer.close()
-            print(f"logs: cannot serve /metrics on {settings.listen_addr}:{port} ({exc})", file=sys.stderr)
-            return 2
+    sink = LogsSink(settings.bootstrap_servers, topic, writer, group_id=group, consumer_config=with_logger())
+    registry = CollectorRegistry()
+    registry.register(LogsCollector(sink))
+    try:  # the self-monitoring metrics (agentwatch.selfmon) and the sink's own counters on one /metrics
+        server = start_selfmon("logs", group, [topic], _metrics_port(args, settings),
+                               bootstrap_servers=settings.bootstrap_servers, listen_addr=settings.listen_addr,
+                               registry=registry)
+    except BaseException:
+        writer.close()
+        raise
+    if server.port is not None:
         print(f"serving http://{settings.listen_addr}:{server.port}/metrics", file=sys.stderr)
     print(f"logging {topic} at {settings.bootstrap_servers} (group {group}) into {root}, {retention} days kept",
           file=sys.stderr)
@@ -79,8 +94,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
                 writer.close()
             except LogsError:
                 failed = True
-            if server is not None:
-                server.close()
+            server.close()
     print(f"\r  {sink.stats.line()}\n  {writer.stats.line()}", file=sys.stderr)
     return 1 if failed else 0
 
@@ -101,7 +115,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "been idle as long, and days older "
         "than --retention-days are deleted. Run one instance per directory. Stops on Ctrl-C / SIGTERM, or with "
         "--until-end / --idle-timeout.")
-    add_bootstrap_servers(r)
+    add_bootstrap_servers(r, needs_kafka=True)
     add_topic(r, "events")
     r.add_argument("--dir", metavar="PATH", help="log directory (default: $AGENTWATCH_LOGS_DIR, else "
                    "$AGENTWATCH_HOME/logs)")
@@ -113,10 +127,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="how long after a day's end its file waits for late events before it is gzipped "
                    "(default: $AGENTWATCH_LOGS_GRACE_S or 900); later events start a new file for that day")
     r.add_argument("--metrics-port", type=whole_number(0), default=None, metavar="PORT",
-                   help="serve Prometheus /metrics (lines written, lines dropped, ...) on this port, at "
-                   "$AGENTWATCH_LISTEN_ADDR (default: $AGENTWATCH_LOGS_METRICS_PORT; unset: no endpoint; 0: any "
-                   "free port)")
+                   help="serve Prometheus /metrics (lines written, lines dropped, ..., and the self-monitoring "
+                   "metrics with component=\"logs\": liveness, Kafka connectivity, consumer lag) on this port, at "
+                   "$AGENTWATCH_LISTEN_ADDR (default: $AGENTWATCH_LOGS_METRICS_PORT, else $AGENTWATCH_METRICS_PORT; "
+                   "unset: no endpoint; 0: any free port)")
     r.add_argument("--until-end", action="store_true", help="stop once the end offsets seen at start are reached")
     r.add_argument("--idle-timeout", type=_seconds, default=None, metavar="SECONDS",
                    help="stop after this many seconds without data")
-    r.set_defaults(func=cmd_run)
+    r.set_defaults(func=cmd_run, precheck=_precheck)
