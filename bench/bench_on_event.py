@@ -13,8 +13,10 @@ Two call patterns, each timed per call with ``perf_counter_ns``:
 
 Measured: stamp + publish, capture + publish (:meth:`producers.stamp.Stamper.capture`: the agent's thread takes
 time, order and context only, the publisher's sender thread completes the stamp), the bridge's ``on_event`` as
-built by default, the bridge built with ``stamper=DeferredStamper(...)`` (capture instead of stamp), and the
-bridge's mapping alone (``producers.mapping.fields_from_agentao``, which ``on_event`` runs before the stamp).
+built by default (with an EventPublisher: capture, shallow copy and enqueue, the mapping deferred to the sender
+thread for scalar-only events that feed no bridge state), the bridge with its mapping inline
+(``defer_mapping=False``: what the default was before), the same with ``stamper=DeferredStamper(...)`` (capture
+instead of stamp), and the bridge's mapping alone (``producers.mapping.fields_from_agentao``).
 
 Goal (issue 13, goal 4): paced p50 <= 10 µs, p99 <= 50 µs. No assertions: the figures and the ratio to the baseline are
 printed. Usage::
@@ -186,9 +188,12 @@ def main() -> int:
         from producers.agentao_bridge import AgentaoBridge
 
         agentao_events = [AgentEvent(EventType(etype), dict(payload)) for etype, payload in data]
-        for label, bridge_stamper in (("bridge on_event", None),
-                                      ("bridge on_event, deferred stamp", DeferredStamper(tenant="acme"))):
-            bridge = AgentaoBridge(publisher, tenant="acme", session_id="bench-session", stamper=bridge_stamper)
+        for label, bridge_stamper, defer in (
+                ("bridge on_event (default)", None, None),
+                ("bridge on_event, mapped inline", None, False),
+                ("bridge inline, deferred stamp", DeferredStamper(tenant="acme"), False)):
+            bridge = AgentaoBridge(publisher, tenant="acme", session_id="bench-session", stamper=bridge_stamper,
+                                   defer_mapping=defer)
             bridge_calls[label] = lambda i, b=bridge: b.on_event(agentao_events[i])
         from producers.mapping import fields_from_agentao
 
@@ -226,8 +231,9 @@ def main() -> int:
         print(f"{name:44s} {r['p50']:8.2f} {r['p99']:8.2f} {r['p99.9']:8.2f} {r['mean']:8.2f} {r['cpu']:7.2f}"
               f"   {ratio}")
     print("(cpu: the calling thread's CPU time per call, sleeps excluded; it does not count waiting for the GIL)")
-    print("(capture + publish: Stamper.capture, the sender completes the stamp; 'deferred stamp': the bridge built "
-          "with stamper=DeferredStamper(...), same)")
+    print("(capture + publish: Stamper.capture, the sender completes the stamp; 'bridge on_event (default)': the "
+          "mapping of scalar-only events deferred to the sender too; 'mapped inline': defer_mapping=False; "
+          "'deferred stamp': mapped inline, stamper=DeferredStamper(...))")
     print(f"\ngoal (issue 13): paced p50 <= 10 µs, p99 <= 50 µs.  publisher: flushed={flushed} "
           f"delivered={stats['delivered']} "
           f"enqueued={stats['enqueued']} dropped={stats['dropped']} batches={stats['batches']}")

@@ -80,9 +80,14 @@ class AgentaoBridge:
     def __init__(self, publisher: PublisherLike, *, tenant: str, session_id: str | None = None,
                  user_id: str | None = None, service: str | None = None, agent_name: str | None = None,
                  confirm_timeout_s: float | None = None, stamper: StamperLike | None = None,
-                 defer_payload: bool = True) -> None:
+                 defer_payload: bool = True, defer_mapping: bool | None = None) -> None:
         """``defer_payload``: hand scalar-only payloads to the publisher as dicts, serialised on its sender
-        thread (EventPublisher accepts a dict or a JSON text); False always passes JSON text."""
+        thread (EventPublisher accepts a dict or a JSON text); False always passes JSON text.
+
+        ``defer_mapping``: hand the publisher a capture (time, seq, context, a reference to the event's data) and
+        map the event on its sender thread; see :class:`_MapLater` for which events. The default (None) defers
+        when the publisher says it completes captures (``completes_captures``: :class:`EventPublisher` does), so
+        a publisher that expects dicts still gets dicts."""
         if stamper is None:
             stamper = Stamper(tenant=tenant, service=service)
         if confirm_timeout_s is not None and confirm_timeout_s <= 0:
@@ -109,6 +114,10 @@ class AgentaoBridge:
         self._closed = False
         self._counts = {"published": 0, "rejected": 0, "errors": 0}
         self._subagents = SubagentUsageLedger()
+        if defer_mapping is None:
+            defer_mapping = getattr(publisher, "completes_captures", False) is True
+        # Deferring needs a stamper that captures (Stamper and its subclasses) and a publisher that completes.
+        self._later: _MapLater | None = _MapLater(self) if defer_mapping and hasattr(stamper, "capture") else None
 
     # -- identity -----------------------------------------------------------------------------------------
 
@@ -139,10 +148,16 @@ class AgentaoBridge:
             data = ev.data
             special = _SPECIAL.get(name) if isinstance(name, str) else None
             if special is None:  # most events (streamed text, tool output): mapping, stamp, publish
+                symbol = name if name.__class__ is str and name in self._known else event_symbol(name)
+                if self._later is not None and data.__class__ is dict and self._map_later(symbol, name, data, ()):
+                    return
                 fields = fields_from_agentao(name, data, None, defer=self._defer)
-                self._emit(name if name.__class__ is str and name in self._known else event_symbol(name), fields,
-                           self._turn_id)
+                self._emit(symbol, fields, self._turn_id)
                 return
+            if special is _LLM_MODEL and self._later is not None and data.__class__ is dict \
+                    and data.get("child_task_id") is None \
+                    and self._map_later(event_symbol(name), name, data, (self._last_model,)):
+                return  # no sub-agent ledger work: a child's own call (child_task_id) is mapped here, in order
             extra = None
             if special is _TURN_BEGIN:
                 self._begin_turn()
@@ -343,7 +358,9 @@ class AgentaoBridge:
         if self._service is not None:
             fields["service"] = self._service
         session_id = self._explicit_session
-        event = self._stamper.stamp(symbol, fields,
+        # Deferring: only the capture here, the publisher's sender thread completes the stamp.
+        stamp = self._stamper.capture if self._later is not None else self._stamper.stamp  # type: ignore[attr-defined]
+        event = stamp(symbol, fields,
                                     session_id=session_id if session_id is not None else self.session_id,
                                     turn_id=turn_id, user_id=self._user_id, tenant=self._tenant,
                                     agent_name=agent_name, child_task_id=child)
@@ -354,6 +371,62 @@ class AgentaoBridge:
     def _count(self, key: str) -> None:
         with self._lock:
             self._counts[key] += 1
+
+    def _map_later(self, symbol: str, name: str, data: dict[str, Any], last_model: tuple) -> bool:
+        """Capture the event and hand it over for mapping on the sender thread; False (nothing done) when its data
+        holds a container, which the inline mapping serialises now (see :class:`_MapLater`)."""
+        data = data.copy()  # first, then checked: what is checked is what the sender maps
+        for v in data.values():
+            if v.__class__ not in _IMMUTABLE:
+                return False
+        session_id = self._explicit_session
+        captured = self._stamper.capture(  # type: ignore[attr-defined]
+            symbol, None, session_id=session_id if session_id is not None else self.session_id,
+            turn_id=self._turn_id, user_id=self._user_id, tenant=self._tenant)
+        key = "published" if self._publisher.publish(
+            (self._later, name, data, last_model, captured)) else "rejected"
+        with self._lock:
+            self._counts[key] += 1
+        return True
+
+
+# The value classes a shallow copy fully protects (nothing inside them can change).
+_IMMUTABLE = frozenset({str, int, float, bool, type(None)})
+
+
+class _MapLater:
+    """Maps a deferred Agentao event on the publisher's sender thread (``EventPublisher`` completes any tuple whose
+    first item has ``complete``), so the agent's thread pays for a capture, a shallow copy and an enqueue.
+
+    Which events: those whose ``data`` is a dict of immutable scalars only, except the ones whose mapping feeds the
+    bridge's state in order (turn_begin/turn_end, llm_call_started's model, tool_confirmation's pending call, and a
+    sub-agent's own ``llm_call_completed`` that the usage ledger must see in order): those stay inline. Why the
+    copy and the scalar rule: Agentao 0.5.17 builds a fresh ``data`` dict for every ``emit`` and does not touch it
+    afterwards, but ``SdkTransport.emit`` hands the same event object to its broadcast subscribers after
+    ``on_event`` returns, and any of them may rebind a key; a shallow copy protects against that. Containers
+    (tool ``args``, message lists) are shared with the runtime and may change later: deep-copying them costs what
+    serialising them costs, so such events are mapped (and their payload serialised) inline, as before.
+    ``llm_call_completed`` / ``llm_retry`` carry the model the bridge last saw, for the same fallback as inline.
+    """
+
+    __slots__ = ("_bridge",)
+
+    def __init__(self, bridge: AgentaoBridge) -> None:
+        self._bridge = bridge
+
+    def complete(self, deferred: tuple) -> dict[str, Any]:
+        """The event dict, exactly what the inline path stamps (same fields, same payload, same envelope)."""
+        _, name, data, last_model, captured = deferred
+        b = self._bridge
+        fields = fields_from_agentao(name, data, None, defer=b._defer)
+        if last_model and fields.get("model") is None:  # (model,) for llm_call_completed / llm_retry
+            fields["model"] = last_model[0]
+        child = fields.pop("child_task_id", None)
+        agent_name = fields.pop("agent_name", None) or b._agent_name
+        if b._service is not None:
+            fields["service"] = b._service
+        # capture = (stamper, type, fields, time, session, seq, bound, span, turn, user, tenant, agent, child)
+        return captured[0].complete(captured[:2] + (fields,) + captured[3:11] + (agent_name, child))
 
 
 def _agentao_default_confirm(name: str, description: str, args: dict) -> bool:

@@ -139,6 +139,10 @@ def _close_at_exit(ref: weakref.ReferenceType[EventPublisher], timeout: float) -
 class EventPublisher:
     """Thread-safe, never-blocking, never-raising publisher of AgentEvent dicts (see the module docstring)."""
 
+    #: ``publish`` also takes a capture (a tuple whose first item has ``complete``) and completes it on the sender
+    #: thread; the Agentao bridge defers its mapping when this is True.
+    completes_captures = True
+
     def __init__(self, bootstrap_servers: str, topic: str, *, codec: AvroCodec | None = None,
                  spool_dir: Path | None = None, shards: int = 64, batch_max_events: int = 500,
                  linger_ms: float = 50, buffer_max_events: int = 100_000, spool_max_bytes: int = 256 * MiB,

@@ -41,6 +41,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Collection
+from typing import Any
 
 MIN_SCAN_LEN = 13
 TRUNCATION_MARKER = "\n\n[… truncated …]\n\n"
@@ -153,18 +154,35 @@ def redaction(kind: str) -> str:
     return f"[REDACTED:{kind}]"
 
 
+def _any_anchor(anchors: tuple[str, ...]) -> Callable[[str], bool]:
+    """``lambda low: any(a in low for a in anchors)`` unrolled into one ``or`` chain of ``in`` tests.
+
+    Why: on the short payload texts most events carry, the Python loop around ~30 substring tests costs more than
+    the tests (a clean 64-character text: 1.8 µs looped, 1.25 µs unrolled). One alternation regex is no faster:
+    ``re`` has no multi-literal search and stops at every candidate first letter. Built from the tuple, so it tests
+    exactly the same anchors (``tests/test_redaction.py`` checks it against the loop)."""
+    for a in anchors:
+        if not (a.isascii() and a == a.lower() and a.isprintable()):
+            raise ValueError(f"anchor {a!r} must be printable lower-case ASCII")
+    namespace: dict[str, Any] = {}
+    exec("def any_anchor(low):\n    return " + " or ".join(f"{a!r} in low" for a in anchors), namespace)  # noqa: S102
+    return namespace["any_anchor"]
+
+
+_any_of_all = _any_anchor(_ALL_ANCHORS)
+
+
 def may_hold_secret(text: str) -> bool:
     """False only when no secret pattern can match ``text`` (see :data:`SECRET_ANCHORS`, :data:`EXTRA_ANCHORS`)."""
     if len(text) < MIN_SCAN_LEN:
         return False
-    low = text.lower()
-    for anchor in _ALL_ANCHORS:
-        if anchor in low:
-            return True
+    if _any_of_all(text.lower()):
+        return True
     return _CARD_HINT.search(text) is not None and _CARD.search(text) is not None
 
 
 _ANCHORS_BUT_TOKEN = tuple(a for a in _ALL_ANCHORS if a != "token")
+_any_but_token = _any_anchor(_ANCHORS_BUT_TOKEN)
 
 
 def may_hold_secret_json(text: str) -> bool:
@@ -173,9 +191,8 @@ def may_hold_secret_json(text: str) -> bool:
     if len(text) < MIN_SCAN_LEN:
         return False
     low = text.lower()
-    for anchor in _ANCHORS_BUT_TOKEN:
-        if anchor in low:
-            return True
+    if _any_but_token(low):
+        return True
     i = low.find("token")
     while i != -1:
         if low[i + 5:i + 6] not in ("s", "_"):

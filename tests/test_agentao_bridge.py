@@ -44,17 +44,32 @@ class ExplodingTool(Tool):
 
 
 class CollectingPublisher:
-    """Stands in for EventPublisher in the in-process tests: keeps what it is given."""
+    """Stands in for EventPublisher in the in-process tests: keeps what it is given.
 
-    def __init__(self, accept: bool = True) -> None:
-        self.events: list[dict[str, Any]] = []
+    ``completes_captures=True`` acts like EventPublisher's sender: it takes captures (the bridge then defers its
+    mapping) and completes them only when ``events`` is read, i.e. after the agent has run on, so a test sees what
+    a late sender thread would have mapped."""
+
+    def __init__(self, accept: bool = True, completes_captures: bool = False) -> None:
+        self._events: list[Any] = []
         self.accept = accept
+        self.completes_captures = completes_captures
+        self.captures = 0  # tuples received (stamp captures and deferred mappings)
+        self.mapped_later = 0  # deferred mappings: tuples whose first item is no stamper
         self._lock = threading.Lock()
 
     def publish(self, event: dict[str, Any]) -> bool:
         with self._lock:
-            self.events.append(event)
+            self._events.append(event)
+            self.captures += event.__class__ is tuple
+            self.mapped_later += event.__class__ is tuple and not hasattr(event[0], "capture")
         return self.accept
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        with self._lock:
+            self._events = [e[0].complete(e) if e.__class__ is tuple else e for e in self._events]
+            return self._events
 
 
 def as_sent(event: dict[str, Any]) -> dict[str, Any]:
@@ -323,9 +338,11 @@ def check_session(events: list[dict[str, Any]], conv: Conversation) -> None:
 # -- in-process tests (no Kafka) -----------------------------------------------------------------------------
 
 
-def test_scripted_session_events(tmp_path: Path) -> None:
-    publisher = CollectingPublisher()
+@pytest.mark.parametrize("deferred", [False, True], ids=["mapped-inline", "mapped-on-sender"])
+def test_scripted_session_events(tmp_path: Path, deferred: bool) -> None:
+    publisher = CollectingPublisher(completes_captures=deferred)
     conv = run_conversation(publisher, Stamper(tenant="acme", service="svc"), tmp_path)
+    assert (publisher.captures > 0) is deferred
     codec = AvroCodec()  # every event must fit the contract; decoding also fills the schema defaults
     check_session([codec.decode(codec.encode_event(as_sent(e))).events[0] for e in publisher.events], conv)
 
@@ -354,13 +371,14 @@ def test_on_event_never_raises_and_counts() -> None:
     assert e["type"] == "unknown" and payload(e) == {"k": "{1, 2}", "_agentao_type": "not_a_known_type"}
 
 
-def test_concurrent_tool_threads_share_the_turn_and_seq_stays_gap_free() -> None:
+@pytest.mark.parametrize("deferred", [False, True], ids=["mapped-inline", "mapped-on-sender"])
+def test_concurrent_tool_threads_share_the_turn_and_seq_stays_gap_free(deferred: bool) -> None:
     @dataclass
     class Ev:
         type: str
         data: dict
 
-    publisher = CollectingPublisher()
+    publisher = CollectingPublisher(completes_captures=deferred)
     bridge = AgentaoBridge(publisher, tenant="t", session_id="s-conc", stamper=Stamper(tenant="t"))
     bridge.on_event(Ev("turn_begin", {"user_message": "go"}))
     turn_id = bridge.turn_id
@@ -549,3 +567,91 @@ def test_session_start_carries_the_agents_working_directory_into_the_archive(tmp
     started = next(r for r in rows if r["kind"] == "session_started")
     assert started["payload"]["cwd"] == str(agent.working_directory)
     assert started["payload"]["model"] == MODEL
+
+
+def _same_event(e: dict[str, Any]) -> dict[str, Any]:
+    """An event without what differs between two stampings of the same thing (id, time)."""
+    return {k: v for k, v in as_sent(e).items() if k not in ("event_id", "event_time", "producer_time")}
+
+
+BENCH_MIX: list[tuple[str, dict[str, Any]]] = [
+    ("turn_begin", {"user_message": "go"}),
+    ("llm_call_started", {"model": "m-1", "attempt": 1}),
+    ("tool_start", {"tool": "read_file", "call_id": "c1", "args": {"path": "/a"}}),
+    ("tool_output", {"tool": "run_shell_command", "call_id": "c2", "chunk": "collected 12 items\n"}),
+    ("tool_complete", {"tool": "read_file", "call_id": "c1", "status": "ok", "duration_ms": 12, "error": None}),
+    ("llm_text", {"chunk": "Here is the summary."}),
+    ("llm_call_completed", {"attempt": 1, "status": "ok", "duration_ms": 840, "prompt_tokens": 2818,
+                            "completion_tokens": 48, "error_class": None, "error_message": None}),
+    ("llm_retry", {"reason": "status=503", "attempt": 2}),
+    ("llm_call_completed", {"status": "error", "error_class": "RateLimitError", "error_message": "slow down"}),
+    ("agent_start", {"agent": "generalist", "child_task_id": "t-9"}),
+    ("llm_call_completed", {"child_task_id": "t-9", "prompt_tokens": 5, "completion_tokens": 1}),
+    ("some_future_type", {"x": 1.5, "flag": True}),
+    ("turn_end", {"status": "ok"}),
+]
+
+
+def test_deferred_mapping_stamps_exactly_what_the_inline_path_stamps() -> None:
+    @dataclass
+    class Ev:
+        type: str
+        data: dict
+
+    out = []
+    for deferred in (False, True):
+        publisher = CollectingPublisher(completes_captures=deferred)
+        bridge = AgentaoBridge(publisher, tenant="t", session_id="s", service="svc", agent_name="main",
+                               stamper=Stamper(tenant="t"))
+        for name, data in BENCH_MIX:
+            bridge.on_event(Ev(name, dict(data)))
+        # which events left the agent's thread unmapped: the scalar-only ones that feed no bridge state (not: turn
+        # begin and end, llm_call_started, tool_start with its args dict, the child's own llm_call_completed)
+        assert publisher.captures == (len(BENCH_MIX) if deferred else 0)
+        assert publisher.mapped_later == (len(BENCH_MIX) - 5 if deferred else 0)
+        out.append([_same_event(e) for e in publisher.events])
+        assert bridge.stats() == {"published": len(BENCH_MIX), "rejected": 0, "errors": 0}
+    inline, deferred_events = out
+    assert [e.pop("turn_id") is not None for e in inline] == [e.pop("turn_id") is not None for e in deferred_events]
+    assert inline == deferred_events
+    completed = [e for e in deferred_events if e["type"] == "llm_call_completed"]
+    assert [e["model"] for e in completed] == ["m-1", "m-1", "m-1"]  # the model fallback survives deferral
+
+
+def test_data_changed_after_the_callback_does_not_change_the_deferred_event() -> None:
+    """SdkTransport hands the same event to its subscribers after on_event returns; one may rebind a key."""
+    @dataclass
+    class Ev:
+        type: str
+        data: dict
+
+    publisher = CollectingPublisher(completes_captures=True)
+    bridge = AgentaoBridge(publisher, tenant="t", session_id="s", stamper=Stamper(tenant="t"))
+    ev = Ev("tool_output", {"tool": "run_shell_command", "call_id": "c1", "chunk": "secret-free text"})
+    args = {"path": "/a"}
+    start = Ev("tool_start", {"tool": "read_file", "call_id": "c2", "args": args})
+    bridge.on_event(ev)
+    bridge.on_event(start)
+    ev.data["chunk"] = "changed"
+    ev.data["tool"] = "other"
+    args["path"] = "/changed"  # a container: mapped (serialised) inline, so the change is not seen either
+    assert publisher.mapped_later == 1
+    out, started = publisher.events
+    assert (out["tool_name"], payload(out)["chunk"]) == ("run_shell_command", "secret-free text")
+    assert payload(started)["args"] == {"path": "/a"}
+
+
+def test_a_publisher_that_does_not_complete_captures_gets_dicts() -> None:
+    @dataclass
+    class Ev:
+        type: str
+        data: dict
+
+    publisher = CollectingPublisher()  # no completes_captures
+    bridge = AgentaoBridge(publisher, tenant="t", session_id="s")
+    bridge.on_event(Ev("llm_text", {"chunk": "hi"}))
+    assert publisher.captures == 0 and publisher.events[0]["type"] == "llm_text"
+    forced = CollectingPublisher()
+    bridge = AgentaoBridge(forced, tenant="t", session_id="s", defer_mapping=True)
+    bridge.on_event(Ev("llm_text", {"chunk": "hi"}))
+    assert forced.mapped_later == 1 and forced.events[0]["type"] == "llm_text"

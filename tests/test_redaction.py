@@ -166,3 +166,47 @@ def test_limits_and_capture_defaults_are_agentaos():
                  "MEMORY_WRITE_MAX_CHARS", "PLUGIN_HOOK_OUTPUT_MAX_CHARS"):
         assert getattr(redaction, name) == getattr(agentao_sanitize, name), name
     assert DEFAULT_CAPTURE_FLAGS == CAPTURE_FLAG_DEFAULTS
+
+
+# -- the pre-check (may_hold_secret*) never lets through what the full scan would redact ------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from producers.scrub import Scrubber  # noqa: E402
+
+# Pieces that come close to (or are) what a pattern matches, so generated texts hit the patterns' edges often.
+_SECRET_PIECES = [
+    "sk-", "sk-ant-", "sk-proj-", "AKIA", "ASIA", "AIza", "GOCSPX-", "ghp_", "github_pat_", "xoxb-", "xapp-1-",
+    "sk_live_", "rk_test_", "whsec_", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.", "Bearer ", "Authorization: ",
+    "-----BEGIN RSA PRIVATE KEY-----\n", "-----END RSA PRIVATE KEY-----", "https://user:", "@example.com", "@",
+    "password", "Passwd=", "pwd: ", "api_key", "apiKey", "secret", "client_secret", "token", "tokens", "_token",
+    "access_token=", "credentials", "aws", "\"api_key\": \"", "4111 1111 1111 1111", "4111111111111111",
+    "5500-0000-0000-0004", "card ", "378282246310005", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "code=",
+    "prompt_tokens", "first_token_ms",
+]
+_texts = st.lists(st.one_of(st.sampled_from(_SECRET_PIECES), st.text(min_size=0, max_size=12),
+                            st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-/+=",
+                                    min_size=0, max_size=45)),
+                  min_size=0, max_size=8).map("".join)
+
+
+@settings(max_examples=600, deadline=None)
+@given(_texts)
+def test_unrolled_anchor_checks_equal_the_anchor_loops(text: str) -> None:
+    low = text.lower()
+    assert redaction._any_of_all(low) == any(a in low for a in redaction._ALL_ANCHORS)
+    assert redaction._any_but_token(low) == any(a in low for a in redaction._ANCHORS_BUT_TOKEN)
+
+
+@settings(max_examples=600, deadline=None)
+@given(_texts)
+def test_what_the_pre_check_calls_clean_the_full_scan_leaves_unchanged(text: str) -> None:
+    if not may_hold_secret(text):
+        hits: dict[str, int] = {}
+        assert redaction.redact_agentao(text) == text
+        assert redaction.redact_more(text, hits) == text and not hits
+    payload = json.dumps({"k": text, "n": 1})
+    if not redaction.may_hold_secret_json(payload):
+        hits = {}
+        assert Scrubber().scrub_value(json.loads(payload), hits) == json.loads(payload) and not hits
