@@ -42,6 +42,7 @@ from typing import Any
 
 from schemas.pricing import NANO_PER_USD, PriceTable, default_prices
 from streams.heavy_hitters import DEFAULT_CAPACITY, SpaceSaving
+from streams.metrics_codec import duration_datum
 from streams.sketch import DEFAULT_RELATIVE_ACCURACY, DurationSketch
 
 OTHER = "__other__"
@@ -812,7 +813,10 @@ class TenantWindowAggregate:
 
 
 def _duration_record(sketch: DurationSketch, quantiles: bool = True) -> dict[str, Any]:
-    return sketch.to_dict(QUANTILES if quantiles else ())
+    """The ``Duration`` record; a complete one (with quantiles) carries its Avro body, encoded once here."""
+    if quantiles:
+        return duration_datum(sketch.to_dict(QUANTILES))
+    return sketch.to_dict()
 
 
 def _usage_record(label: str, stats: UsageStats) -> dict[str, Any]:
