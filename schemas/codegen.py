@@ -59,18 +59,14 @@ class AvroDecodeError(ValueError):
 class PreEncoded(dict):  # type: ignore[type-arg]
     """A record datum that carries its own Avro body, made by a specialised encoder of its producer.
 
-    The generated encoder of the record named ``record`` appends ``avro`` instead of encoding the dict (any other
-    record type ignores it and encodes the dict). The dict keeps the same contents, so everything else (JSON,
-    comparisons, rules) reads it as before. Whoever builds one vouches that ``avro`` is exactly what the
-    generated encoder would write for the dict (a test must compare them) and must not change the dict after.
+    Built like a dict, then given ``avro`` (the body) and ``record`` (the full name of its record type): the
+    generated encoder of that record type appends ``avro`` instead of encoding the dict (any other record type
+    ignores it). The dict keeps the same contents, so everything else (JSON, comparisons, rules) reads it as before.
+    Whoever builds one vouches that ``avro`` is exactly what the generated encoder would write for the dict (a
+    test must compare them) and must not change the dict afterwards.
     """
 
     __slots__ = ("avro", "record")
-
-    def __init__(self, datum: Mapping[str, Any], avro: bytes, record: str) -> None:
-        super().__init__(datum)
-        self.avro = avro
-        self.record = record
 
 
 class _Wrong(Exception):
