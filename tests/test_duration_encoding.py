@@ -106,3 +106,24 @@ def test_a_changed_record_type_never_uses_another_records_bytes() -> None:
     record = agg.to_record()
     record["turn_duration"] = wrong
     assert ENCODE(record) == CODEC.encode(_plain(record))
+
+
+def test_the_finals_a_tenant_keeps_hold_no_avro_bodies() -> None:
+    """``MergeStage`` keeps a hop of finals per tenant: the kept copy equals the record, without the bodies."""
+    from streams.merge import _kept
+
+    agg = TenantWindowAggregate("t1", 0, 60_000_000)
+    for name, v in [("read", 5), ("read", 7), ("shell", 900)]:
+        agg.add_event({"type": "tool_complete", "tool_name": name, "status": "ok", "duration_ms": v,
+                       "event_time": 1, "tenant": "t1"})
+    record = agg.to_record()
+    assert isinstance(record["tools"][0]["duration"], PreEncoded)
+    kept = _kept(record)
+    assert kept == record
+
+    def walk(value):  # noqa: ANN001, ANN202
+        assert not isinstance(value, PreEncoded)
+        for v in value.values() if isinstance(value, dict) else value if isinstance(value, list) else ():
+            walk(v)
+
+    walk(kept)
