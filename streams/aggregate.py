@@ -42,13 +42,13 @@ from typing import Any
 
 from schemas.pricing import NANO_PER_USD, PriceTable, default_prices
 from streams.heavy_hitters import DEFAULT_CAPACITY, SpaceSaving
-from streams.sketch import DEFAULT_RELATIVE_ACCURACY, DurationSketch
+from streams.sketch import DEFAULT_RELATIVE_ACCURACY, DURATION_QUANTILES, DurationSketch
 
 OTHER = "__other__"
 UNKNOWN = "unknown"
 DIMENSIONS = ("tool", "model", "skill", "error_type", "attempt_status")
 DEFAULT_LABEL_LIMIT = 50
-QUANTILES = (0.5, 0.95, 0.99)
+QUANTILES = DURATION_QUANTILES  # p50, p95, p99: the quantile fields of the Duration record
 _COUNTED_TYPES = frozenset(
     {"tool_complete", "llm_call_completed", "llm_retry", "turn_end", "tool_confirmation", "confirm_resolved"}
 )
@@ -812,7 +812,8 @@ class TenantWindowAggregate:
 
 
 def _duration_record(sketch: DurationSketch, quantiles: bool = True) -> dict[str, Any]:
-    return sketch.to_dict(QUANTILES if quantiles else ())
+    """The ``Duration`` record; a complete one (with quantiles) carries its Avro body (see the sketch's method)."""
+    return sketch.duration_record() if quantiles else sketch.to_dict()
 
 
 def _usage_record(label: str, stats: UsageStats) -> dict[str, Any]:

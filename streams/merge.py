@@ -185,6 +185,17 @@ def _parsed(parts: dict[int, bytes]) -> dict[int, dict[str, Any]]:
     return {source: orjson.loads(value) for source, value in parts.items()}
 
 
+def _kept(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` as kept in ``_Tenant.recent``: the same content without the Avro bodies its Duration records carry
+    for the metrics encoder (``DurationSketch.duration_record``; ~130 bytes each, 33 per record here, and every
+    tenant keeps a hop of finals: 10,000 tenants would hold ~200 MiB of them)."""
+    kept = dict(record)
+    for name in ("turn_duration", "tool_duration", "llm_duration"):
+        kept[name] = dict(record[name])
+    kept["tools"] = [{**t, "duration": dict(t["duration"])} for t in record["tools"]]
+    return kept
+
+
 def pending_key(tenant: str, start_us: int, source: int) -> str:
     return f"p|{tenant}|{start_us}|{source}"
 
@@ -345,7 +356,7 @@ class MergeStage:
         out.alerts += self.rules.revision_alerts(before, record, entry.revision)
         for i, r in enumerate(ts.recent):  # the on-time hopping windows to come are built from these
             if r["window_start_us"] == start:
-                ts.recent[i] = record
+                ts.recent[i] = _kept(record)
                 ts.recent_aggs = None
         if self.hop_us and ts.last_final_end is not None:
             for hop_end in range(end, min(end + self.hop_us - self.window_us, ts.last_final_end) + 1, self.window_us):
@@ -447,7 +458,7 @@ class MergeStage:
             # as if parsed back from the record (as after a restore), so a restart never changes a hopping result:
             # the merged aggregate is that already unless it folded label names (a record keeps only their count)
             parsed = agg if not any(agg.folded.values()) else TenantWindowAggregate.from_record(record)
-            ts.recent = [ts.recent[i] for i in keep] + [record]
+            ts.recent = [ts.recent[i] for i in keep] + [_kept(record)]
             ts.recent_aggs = [aggs[i] for i in keep] + [parsed]
             hop_record = self._hopping(tenant, end, ts.recent[-1], ts.recent_aggs)
             hop_sealed = end + self.lateness_us <= wm

@@ -78,3 +78,4 @@ class MetricsCodec:
         if buf.tell() != len(value):
             raise DecodeError("invalid_avro", f"{len(value) - buf.tell()} trailing bytes after the Avro body")
         return record  # type: ignore[return-value]
+
