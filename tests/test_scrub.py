@@ -103,3 +103,18 @@ def test_normalizer_scrubs_payload_and_error_message_and_counts() -> None:
     assert counters["redactions"] == 2
     unscrubbed, _ = EventNormalizer().normalize(ev, {})
     assert unscrubbed is not None and "sk-abcdefghijklmnopqrstuvwxyz" in unscrubbed["error_message"]
+
+
+@pytest.mark.parametrize("before", ["\n", "\t", "\x1f", '"', "\\", "\x00"])
+def test_a_card_right_after_a_json_escape_is_not_called_clean(before: str) -> None:
+    """Found by the pre-check's property test: in a payload's JSON text a card after an escape (``\\n4111 ...``)
+    has a letter or digit before it, so the card pattern's look-behind refused it and the payload was published
+    unscrubbed, though the decoded value holds the card."""
+    import json
+
+    payload = {"output": f"line one{before}4111 1111 1111 1111"}
+    text = json.dumps(payload)
+    scrubber = Scrubber()
+    assert not scrubber.payload_text_is_clean("tool_complete", text)
+    hits: dict[str, int] = {}
+    assert "4111" not in json.dumps(scrubber.scrub_value(payload, hits)) and hits == {"card_number": 1}
