@@ -12,19 +12,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from agentwatch.cli_flags import add_bootstrap_servers, add_metrics_port, add_topic, whole_number
+from agentwatch.cli_flags import add_bootstrap_servers, add_metrics_port, add_topic, positive_seconds, whole_number
 from agentwatch.config import Settings
 from agentwatch.foreground import StatusLine, stop_on_signals
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, not {text!r}")
-    return value
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
@@ -102,17 +92,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--endpoint", metavar="URL", help="OTLP/HTTP traces URL, used as is (default: from the "
                    "OTEL_EXPORTER_OTLP_* variables)")
     r.add_argument("--until-end", action="store_true", help="stop once the end offsets seen at start are reached")
-    r.add_argument("--idle-timeout", type=_seconds, default=None, metavar="SECONDS",
+    r.add_argument("--idle-timeout", type=positive_seconds, default=None, metavar="SECONDS",
                    help="stop after this many seconds without data")
-    r.add_argument("--turn-timeout", type=_seconds, default=None, metavar="SECONDS",
+    r.add_argument("--turn-timeout", type=positive_seconds, default=None, metavar="SECONDS",
                    help="close a turn without turn_end this long after its last event, marked timed out "
                    "(default: $AGENTWATCH_TRACES_TURN_TIMEOUT_S or 600)")
-    r.add_argument("--settle", type=_seconds, default=None, metavar="SECONDS",
+    r.add_argument("--settle", type=positive_seconds, default=None, metavar="SECONDS",
                    help="how long an ended turn with missing events waits for them (default: "
                    "$AGENTWATCH_TRACES_SETTLE_S or 10)")
     r.add_argument("--max-open-turns", type=whole_number(1), default=None, metavar="N",
                    help="turns assembled at once; over it the stalest is closed, marked evicted (default: "
                    "$AGENTWATCH_TRACES_MAX_OPEN_TURNS or 10000)")
-    r.add_argument("--export-retry", type=_seconds, default=300.0, metavar="SECONDS",
+    r.add_argument("--export-retry", type=positive_seconds, default=300.0, metavar="SECONDS",
                    help="how long a refused export is retried before the sink stops uncommitted (default 300)")
     r.set_defaults(func=cmd_run)
