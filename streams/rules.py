@@ -266,12 +266,7 @@ def _build_budget(entry: Mapping[str, Any], where: str) -> BudgetSpec | None:
     tenants = entry.get("tenants") or {}
     if not isinstance(tenants, dict) or not all(isinstance(t, str) and t for t in tenants):
         raise RulesConfigError(f"{where}: tenants must map tenant names to daily budgets in USD, got {tenants!r}")
-    labels = entry.get("labels") or {}
-    if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
-        raise RulesConfigError(f"{where}: labels must map strings to strings, got {labels!r}")
-    reserved = RESERVED_LABELS & set(labels)
-    if reserved:
-        raise RulesConfigError(f"{where}: labels {sorted(reserved)} are set by the engine and cannot be overridden")
+    labels = _labels(entry.get("labels"), where)
     runbook = entry.get("runbook_url")
     spec = BudgetSpec(
         alertname=_text(entry.get("alertname", BudgetSpec.alertname), where, "alertname"),
@@ -326,12 +321,7 @@ def load_user_spend(path: str | Path | None = None) -> UserSpendSpec | None:
     resolve = threshold if resolve is None else resolve
     if resolve > threshold:
         raise RulesConfigError(f"{where}: resolve_usd ({resolve}) must be <= threshold_usd ({threshold})")
-    labels = entry.get("labels") or {}
-    if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
-        raise RulesConfigError(f"{where}: labels must map strings to strings, got {labels!r}")
-    reserved = (RESERVED_LABELS | {"user"}) & set(labels)
-    if reserved:
-        raise RulesConfigError(f"{where}: labels {sorted(reserved)} are set by the engine and cannot be overridden")
+    labels = _labels(entry.get("labels"), where, reserved=RESERVED_LABELS | {"user"})
     runbook = entry.get("runbook_url")
     return UserSpendSpec(
         threshold_usd=threshold, resolve_usd=resolve,
@@ -511,12 +501,7 @@ def _build_rule(where: str, entry: Mapping[str, Any], defaults: Mapping[str, Any
     stale_windows = None if stale is None else _int(stale, where, "stale_windows", 1)
     severity = _text(merged["severity"], where, "severity")
     alertname = _text(merged.get("alertname", entry["name"]), where, "alertname")
-    labels = merged.get("labels") or {}
-    if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
-        raise RulesConfigError(f"{where}: labels must map strings to strings, got {labels!r}")
-    reserved = RESERVED_LABELS & set(labels)
-    if reserved:
-        raise RulesConfigError(f"{where}: labels {sorted(reserved)} are set by the engine and cannot be overridden")
+    labels = _labels(merged.get("labels"), where)
     runbook = merged.get("runbook_url")
     rule = RuleSpec(
         name=entry["name"], alertname=alertname, metric=metric, per=per, op=op, fire=fire, resolve=resolve,
@@ -548,6 +533,17 @@ def _int(value: Any, where: str, key: str, minimum: int) -> int:
         raise RulesConfigError(f"{where}: {key} must be an integer >= {minimum}, got {value!r}")
     return value
 
+
+
+def _labels(value: Any, where: str, reserved: frozenset[str] | set[str] = RESERVED_LABELS) -> dict[str, str]:
+    """A rule's extra ``labels``: strings to strings, none of those the engine sets itself."""
+    labels = value or {}
+    if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        raise RulesConfigError(f"{where}: labels must map strings to strings, got {labels!r}")
+    taken = reserved & set(labels)
+    if taken:
+        raise RulesConfigError(f"{where}: labels {sorted(taken)} are set by the engine and cannot be overridden")
+    return labels
 
 def _text(value: Any, where: str, key: str, allow_empty: bool = False) -> str:
     if not isinstance(value, str) or (not value and not allow_empty):
