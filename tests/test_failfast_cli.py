@@ -130,3 +130,36 @@ def test_broker_module_help_prints_help_and_starts_nothing():
                           text=True, timeout=30, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0 and proc.stdout.startswith("usage: python -m agentwatch.broker")
     assert proc.stderr == "" and time.monotonic() - t0 < SLACK_S
+
+
+def test_simulate_without_a_broker_ends_in_one_line(tmp_path):
+    """simulate publishes, so it checks for a broker first (it used to print librdkafka's retry lines for 30 s and
+    end with a metadata error, exit 1)."""
+    kafka = f"127.0.0.1:{closed_port()}"
+    code, elapsed, stderr = run(["simulate", "--duration", "30s", "--bootstrap-servers", kafka, "--kafka-timeout",
+                                 str(KAFKA_TIMEOUT_S)], tmp_path)
+    print(f"simulate: exit {code} after {elapsed:.1f} s: {stderr.strip()}")
+    assert code == 2
+    assert elapsed < KAFKA_TIMEOUT_S + SLACK_S
+    assert_short_and_clean(stderr, f"agentwatch simulate: no Kafka broker at {kafka}")
+    assert not (tmp_path / "simulate" / "truth.json").exists()  # nothing generated for a run that cannot publish
+
+
+def test_simulate_dry_run_needs_no_broker(tmp_path):
+    kafka = f"127.0.0.1:{closed_port()}"
+    code, _, stderr = run(["simulate", "--dry-run", "--duration", "30s", "--tenants", "2", "-q",
+                           "--bootstrap-servers", kafka, "--kafka-timeout", "1"], tmp_path)
+    assert code == 0, stderr
+    assert (tmp_path / "simulate" / "truth.json").exists()
+
+
+def test_demo_with_an_unreachable_configured_broker_ends_in_one_line(tmp_path):
+    """With KAFKA_BOOTSTRAP_SERVERS set the demo uses that broker instead of starting one: check it answers."""
+    kafka = f"127.0.0.1:{closed_port()}"
+    code, elapsed, stderr = run(["demo", "--workdir", str(tmp_path / "demo")], tmp_path,
+                                {"KAFKA_BOOTSTRAP_SERVERS": kafka, "AGENTWATCH_KAFKA_STARTUP_TIMEOUT": "2"})
+    print(f"demo: exit {code} after {elapsed:.1f} s: {stderr.strip()}")
+    assert code == 2
+    assert elapsed < KAFKA_TIMEOUT_S + SLACK_S
+    assert "Traceback" not in stderr and "%3|" not in stderr, stderr
+    assert f"agentwatch demo: no Kafka broker at {kafka}" in stderr.strip().splitlines()[-1], stderr

@@ -55,7 +55,10 @@ def _cli(*args: str) -> list[str]:
 @contextmanager
 def _broker(settings: Settings) -> Iterator[str]:
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        from agentwatch.startup import wait_for_kafka
+
         _say(f"using the Kafka broker at {settings.bootstrap_servers}")
+        wait_for_kafka(settings.bootstrap_servers, settings.kafka_startup_timeout_s)
         yield settings.bootstrap_servers
         return
     from agentwatch.broker.launcher import LocalKafka

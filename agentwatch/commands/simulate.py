@@ -136,6 +136,16 @@ def build_simulator(args: argparse.Namespace) -> FleetSimulator:
     return FleetSimulator(**common, incidents=incidents)
 
 
+def precheck(args: argparse.Namespace, settings: Settings) -> None:
+    """Unless ``--dry-run``, a broker must answer before anything is generated: the same one-line exit 2 as the
+    long-running parts, instead of librdkafka's retry lines and a metadata error 30 s later."""
+    if not args.dry_run:
+        from agentwatch.startup import wait_for_kafka
+
+        wait_for_kafka(args.bootstrap_servers or settings.bootstrap_servers,
+                       args.kafka_timeout or settings.kafka_startup_timeout_s)
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         sim = build_simulator(args)
@@ -291,4 +301,4 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--flush-timeout", type=float, default=60.0,
                    help="seconds to wait for delivery at the end (default 60)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, precheck=precheck)
