@@ -103,6 +103,7 @@ def main() -> int:
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--seed", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--limit", type=int, default=None, help="replay only the first N records")
     ap.add_argument("--only", choices=("rebuild", "bare"), help="run one side only (for instruction counts)")
     ap.add_argument("--out", type=Path, help="keep the last round's archive here (must not exist)")
     args = ap.parse_args()
@@ -112,7 +113,7 @@ def main() -> int:
         return 0
     if args.records is None:
         ap.error("give a records file (made with --capture)")
-    records: list[Record] = marshal.loads(args.records.read_bytes())
+    records: list[Record] = marshal.loads(args.records.read_bytes())[:args.limit]
     bare_rates, rebuild_rates = [], []
     for r in range(args.rounds):
         if args.only != "rebuild":
