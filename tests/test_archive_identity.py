@@ -183,3 +183,25 @@ def hostile_events(draw: Any) -> list[dict[str, Any]]:
 def test_hostile_events_are_archived_byte_for_byte_as_the_reference_does(tmp_path_factory, events, flags):
     tmp = tmp_path_factory.mktemp("hostile")
     assert_identical(tmp, to_records(events), flags=flags)
+
+
+# -- the sanitiser's pre-check ----------------------------------------------------------------------------------------
+
+_KINDS = sorted({"tool_started", "tool_result", "tool_output_chunk", "assistant_text_chunk", "llm_call_completed",
+                 "memory_write", "ask_user_answered", "plugin_hook_fired", "user_message", "replay_footer"})
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(kind=st.sampled_from(_KINDS), payload=st.dictionaries(_KEYS | _TEXT, _VALUE, max_size=6),
+       flags=st.sampled_from(FLAG_SETS))
+def test_the_pre_check_never_skips_a_payload_the_full_sanitiser_would_change(kind, payload, flags):
+    """``sanitize_encoded`` returns a payload untouched only when ``sanitize`` gives the same JSON text."""
+    from archive_reference.redact import sanitize as reference_sanitize
+
+    from sinks.redact import capture_flags, sanitize_encoded
+    flags = capture_flags(flags)
+    clean, text = sanitize_encoded(kind, payload, flags)
+    expected = reference_sanitize(kind, payload, flags)
+    assert text == json.dumps(expected, ensure_ascii=False, allow_nan=False)
+    if clean is payload:  # the fast path: the full sanitiser would have changed nothing
+        assert json.dumps(payload, ensure_ascii=False, allow_nan=False) == text
