@@ -174,9 +174,11 @@ _ENCODE = dumps
 def sanitize_encoded(kind: str, payload: Mapping[str, Any], flags: Mapping[str, bool]) -> tuple[Mapping[str, Any], str]:
     """:func:`sanitize` and the clean payload's JSON text (``json.dumps(..., ensure_ascii=False)``).
 
-    The common case costs one encoding and one anchor check: a payload with no string that could hold a secret, no
-    field over its cap, no upstream counts to merge and nothing to coerce is already clean, and is returned as is
-    (the same object: do not mutate it afterwards).
+    The common case costs one encoding and one anchor check of the payload's long string values (the JSON text is
+    checked too only when they may hold a secret): a payload with no string that could hold a secret, no field over
+    its cap, no upstream counts to merge and nothing to coerce is already clean, and is returned as is (the same
+    object: do not mutate it afterwards). ``tests/test_archive_identity.py`` checks that this never skips a payload
+    the full sanitiser would change.
     """
     if "redaction_hits" not in payload or kind == "replay_footer":
         try:
