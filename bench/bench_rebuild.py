@@ -17,7 +17,9 @@ round reported):
   process (``--workers 1``) and once with the partitions shared out to one process per CPU (the CLI's default;
   worker start-up included).
 
-Goal (issue 4, §5): rebuild >= 0.5x the bare loop. No assertions: figures and the ratio are printed.
+Goal (issue 13, goal 3): rebuild in one process >= 0.6x the bare loop, files byte-identical (issue 4 asked >= 0.5x).
+No assertions: figures and the ratio are printed. The rebuild's CPU part alone, without Kafka and load-independent
+under cachegrind: ``bench_rebuild_cpu.py``.
 """
 
 from __future__ import annotations
@@ -138,7 +140,7 @@ def main() -> int:
         for w in variants:
             best = max(rebuilt[w])
             print(f"rebuild, {w} worker(s):   {best:,.0f} events/s (best of {args.rounds}), "
-                  f"ratio {best / best_bare:.2f}x (goal >= 0.5x)")
+                  f"ratio {best / best_bare:.2f}x (goal for 1 worker >= 0.6x)")
     finally:
         shutil.rmtree(base, ignore_errors=True)
         admin = AdminClient({"bootstrap.servers": args.bootstrap})

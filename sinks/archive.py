@@ -177,17 +177,20 @@ def subagent_turn_id(tenant: str, session_id: str, child_task_id: str) -> str:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ts_cache: tuple[int, str] = (-1, "")
+_ts_prefixes: dict[int, str] = {}
 
 
 def iso_ts(us: int) -> str:
-    """Microseconds since the epoch as Agentao's replay ``ts``: ``2026-01-01T00:00:00.040566+00:00``."""
-    global _ts_cache
+    """Microseconds since the epoch as Agentao's replay ``ts``: ``2026-01-01T00:00:00.040566+00:00``.
+
+    The date-time part is cached per second (a rebuild interleaves partitions, so a one-entry cache missed on
+    most rows); the cache is dropped whole when it reaches 65,536 seconds."""
     sec, micro = divmod(us, 1_000_000)
-    cached_sec, prefix = _ts_cache
-    if cached_sec != sec:
-        prefix = (_EPOCH + timedelta(seconds=sec)).isoformat(timespec="seconds")[:19]
-        _ts_cache = (sec, prefix)
+    prefix = _ts_prefixes.get(sec)
+    if prefix is None:
+        if len(_ts_prefixes) >= 65_536:
+            _ts_prefixes.clear()
+        prefix = _ts_prefixes[sec] = (_EPOCH + timedelta(seconds=sec)).isoformat(timespec="seconds")[:19]
     return f"{prefix}.{micro:06d}+00:00"
 
 
@@ -606,18 +609,30 @@ def encode_line(row: Row, payload: Mapping[str, Any], session_id: str, instance_
         payload_text = _ENCODE(payload)
     if session_json is None:
         session_json = _ENCODE(session_id)
+    line = encode_line_fast(row, payload_text, line_head(session_json, instance_id), seq)
+    if line is not None:
+        return line
+    envelope = {"event_id": row.event_id, "session_id": session_id, "instance_id": instance_id, "seq": seq,
+                "ts": iso_ts(row.ts_us), "kind": row.kind, "turn_id": row.turn_id,
+                "parent_turn_id": row.parent_turn_id, "payload": payload}
+    return (_ENCODE_ASCII(envelope) + "\n").encode("ascii")
+
+
+def line_head(session_json: str, instance_id: str) -> str:
+    """The part of every line of one instance file between the row id and the seq (see :func:`encode_line_fast`)."""
+    return f'", "session_id": {session_json}, "instance_id": "{instance_id}", "seq": '
+
+
+def encode_line_fast(row: Row, payload_text: str, head: str, seq: int) -> bytes | None:
+    """:func:`encode_line` with the instance's :func:`line_head` made once per file; ``None`` when the line is not
+    UTF-8-encodable (a lone surrogate): :func:`encode_line` writes that one."""
     turn = "null" if row.turn_id is None else f'"{row.turn_id}"'
     parent = "null" if row.parent_turn_id is None else f'"{row.parent_turn_id}"'
-    text = (f'{{"event_id": "{row.event_id}", "session_id": {session_json}, "instance_id": "{instance_id}", '
-            f'"seq": {seq}, "ts": "{iso_ts(row.ts_us)}", "kind": "{row.kind}", "turn_id": {turn}, '
-            f'"parent_turn_id": {parent}, "payload": {payload_text}}}\n')
     try:
-        return text.encode("utf-8")
+        return (f'{{"event_id": "{row.event_id}{head}{seq}, "ts": "{iso_ts(row.ts_us)}", "kind": "{row.kind}", '
+                f'"turn_id": {turn}, "parent_turn_id": {parent}, "payload": {payload_text}}}\n').encode()
     except UnicodeEncodeError:
-        envelope = {"event_id": row.event_id, "session_id": session_id, "instance_id": instance_id, "seq": seq,
-                    "ts": iso_ts(row.ts_us), "kind": row.kind, "turn_id": row.turn_id,
-                    "parent_turn_id": row.parent_turn_id, "payload": payload}
-        return (_ENCODE_ASCII(envelope) + "\n").encode("ascii")
+        return None
 
 
 # -- reading a file back ---------------------------------------------------------------------------------------------

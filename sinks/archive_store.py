@@ -50,10 +50,12 @@ from sinks.archive import (
     Row,
     Thought,
     encode_line,
+    encode_line_fast,
     footer_row,
     header_row,
     instance_id_for,
     json_string,
+    line_head,
     map_event,
     parse_filename,
     read_header,
@@ -139,7 +141,7 @@ class _Instance:
     size: int = 0  # bytes on disk
     buf: list[bytes] = field(default_factory=list)
     created: bool = False  # the file does not exist yet
-    session_json: str | None = None
+    head: str | None = None  # encode_line's per-file part (line_head)
 
     @property
     def path(self) -> Path:
@@ -545,10 +547,12 @@ class ArchiveWriter:
                 return
             inst.ids = None  # the first row not on disk: all later ones are new (files are prefixes)
         payload, text = sanitize_encoded(row.kind, row.payload, self.flags)
-        if inst.session_json is None:
-            inst.session_json = json_string(inst.session_id)
-        line = encode_line(row, payload, inst.session_id, inst.instance_id, inst.next_seq, payload_text=text,
-                           session_json=inst.session_json)
+        head = inst.head
+        if head is None:
+            head = inst.head = line_head(json_string(inst.session_id), inst.instance_id)
+        line = encode_line_fast(row, text, head, inst.next_seq)
+        if line is None:  # not UTF-8-encodable: the escaped form
+            line = encode_line(row, payload, inst.session_id, inst.instance_id, inst.next_seq, payload_text=text)
         tenant = inst.tenant
         if self.max_tenant_bytes is not None and tenant.bytes + len(line) > self.max_tenant_bytes:
             raise ArchiveFull(f"tenant directory {tenant.path.name!r} would exceed its archive cap of "

@@ -174,16 +174,21 @@ _ENCODE = dumps
 def sanitize_encoded(kind: str, payload: Mapping[str, Any], flags: Mapping[str, bool]) -> tuple[Mapping[str, Any], str]:
     """:func:`sanitize` and the clean payload's JSON text (``json.dumps(..., ensure_ascii=False)``).
 
-    The common case costs one encoding and one anchor check: a payload with no string that could hold a secret, no
-    field over its cap, no upstream counts to merge and nothing to coerce is already clean, and is returned as is
-    (the same object: do not mutate it afterwards).
+    The common case costs one encoding and one anchor check of the payload's long string values (the JSON text is
+    checked too only when they may hold a secret): a payload with no string that could hold a secret, no field over
+    its cap, no upstream counts to merge and nothing to coerce is already clean, and is returned as is (the same
+    object: do not mutate it afterwards). ``tests/test_archive_identity.py`` checks that this never skips a payload
+    the full sanitiser would change.
     """
     if "redaction_hits" not in payload or kind == "replay_footer":
         try:
             text = _ENCODE(payload)
         except (TypeError, ValueError, RecursionError):
             text = None
-        if text is not None and not (may_hold_secret_json(text) and _values_may_hold(payload)):
+        # The values' check first: it reads only the string values long enough to hold a secret (on most rows a
+        # few short ones, or none), where the JSON text check reads every key and number too. Both must say
+        # "may hold" for the full sanitiser to run, so the order changes the cost, not the outcome.
+        if text is not None and not (_values_may_hold(payload) and may_hold_secret_json(text)):
             for name, max_chars, flag in _CAPS_BY_KIND.get(kind, ()):
                 value = payload.get(name)
                 if isinstance(value, str) and len(value) > max_chars and not (flag and flags.get(flag)):
@@ -216,8 +221,11 @@ def _gather_strings(value: Any, out: list[str]) -> None:
 def _values_may_hold(value: Any) -> bool:
     """Whether any string *value* inside ``value`` may hold a secret (keys are not scanned, as Agentao does)."""
     strings: list[str] = []
-    _gather_strings(value, strings)
-    return bool(strings) and may_hold_secret("\0".join(strings))
+    try:
+        _gather_strings(value, strings)
+    except RecursionError:  # nested too deep to walk here: let the full sanitiser decide
+        return True
+    return bool(strings) and may_hold_secret(strings[0] if len(strings) == 1 else "\0".join(strings))
 
 
 def sanitize(kind: str, payload: Mapping[str, Any], flags: Mapping[str, bool]) -> dict[str, Any]:
