@@ -131,6 +131,9 @@ def main() -> int:
                         help="give the publisher a disk spool (a temp directory): its sender then writes every record "
                         "to disk before producing, competing with the agent's thread for the GIL meanwhile")
     parser.add_argument("--topic", default=None, help="topic to publish to (default: a new one, deleted after)")
+    parser.add_argument("--gil-slice", type=int, default=None,
+                        help="EventPublisher(gil_slice_events=...): the sender releases the GIL after every N events "
+                        "it drains (0: never; default: the publisher's default)")
     args = parser.parse_args()
 
     from confluent_kafka.admin import AdminClient
@@ -165,9 +168,12 @@ def main() -> int:
     # -- agentwatch: stamp + publish ------------------------------------------------------------------------------
     stamper = Stamper(tenant="acme", service="bench")
     spool_tmp = tempfile.TemporaryDirectory() if args.spool else None
+    slice_kw = {} if args.gil_slice is None else {"gil_slice_events": args.gil_slice}
     publisher = EventPublisher(args.bootstrap, topic, buffer_max_events=max(100_000, 2 * n),
-                               spool_dir=Path(spool_tmp.name) / "spool" if spool_tmp is not None else None)
-    print(f"publisher spool: {'on (disk buffer)' if spool_tmp is not None else 'off'}")
+                               spool_dir=Path(spool_tmp.name) / "spool" if spool_tmp is not None else None,
+                               **slice_kw)
+    print(f"publisher spool: {'on (disk buffer)' if spool_tmp is not None else 'off'}; gil_slice_events "
+          f"{getattr(publisher, '_gil_slice', 'n/a')}")
 
     def typed(etype: str, payload: dict[str, Any]) -> dict[str, Any]:
         fields = {k: payload[k] for k in ("status", "duration_ms", "prompt_tokens", "completion_tokens",

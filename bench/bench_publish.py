@@ -72,9 +72,9 @@ def make_events(n: int, sessions: int, *, foreign_payload: bool = False) -> list
 
 
 def run_publisher(bootstrap: str, topic: str, events: list[dict[str, Any]], batch: int,
-                  publish_raw: bool = False, spool_dir: Path | None = None) -> tuple[float, dict]:
+                  publish_raw: bool = False, spool_dir: Path | None = None, **kw: Any) -> tuple[float, dict]:
     with EventPublisher(bootstrap, topic, batch_max_events=batch, buffer_max_events=len(events) + 1,
-                        publish_raw=publish_raw, spool_dir=spool_dir) as pub:
+                        publish_raw=publish_raw, spool_dir=spool_dir, **kw) as pub:
         t0 = time.perf_counter()
         c0 = time.process_time()
         publish = pub.publish
@@ -125,6 +125,9 @@ def main() -> int:
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--spool-parent", type=Path, default=None,
                         help="directory in which the spooled run makes its spool (default: a temp directory)")
+    parser.add_argument("--gil-slice", type=int, default=None,
+                        help="gil_slice_events of the publishers (0: never release the GIL while draining; default: "
+                        "the publisher's default)")
     parser.add_argument("--foreign-payload", action="store_true",
                         help="payload texts as plain str (validated by parsing) instead of the bridge's own")
     args = parser.parse_args()
@@ -148,12 +151,13 @@ def main() -> int:
     encode_s = time.perf_counter() - t0
     try:
         raw_s, raw_delivered, raw_cpu = run_raw(args.bootstrap, topics["raw"], values)
-        pub_s, stats = run_publisher(args.bootstrap, topics["publisher"], events, args.batch)
+        kw = {} if args.gil_slice is None else {"gil_slice_events": args.gil_slice}
+        pub_s, stats = run_publisher(args.bootstrap, topics["publisher"], events, args.batch, **kw)
         unscrubbed_s, unscrubbed = run_publisher(args.bootstrap, topics["unscrubbed"], events, args.batch,
-                                                 publish_raw=True)
+                                                 publish_raw=True, **kw)
         with tempfile.TemporaryDirectory(dir=args.spool_parent) as tmp:
             spool_s, spool_stats = run_publisher(args.bootstrap, topics["spooled"], events, args.batch,
-                                                 spool_dir=Path(tmp) / "spool")
+                                                 spool_dir=Path(tmp) / "spool", **kw)
     finally:
         AdminClient({"bootstrap.servers": args.bootstrap}).delete_topics(list(topics.values()))
     pub_rate = stats["delivered"] / pub_s
