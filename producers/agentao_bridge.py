@@ -184,17 +184,17 @@ class AgentaoBridge:
                             if sid is None:
                                 sid = self.session_id
                             counter = self._seqs.get(sid) if self._seqs is not None else None
-                            if counter is not None:
-                                captured = (self._stamper, symbol, NO_FIELDS, _time_ns() // 1000, sid, next(counter),
-                                            read_bound_context(),
+                            model = (self._last_model,) if model_fallback else ()
+                            if counter is not None:  # one tuple: the deferred mapping and the capture, flat
+                                deferred = (self._later, name, data, model, self._stamper, symbol, NO_FIELDS,
+                                            _time_ns() // 1000, sid, next(counter), read_bound_context(),
                                             read_current_span() if read_current_span is not None else None,
                                             self._turn_id, self._user_id, self._tenant, None, None)
                             else:  # the session's first event, or a stamper of another kind
-                                captured = self._stamper.capture(  # type: ignore[attr-defined]
+                                deferred = (self._later, name, data, model) + self._stamper.capture(  # type: ignore
                                     symbol, None, session_id=sid, turn_id=self._turn_id, user_id=self._user_id,
                                     tenant=self._tenant)
-                            if self._publish((self._later, name, data, (self._last_model,) if model_fallback else (),
-                                              captured)):
+                            if self._publish(deferred):
                                 next(self._published)
                             else:
                                 self._count("rejected")
@@ -441,8 +441,7 @@ class AgentaoBridge:
         captured = self._stamper.capture(  # type: ignore[attr-defined]
             symbol, None, session_id=session_id if session_id is not None else self.session_id,
             turn_id=self._turn_id, user_id=self._user_id, tenant=self._tenant)
-        key = "published" if self._publisher.publish(
-            (self._later, name, data, last_model, captured)) else "rejected"
+        key = "published" if self._publisher.publish((self._later, name, data, last_model) + captured) else "rejected"
         with self._lock:
             self._counts[key] += 1
         return True
@@ -488,14 +487,16 @@ class _MapLater:
     """Maps a deferred Agentao event on the publisher's sender thread (``EventPublisher`` completes any tuple whose
     first item has ``complete``), so the agent's thread pays for a capture, a shallow copy and an enqueue.
 
-    Which events: those whose ``data`` is a dict of immutable scalars only, except the ones whose mapping feeds the
-    bridge's state in order (turn_begin/turn_end, llm_call_started's model, tool_confirmation's pending call, and a
-    sub-agent's own ``llm_call_completed`` that the usage ledger must see in order): those stay inline. Why the
-    copy and the scalar rule: Agentao 0.5.17 builds a fresh ``data`` dict for every ``emit`` and does not touch it
-    afterwards, but ``SdkTransport.emit`` hands the same event object to its broadcast subscribers after
-    ``on_event`` returns, and any of them may rebind a key; a shallow copy protects against that. Containers
-    (tool ``args``, message lists) are shared with the runtime and may change later: deep-copying them costs what
-    serialising them costs, so such events are mapped (and their payload serialised) inline, as before.
+    Which events: those whose ``data`` is a dict (of immutable scalars, or snapshot), except the ones whose mapping
+    feeds the bridge's state in order (turn_begin/turn_end, llm_call_started's model, tool_confirmation's pending
+    call, and a sub-agent's own ``llm_call_completed`` that the usage ledger must see in order): those stay inline.
+    Why the copy and the scalar rule: Agentao 0.5.17 builds a fresh ``data`` dict for every ``emit`` and does not
+    touch it afterwards, but ``SdkTransport.emit`` hands the same event object to its broadcast subscribers after
+    ``on_event`` returns, and any of them may rebind a key; a shallow copy protects against that. Containers (tool
+    ``args``, message lists) are shared with the runtime and may change later: such data is serialised to its JSON
+    text on the agent's thread (:func:`_snapshot`: what the inline mapping serialises anyway, without the lifting
+    and stamping) and parsed back here; data it cannot snapshot faithfully is mapped inline.
+    The tuple is flat, ``(self, name, data, (model,) or (), *capture)``: one allocation on the agent's thread.
     ``llm_call_completed`` / ``llm_retry`` carry the model the bridge last saw, for the same fallback as inline.
     """
 
@@ -506,7 +507,8 @@ class _MapLater:
 
     def complete(self, deferred: tuple) -> dict[str, Any]:
         """The event dict, exactly what the inline path stamps (same fields, same payload, same envelope)."""
-        _, name, data, last_model, captured = deferred
+        name, data, last_model = deferred[1:4]
+        captured = deferred[4:]  # the capture, flat in the same tuple (see on_event)
         if data.__class__ is str:  # a snapshot (see _snapshot)
             data = json.loads(data)
         b = self._bridge
