@@ -52,7 +52,7 @@ from producers.mapping import (
     payload_text,
     strip_tool_label,
 )
-from producers.stamp import NO_FIELDS, Stamper, read_bound_context, read_current_span
+from producers.stamp import NO_FIELDS, Stamper, read_bound_context, read_current_span, read_span_parts
 from producers.subagent_usage import SubagentUsageLedger
 from schemas.redaction import truncate_head_tail
 
@@ -188,7 +188,8 @@ class AgentaoBridge:
                             if counter is not None:  # one tuple: the deferred mapping and the capture, flat
                                 deferred = (self._later, name, data, model, self._stamper, symbol, NO_FIELDS,
                                             _time_ns() // 1000, sid, next(counter), read_bound_context(),
-                                            read_current_span() if read_current_span is not None else None,
+                                            _span_context().get(_SPAN_KEY) if _span_context is not None
+                                            else read_current_span() if read_current_span is not None else None,
                                             self._turn_id, self._user_id, self._tenant, None, None)
                             else:  # the session's first event, or a stamper of another kind
                                 deferred = (self._later, name, data, model) + self._stamper.capture(  # type: ignore
@@ -450,6 +451,7 @@ class AgentaoBridge:
 # The value classes a shallow copy fully protects (nothing inside them can change).
 _IMMUTABLE = frozenset({str, int, float, bool, type(None)})
 _time_ns = time.time_ns
+_span_context, _SPAN_KEY = read_span_parts if read_span_parts is not None else (None, None)
 _STR_KEYS = frozenset({str})
 
 # Agentao event type -> (contract symbol, carries the model fallback) for the types on_event may hand over unmapped:

@@ -106,11 +106,15 @@ def _load_span_getter() -> Callable[[], Any] | None:
             return get_context().get(_SPAN_KEY)
 
         current_span()
+        global _span_parts
+        if get_context is not get_current:
+            _span_parts = (get_context, _SPAN_KEY)
         return current_span
     except Exception:
         return trace.get_current_span
 
 
+_span_parts: tuple[Callable[[], Any], Any] | None = None  # (context getter, span key): see read_span_parts
 _current_span = _load_span_getter()
 
 
@@ -273,6 +277,9 @@ class Stamper:
 NO_FIELDS = _NO_FIELDS
 read_bound_context = _bound.get
 read_current_span = _current_span
+#: ``(get, key)`` such that ``get().get(key)`` is ``read_current_span()`` without its Python call (OpenTelemetry's
+#: default runtime context keeps the current Context, a dict, in a ContextVar), or None: call read_current_span.
+read_span_parts = _span_parts
 
 
 class DeferredStamper(Stamper):

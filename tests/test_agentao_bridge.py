@@ -749,3 +749,28 @@ def test_data_holding_containers_is_snapshot_and_maps_to_the_inline_event(name: 
         assert publisher.mapped_later == (2 if deferred and name != "some_future_type" else 0)
         out.append([_same_event(e) for e in publisher.events])
     assert out[0] == out[1]
+
+
+def test_the_inline_capture_carries_the_current_span_like_stamper_capture() -> None:
+    """on_event writes Stamper.capture out inline (the span read from OpenTelemetry's context directly): the
+    deferred event's traceparent is the span current on the agent's thread at the call, none outside a span."""
+    sdk_trace = pytest.importorskip("opentelemetry.sdk.trace")
+
+    @dataclass
+    class Ev:
+        type: str
+        data: dict
+
+    tracer = sdk_trace.TracerProvider().get_tracer("test")
+    publisher = CollectingPublisher(completes_captures=True)
+    bridge = AgentaoBridge(publisher, tenant="t", session_id="s", stamper=Stamper(tenant="t"))
+    bridge.on_event(Ev("llm_text", {"chunk": "first: the session's counter is made by Stamper.capture"}))
+    with tracer.start_as_current_span("turn") as span:
+        ctx = span.get_span_context()
+        bridge.on_event(Ev("llm_text", {"chunk": "inside"}))
+    bridge.on_event(Ev("llm_text", {"chunk": "after"}))
+    first, inside, after = publisher.events
+    assert publisher.mapped_later == 3
+    assert inside["traceparent"] == f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+    assert first["traceparent"] is None and after["traceparent"] is None
+    assert [e["seq"] for e in (first, inside, after)] == [1, 2, 3]
