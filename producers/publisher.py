@@ -151,11 +151,13 @@ class EventPublisher:
                  producer_config: dict[str, Any] | None = None,
                  registry: CollectorRegistry | None = None, producer_id: str | None = None,
                  max_record_bytes: int = 900_000, stall_timeout_s: float = 2.0, spool_window: int = 256,
-                 fsync_interval_s: float = 1.0, atexit_timeout_s: float = 5.0, gil_slice_events: int = 32) -> None:
+                 fsync_interval_s: float = 1.0, atexit_timeout_s: float = 5.0, gil_slice_events: int = 0) -> None:
         """``gil_slice_events``: the sender releases the GIL (``time.sleep(0)``) after every so many events it
-        drains (0: never, only when Python's switch interval forces it, every 5 ms by default). An agent thread
-        that wakes up (an LLM reply, a tool's result) while the sender drains waits for the GIL until then, so
-        this bounds that wait to one slice (~0.5 ms for 32 events) at the cost of one syscall per slice."""
+        drains (0, the default: never; only Python's switch interval forces it, every 5 ms by default). An agent
+        thread that wakes up (an LLM reply, a tool's result) while the sender drains waits for the GIL until then;
+        slices bound that wait to one slice (~0.5 ms for 32 events). Off by default: on a loaded machine each
+        ``sleep(0)`` may hand the CPU to another process for a whole time slice, and with 32 the publisher's
+        throughput fell to 0.5x-0.95x in bench_publish.py (bench/README.md, "The agent's thread")."""
         self.topic = topic
         new_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._spool: Spool | None = None
