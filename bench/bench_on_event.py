@@ -122,6 +122,33 @@ def summary(lat: Latencies) -> dict[str, float]:
             "cpu": lat.cpu_ns / len(lat) / 1000, "wake99": w[min(len(w) - 1, int(0.99 * len(w)))] / 1000}
 
 
+def replay(mode: str, n: int) -> int:
+    """``AgentaoBridge.on_event`` alone, ``n`` calls, for ``valgrind --tool=cachegrind`` (instructions per call = the
+    difference of two ``--events`` counts / their difference; 'setup' measures building the events)."""
+    import collections
+
+    from agentao.transport import AgentEvent, EventType
+
+    from producers.agentao_bridge import AgentaoBridge
+
+    class Deque:
+        completes_captures = True
+
+        def __init__(self) -> None:
+            self.buf: collections.deque[Any] = collections.deque()
+
+        def publish(self, event: Any) -> bool:
+            self.buf.append(event)
+            return True
+
+    bridge = AgentaoBridge(Deque(), tenant="acme", session_id="bench-session")
+    events = [AgentEvent(EventType(etype), dict(payload)) for etype, payload in agentao_like_events(n)]
+    for ev in events if mode == "bridge" else ():
+        bridge.on_event(ev)
+    print(f"replay {mode}: {n} events")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
@@ -134,7 +161,12 @@ def main() -> int:
     parser.add_argument("--gil-slice", type=int, default=None,
                         help="EventPublisher(gil_slice_events=...): the sender releases the GIL after every N events "
                         "it drains (0: never; default: the publisher's default)")
+    parser.add_argument("--replay", choices=("bridge", "setup"), default=None,
+                        help="no Kafka: only the bridge's on_event over the event mix, into a deque (no sender), for "
+                        "instruction counts under valgrind; 'setup' builds the events only (subtract it)")
     args = parser.parse_args()
+    if args.replay is not None:
+        return replay(args.replay, args.events)
 
     from confluent_kafka.admin import AdminClient
 

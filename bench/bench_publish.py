@@ -116,6 +116,23 @@ def run_raw(bootstrap: str, topic: str, values: list[tuple[bytes, bytes]]) -> tu
     return time.perf_counter() - t0, delivered, time.process_time() - c0
 
 
+def replay(mode: str, n: int, sessions: int) -> int:
+    """The sender's work per event without Kafka or threads: a load-independent figure under
+    ``valgrind --tool=cachegrind`` (instructions per event = the difference of two ``--events`` counts / their
+    difference, so start-up cancels out)."""
+    from producers.normalize import EventNormalizer
+    from producers.scrub import Scrubber
+
+    events = make_events(n, sessions)
+    normalize = EventNormalizer(scrubber=Scrubber() if mode == "scrubbed" else None).normalize
+    encode = AvroCodec().encode_event_body
+    counters: dict[str, int] = {}
+    for e in events if mode != "setup" else ():
+        encode(normalize(e, counters)[0])
+    print(f"replay {mode}: {n} events")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
@@ -130,7 +147,13 @@ def main() -> int:
                         "the publisher's default)")
     parser.add_argument("--foreign-payload", action="store_true",
                         help="payload texts as plain str (validated by parsing) instead of the bridge's own")
+    parser.add_argument("--replay", choices=("scrubbed", "raw", "setup"), default=None,
+                        help="no Kafka: only build the events and run the sender's per-event work on them (normalize "
+                        "with the default scrubber or none, encode), for instruction counts under valgrind; 'setup' "
+                        "builds the events only (subtract it). See bench/README.md, 'The agent's thread'")
     args = parser.parse_args()
+    if args.replay is not None:
+        return replay(args.replay, args.events, args.sessions)
 
     from confluent_kafka.admin import AdminClient
 
