@@ -183,7 +183,8 @@ class EventNormalizer:
         if check is _UNSEEN:
             check = self._learn(keys)
         if check is not None and check(event):  # pass 1 would find nothing to fix
-            return self._finish(event, None, None, 0, counters, self._scanned.get(keys))
+            return self._finish(event, None, None, 0, counters,
+                                self._scanned.get(keys) if self.scrubber is not None else None)
         # Pass 1, the generic loop: recognise fields that are already right.
         fast = self._fast
         nullable = self._nullable
