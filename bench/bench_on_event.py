@@ -79,37 +79,74 @@ def agentao_like_events(n: int) -> list[tuple[str, dict[str, Any]]]:
 
 
 class Latencies(list):
-    """Per-call latencies in ns, and ``cpu_ns``: the calling thread's CPU time over the whole run."""
+    """Per-call latencies in ns, ``cpu_ns``: the calling thread's CPU time over the whole run, and ``wake``: per
+    paced call, how late the thread ran after its sleep (ns): the wait for the GIL (the sender holding it while it
+    drains) and the OS scheduler, which the call's own latency does not include (the clock starts after)."""
 
     cpu_ns = 0
+    wake: list[int] = []
 
 
 def measure(call: Callable[[int], None], n: int, rate: float | None) -> Latencies:
     """Per-call latency in ns; ``rate`` spaces the calls with ``sleep`` (it releases the GIL, as an agent waiting
     on its LLM does; a busy-wait would hold it and charge the sender's forced switches to the timed calls)."""
     lat = Latencies([0] * n)
+    wake = []
     clock = time.perf_counter_ns
     interval = int(1e9 / rate) if rate else 0
     cpu0 = time.thread_time_ns()
     next_at = clock()
     for i in range(n):
+        slept = False
         if interval:
             next_at += interval
             wait = next_at - clock()
             if wait > 0:
                 time.sleep(wait / 1e9)
+                slept = True
         t0 = clock()
+        if slept:
+            wake.append(t0 - next_at)
         call(i)
         lat[i] = clock() - t0
     lat.cpu_ns = time.thread_time_ns() - cpu0
+    lat.wake = wake
     return lat
 
 
 def summary(lat: Latencies) -> dict[str, float]:
     s = sorted(lat)
     pick = lambda q: s[min(len(s) - 1, int(q * len(s)))] / 1000  # noqa: E731
+    w = sorted(lat.wake) or [0]
     return {"p50": pick(0.50), "p99": pick(0.99), "p99.9": pick(0.999), "mean": statistics.fmean(s) / 1000,
-            "cpu": lat.cpu_ns / len(lat) / 1000}
+            "cpu": lat.cpu_ns / len(lat) / 1000, "wake99": w[min(len(w) - 1, int(0.99 * len(w)))] / 1000}
+
+
+def replay(mode: str, n: int) -> int:
+    """``AgentaoBridge.on_event`` alone, ``n`` calls, for ``valgrind --tool=cachegrind`` (instructions per call = the
+    difference of two ``--events`` counts / their difference; 'setup' measures building the events)."""
+    import collections
+
+    from agentao.transport import AgentEvent, EventType
+
+    from producers.agentao_bridge import AgentaoBridge
+
+    class Deque:
+        completes_captures = True
+
+        def __init__(self) -> None:
+            self.buf: collections.deque[Any] = collections.deque()
+
+        def publish(self, event: Any) -> bool:
+            self.buf.append(event)
+            return True
+
+    bridge = AgentaoBridge(Deque(), tenant="acme", session_id="bench-session")
+    events = [AgentEvent(EventType(etype), dict(payload)) for etype, payload in agentao_like_events(n)]
+    for ev in events if mode == "bridge" else ():
+        bridge.on_event(ev)
+    print(f"replay {mode}: {n} events")
+    return 0
 
 
 def main() -> int:
@@ -121,7 +158,15 @@ def main() -> int:
                         help="give the publisher a disk spool (a temp directory): its sender then writes every record "
                         "to disk before producing, competing with the agent's thread for the GIL meanwhile")
     parser.add_argument("--topic", default=None, help="topic to publish to (default: a new one, deleted after)")
+    parser.add_argument("--gil-slice", type=int, default=None,
+                        help="EventPublisher(gil_slice_events=...): the sender releases the GIL after every N events "
+                        "it drains (0: never; default: the publisher's default)")
+    parser.add_argument("--replay", choices=("bridge", "setup"), default=None,
+                        help="no Kafka: only the bridge's on_event over the event mix, into a deque (no sender), for "
+                        "instruction counts under valgrind; 'setup' builds the events only (subtract it)")
     args = parser.parse_args()
+    if args.replay is not None:
+        return replay(args.replay, args.events)
 
     from confluent_kafka.admin import AdminClient
 
@@ -155,9 +200,12 @@ def main() -> int:
     # -- agentwatch: stamp + publish ------------------------------------------------------------------------------
     stamper = Stamper(tenant="acme", service="bench")
     spool_tmp = tempfile.TemporaryDirectory() if args.spool else None
+    slice_kw = {} if args.gil_slice is None else {"gil_slice_events": args.gil_slice}
     publisher = EventPublisher(args.bootstrap, topic, buffer_max_events=max(100_000, 2 * n),
-                               spool_dir=Path(spool_tmp.name) / "spool" if spool_tmp is not None else None)
-    print(f"publisher spool: {'on (disk buffer)' if spool_tmp is not None else 'off'}")
+                               spool_dir=Path(spool_tmp.name) / "spool" if spool_tmp is not None else None,
+                               **slice_kw)
+    print(f"publisher spool: {'on (disk buffer)' if spool_tmp is not None else 'off'}; gil_slice_events "
+          f"{getattr(publisher, '_gil_slice', 'n/a')}")
 
     def typed(etype: str, payload: dict[str, Any]) -> dict[str, Any]:
         fields = {k: payload[k] for k in ("status", "duration_ms", "prompt_tokens", "completion_tokens",
@@ -223,14 +271,17 @@ def main() -> int:
     handler.close()
 
     print(f"\non_event cost per call, µs ({n} burst calls; paced at {args.rate:.0f}/s for up to 10 s)")
-    print(f"{'what':44s} {'p50':>8s} {'p99':>8s} {'p99.9':>8s} {'mean':>8s} {'cpu':>7s}   p50/p99 vs logging")
+    print(f"{'what':44s} {'p50':>8s} {'p99':>8s} {'p99.9':>8s} {'mean':>8s} {'cpu':>7s} {'wake p99':>9s}"
+          f"   p50/p99 vs logging")
     for name, r in results.items():
         pattern = name[name.rindex("(") + 1:-1]
         base = results[f"logging JSON line to a file ({pattern})"]
         ratio = f"{r['p50'] / base['p50']:.2f}x / {r['p99'] / base['p99']:.2f}x"
         print(f"{name:44s} {r['p50']:8.2f} {r['p99']:8.2f} {r['p99.9']:8.2f} {r['mean']:8.2f} {r['cpu']:7.2f}"
-              f"   {ratio}")
+              f" {r['wake99']:9.1f}   {ratio}")
     print("(cpu: the calling thread's CPU time per call, sleeps excluded; it does not count waiting for the GIL)")
+    print("(wake p99: paced calls only, how late the thread ran after its sleep: waiting for the GIL while the "
+          "sender drains, and the OS scheduler; not part of the call's latency, which starts after)")
     print("(capture + publish: Stamper.capture, the sender completes the stamp; 'bridge on_event (default)': the "
           "mapping of scalar-only events deferred to the sender too; 'mapped inline': defer_mapping=False; "
           "'deferred stamp': mapped inline, stamper=DeferredStamper(...))")

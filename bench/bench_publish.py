@@ -72,9 +72,9 @@ def make_events(n: int, sessions: int, *, foreign_payload: bool = False) -> list
 
 
 def run_publisher(bootstrap: str, topic: str, events: list[dict[str, Any]], batch: int,
-                  publish_raw: bool = False, spool_dir: Path | None = None) -> tuple[float, dict]:
+                  publish_raw: bool = False, spool_dir: Path | None = None, **kw: Any) -> tuple[float, dict]:
     with EventPublisher(bootstrap, topic, batch_max_events=batch, buffer_max_events=len(events) + 1,
-                        publish_raw=publish_raw, spool_dir=spool_dir) as pub:
+                        publish_raw=publish_raw, spool_dir=spool_dir, **kw) as pub:
         t0 = time.perf_counter()
         c0 = time.process_time()
         publish = pub.publish
@@ -116,6 +116,23 @@ def run_raw(bootstrap: str, topic: str, values: list[tuple[bytes, bytes]]) -> tu
     return time.perf_counter() - t0, delivered, time.process_time() - c0
 
 
+def replay(mode: str, n: int, sessions: int) -> int:
+    """The sender's work per event without Kafka or threads: a load-independent figure under
+    ``valgrind --tool=cachegrind`` (instructions per event = the difference of two ``--events`` counts / their
+    difference, so start-up cancels out)."""
+    from producers.normalize import EventNormalizer
+    from producers.scrub import Scrubber
+
+    events = make_events(n, sessions)
+    normalize = EventNormalizer(scrubber=Scrubber() if mode == "scrubbed" else None).normalize
+    encode = AvroCodec().encode_event_body
+    counters: dict[str, int] = {}
+    for e in events if mode != "setup" else ():
+        encode(normalize(e, counters)[0])
+    print(f"replay {mode}: {n} events")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
@@ -125,9 +142,18 @@ def main() -> int:
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--spool-parent", type=Path, default=None,
                         help="directory in which the spooled run makes its spool (default: a temp directory)")
+    parser.add_argument("--gil-slice", type=int, default=None,
+                        help="gil_slice_events of the publishers (0: never release the GIL while draining; default: "
+                        "the publisher's default)")
     parser.add_argument("--foreign-payload", action="store_true",
                         help="payload texts as plain str (validated by parsing) instead of the bridge's own")
+    parser.add_argument("--replay", choices=("scrubbed", "raw", "setup"), default=None,
+                        help="no Kafka: only build the events and run the sender's per-event work on them (normalize "
+                        "with the default scrubber or none, encode), for instruction counts under valgrind; 'setup' "
+                        "builds the events only (subtract it). See bench/README.md, 'The agent's thread'")
     args = parser.parse_args()
+    if args.replay is not None:
+        return replay(args.replay, args.events, args.sessions)
 
     from confluent_kafka.admin import AdminClient
 
@@ -148,12 +174,13 @@ def main() -> int:
     encode_s = time.perf_counter() - t0
     try:
         raw_s, raw_delivered, raw_cpu = run_raw(args.bootstrap, topics["raw"], values)
-        pub_s, stats = run_publisher(args.bootstrap, topics["publisher"], events, args.batch)
+        kw = {} if args.gil_slice is None else {"gil_slice_events": args.gil_slice}
+        pub_s, stats = run_publisher(args.bootstrap, topics["publisher"], events, args.batch, **kw)
         unscrubbed_s, unscrubbed = run_publisher(args.bootstrap, topics["unscrubbed"], events, args.batch,
-                                                 publish_raw=True)
+                                                 publish_raw=True, **kw)
         with tempfile.TemporaryDirectory(dir=args.spool_parent) as tmp:
             spool_s, spool_stats = run_publisher(args.bootstrap, topics["spooled"], events, args.batch,
-                                                 spool_dir=Path(tmp) / "spool")
+                                                 spool_dir=Path(tmp) / "spool", **kw)
     finally:
         AdminClient({"bootstrap.servers": args.bootstrap}).delete_topics(list(topics.values()))
     pub_rate = stats["delivered"] / pub_s

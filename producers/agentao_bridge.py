@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import collections
 import contextvars
+import itertools
+import json
 import logging
 import sys
 import threading
@@ -41,6 +43,7 @@ from typing import Any, Protocol
 
 from producers.mapping import (
     confirm_fields,
+    encode_json,
     event_symbol,
     fields_from_agentao,
     fields_from_host,
@@ -49,7 +52,7 @@ from producers.mapping import (
     payload_text,
     strip_tool_label,
 )
-from producers.stamp import Stamper
+from producers.stamp import NO_FIELDS, Stamper, read_bound_context, read_current_span, read_span_parts
 from producers.subagent_usage import SubagentUsageLedger
 from schemas.redaction import truncate_head_tail
 
@@ -112,12 +115,22 @@ class AgentaoBridge:
         self._max_iter: list[dict[str, Any]] = []
         self._started = False
         self._closed = False
-        self._counts = {"published": 0, "rejected": 0, "errors": 0}
+        self._counts = {"published": 0, "rejected": 0, "errors": 0}  # under _lock; "published" also in _published
+        # on_event's hot path counts without the lock: next() on an itertools.count is one C call, atomic under the
+        # GIL, so concurrent tool-worker threads lose no increment (``self.n += 1`` could: read, add, write are
+        # three steps another thread may run between). stats() reads it by advancing it once more (under _lock).
+        self._published = itertools.count()
+        self._published_reads = 0
         self._subagents = SubagentUsageLedger()
         if defer_mapping is None:
             defer_mapping = getattr(publisher, "completes_captures", False) is True
         # Deferring needs a stamper that captures (Stamper and its subclasses) and a publisher that completes.
         self._later: _MapLater | None = _MapLater(self) if defer_mapping and hasattr(stamper, "capture") else None
+        self._publish = publisher.publish
+        # on_event takes the capture inline only for a plain Stamper on its default clock (its seq counters are
+        # shared, so inline and Stamper.capture number one session's events from one counter)
+        inline_seqs = getattr(stamper, "inline_seqs", None)
+        self._seqs: dict[str, Any] | None = inline_seqs() if inline_seqs is not None else None
 
     # -- identity -----------------------------------------------------------------------------------------
 
@@ -136,51 +149,97 @@ class AgentaoBridge:
     def stats(self) -> dict[str, int]:
         """published (publisher accepted), rejected (publish returned False), errors (exceptions swallowed)."""
         with self._lock:
-            return dict(self._counts)
+            counts = dict(self._counts)
+            counts["published"] += next(self._published) - self._published_reads
+            self._published_reads += 1
+            return counts
 
     # -- Agentao callbacks ---------------------------------------------------------------------------------
 
     def on_event(self, ev: Any) -> None:
-        """``SdkTransport(on_event=...)``: stamp + publish; called concurrently from tool worker threads."""
+        """``SdkTransport(on_event=...)``: stamp + publish; called concurrently from tool worker threads.
+
+        The hot path (an event :class:`_MapLater` may map on the sender thread) is written out here on purpose:
+        one dict lookup by type, a shallow copy and a scalar test in C, the capture taken inline (the stamper's
+        own seq counter, clock and context) and one enqueue, with a lock-free counter. Paced at an agent's
+        cadence every call runs on cold caches, so its cost follows the code it touches, not its burst cost.
+        """
         try:
             t = ev.type
             name = t if t.__class__ is str else t._value_ if isinstance(t, Enum) else getattr(t, "value", t)
-            data = ev.data
-            special = _SPECIAL.get(name) if isinstance(name, str) else None
-            if special is None:  # most events (streamed text, tool output): mapping, stamp, publish
-                symbol = name if name.__class__ is str and name in self._known else event_symbol(name)
-                if self._later is not None and data.__class__ is dict and self._map_later(symbol, name, data, ()):
-                    return
-                fields = fields_from_agentao(name, data, None, defer=self._defer)
-                self._emit(symbol, fields, self._turn_id)
-                return
-            if special is _LLM_MODEL and self._later is not None and data.__class__ is dict \
-                    and data.get("child_task_id") is None \
-                    and self._map_later(event_symbol(name), name, data, (self._last_model,)):
-                return  # no sub-agent ledger work: a child's own call (child_task_id) is mapped here, in order
-            extra = None
-            if special is _TURN_BEGIN:
-                self._begin_turn()
-            elif special is _TURN_END:
-                extra = self._end_turn_extra()
-            fields = fields_from_agentao(name, data, extra, defer=self._defer)
-            turn_id = self._turn_id
-            if special is _TURN_END:
-                if fields.get("duration_ms") is None and self._turn_t0 is not None:
-                    fields["duration_ms"] = (time.monotonic_ns() - self._turn_t0) // 1_000_000
-                self._turn_id = self._turn_t0 = None
-            elif special is _LLM_STARTED:
-                self._last_model = fields.get("model") or self._last_model
-            elif special is _LLM_MODEL:
-                if fields.get("model") is None:
-                    fields["model"] = self._last_model
-                if fields.get("child_task_id") is not None and name == "llm_call_completed":
-                    self._subagents.forwarded(fields)  # a child's own call (a future Agentao forwards them)
-            elif special is _CONFIRMATION and isinstance(data, dict):
-                self._local.pending = (data.get("tool"), data.get("call_id"))
-            self._emit(event_symbol(name), fields, turn_id)
+            route = _DEFERRABLE.get(name) if name.__class__ is str and self._later is not None else None
+            if route is not None:
+                data = ev.data
+                if data.__class__ is dict:
+                    symbol, model_fallback = route
+                    # llm_call_completed / llm_retry carry the model last seen, except a child's own call, which
+                    # the sub-agent usage ledger must see in order (mapped inline)
+                    if not model_fallback or data.get("child_task_id") is None:
+                        data = data.copy()  # first, then checked: what is checked is what the sender maps
+                        if not _IMMUTABLE.issuperset(map(type, data.values())):
+                            data = _snapshot(data)  # containers: their JSON text now, mapped later
+                        if data is not None:
+                            # Stamper.capture(symbol, None, session_id=..., turn_id=..., ...), written out
+                            sid = self._explicit_session
+                            if sid is None:
+                                sid = self.session_id
+                            counter = self._seqs.get(sid) if self._seqs is not None else None
+                            model = (self._last_model,) if model_fallback else ()
+                            if counter is not None:  # one tuple: the deferred mapping and the capture, flat
+                                deferred = (self._later, name, data, model, self._stamper, symbol, NO_FIELDS,
+                                            _time_ns() // 1000, sid, next(counter), read_bound_context(),
+                                            _span_context().get(_SPAN_KEY) if _span_context is not None
+                                            else read_current_span() if read_current_span is not None else None,
+                                            self._turn_id, self._user_id, self._tenant, None, None)
+                            else:  # the session's first event, or a stamper of another kind
+                                deferred = (self._later, name, data, model) + self._stamper.capture(  # type: ignore
+                                    symbol, None, session_id=sid, turn_id=self._turn_id, user_id=self._user_id,
+                                    tenant=self._tenant)
+                            if self._publish(deferred):
+                                next(self._published)
+                            else:
+                                self._count("rejected")
+                            return
+            self._on_event_inline(name, ev.data)
         except Exception:
             self._count("errors")
+
+    def _on_event_inline(self, name: Any, data: Any) -> None:
+        """What the sender cannot do for the bridge: events whose mapping feeds its state in order, and data the
+        deferred path refuses (not a dict, unknown types, a value JSON cannot hold)."""
+        special = _SPECIAL.get(name) if isinstance(name, str) else None
+        if special is None:  # most events (streamed text, tool output): mapping, stamp, publish
+            symbol = name if name.__class__ is str and name in self._known else event_symbol(name)
+            if self._later is not None and data.__class__ is dict and self._map_later(symbol, name, data, ()):
+                return
+            fields = fields_from_agentao(name, data, None, defer=self._defer)
+            self._emit(symbol, fields, self._turn_id)
+            return
+        if special is _LLM_MODEL and self._later is not None and data.__class__ is dict \
+                and data.get("child_task_id") is None \
+                and self._map_later(event_symbol(name), name, data, (self._last_model,)):
+            return  # no sub-agent ledger work: a child's own call (child_task_id) is mapped here, in order
+        extra = None
+        if special is _TURN_BEGIN:
+            self._begin_turn()
+        elif special is _TURN_END:
+            extra = self._end_turn_extra()
+        fields = fields_from_agentao(name, data, extra, defer=self._defer)
+        turn_id = self._turn_id
+        if special is _TURN_END:
+            if fields.get("duration_ms") is None and self._turn_t0 is not None:
+                fields["duration_ms"] = (time.monotonic_ns() - self._turn_t0) // 1_000_000
+            self._turn_id = self._turn_t0 = None
+        elif special is _LLM_STARTED:
+            self._last_model = fields.get("model") or self._last_model
+        elif special is _LLM_MODEL:
+            if fields.get("model") is None:
+                fields["model"] = self._last_model
+            if fields.get("child_task_id") is not None and name == "llm_call_completed":
+                self._subagents.forwarded(fields)  # a child's own call (a future Agentao forwards them)
+        elif special is _CONFIRMATION and isinstance(data, dict):
+            self._local.pending = (data.get("tool"), data.get("call_id"))
+        self._emit(event_symbol(name), fields, turn_id)
 
     def host_observer(self, ev: Any) -> None:
         """``agent.add_host_event_observer(...)``: tool_lifecycle / permission_decision / subagent_lifecycle."""
@@ -383,8 +442,7 @@ class AgentaoBridge:
         captured = self._stamper.capture(  # type: ignore[attr-defined]
             symbol, None, session_id=session_id if session_id is not None else self.session_id,
             turn_id=self._turn_id, user_id=self._user_id, tenant=self._tenant)
-        key = "published" if self._publisher.publish(
-            (self._later, name, data, last_model, captured)) else "rejected"
+        key = "published" if self._publisher.publish((self._later, name, data, last_model) + captured) else "rejected"
         with self._lock:
             self._counts[key] += 1
         return True
@@ -392,20 +450,55 @@ class AgentaoBridge:
 
 # The value classes a shallow copy fully protects (nothing inside them can change).
 _IMMUTABLE = frozenset({str, int, float, bool, type(None)})
+_time_ns = time.time_ns
+_span_context, _SPAN_KEY = read_span_parts if read_span_parts is not None else (None, None)
+_STR_KEYS = frozenset({str})
+
+# Agentao event type -> (contract symbol, carries the model fallback) for the types on_event may hand over unmapped:
+# every contract type but those whose mapping feeds the bridge's state in order (_SPECIAL), plus llm_call_completed
+# and llm_retry (unless a child's own call: checked in on_event).
+_DEFERRABLE: dict[str, tuple[str, bool]] = {
+    **{name: (name, False) for name in known_types() if name not in _SPECIAL},
+    "llm_call_completed": ("llm_call_completed", True), "llm_retry": ("llm_retry", True)}
+
+
+def _snapshot(data: dict[str, Any]) -> str | None:
+    """``data`` (holding containers) as its JSON text, taken now: the runtime may change a container (tool
+    ``args``, message lists) after the callback returns. :meth:`_MapLater.complete` parses it back and maps the
+    result, which gives exactly the inline mapping (the payload's JSON text is the same: ``payload_text`` uses
+    this encoder; typed fields are lifted from top-level scalars, which JSON keeps). None (map it inline) when
+    that would not hold: a key that is not a str (JSON turns ``1`` into ``"1"``), a value JSON cannot hold
+    (NaN, a cycle), a top-level value of another class (a str Enum: JSON keeps only its text, the inline lift
+    sees the class). One difference remains, not worth a walk over every container: a nested dict whose keys
+    collide once made text (``{1: "a", "1": "b"}``) keeps its last value only."""
+    if not _STR_KEYS.issuperset(map(type, data)):
+        return None
+    for v in data.values():
+        if v.__class__ not in _SNAPSHOT_TOP:
+            return None
+    try:
+        return encode_json(data)
+    except Exception:
+        return None
+
+
+_SNAPSHOT_TOP = frozenset({str, int, float, bool, type(None), dict, list})
 
 
 class _MapLater:
     """Maps a deferred Agentao event on the publisher's sender thread (``EventPublisher`` completes any tuple whose
     first item has ``complete``), so the agent's thread pays for a capture, a shallow copy and an enqueue.
 
-    Which events: those whose ``data`` is a dict of immutable scalars only, except the ones whose mapping feeds the
-    bridge's state in order (turn_begin/turn_end, llm_call_started's model, tool_confirmation's pending call, and a
-    sub-agent's own ``llm_call_completed`` that the usage ledger must see in order): those stay inline. Why the
-    copy and the scalar rule: Agentao 0.5.17 builds a fresh ``data`` dict for every ``emit`` and does not touch it
-    afterwards, but ``SdkTransport.emit`` hands the same event object to its broadcast subscribers after
-    ``on_event`` returns, and any of them may rebind a key; a shallow copy protects against that. Containers
-    (tool ``args``, message lists) are shared with the runtime and may change later: deep-copying them costs what
-    serialising them costs, so such events are mapped (and their payload serialised) inline, as before.
+    Which events: those whose ``data`` is a dict (of immutable scalars, or snapshot), except the ones whose mapping
+    feeds the bridge's state in order (turn_begin/turn_end, llm_call_started's model, tool_confirmation's pending
+    call, and a sub-agent's own ``llm_call_completed`` that the usage ledger must see in order): those stay inline.
+    Why the copy and the scalar rule: Agentao 0.5.17 builds a fresh ``data`` dict for every ``emit`` and does not
+    touch it afterwards, but ``SdkTransport.emit`` hands the same event object to its broadcast subscribers after
+    ``on_event`` returns, and any of them may rebind a key; a shallow copy protects against that. Containers (tool
+    ``args``, message lists) are shared with the runtime and may change later: such data is serialised to its JSON
+    text on the agent's thread (:func:`_snapshot`: what the inline mapping serialises anyway, without the lifting
+    and stamping) and parsed back here; data it cannot snapshot faithfully is mapped inline.
+    The tuple is flat, ``(self, name, data, (model,) or (), *capture)``: one allocation on the agent's thread.
     ``llm_call_completed`` / ``llm_retry`` carry the model the bridge last saw, for the same fallback as inline.
     """
 
@@ -416,7 +509,10 @@ class _MapLater:
 
     def complete(self, deferred: tuple) -> dict[str, Any]:
         """The event dict, exactly what the inline path stamps (same fields, same payload, same envelope)."""
-        _, name, data, last_model, captured = deferred
+        name, data, last_model = deferred[1:4]
+        captured = deferred[4:]  # the capture, flat in the same tuple (see on_event)
+        if data.__class__ is str:  # a snapshot (see _snapshot)
+            data = json.loads(data)
         b = self._bridge
         fields = fields_from_agentao(name, data, None, defer=b._defer)
         if last_model and fields.get("model") is None:  # (model,) for llm_call_completed / llm_retry

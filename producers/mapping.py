@@ -25,6 +25,9 @@ from schemas import contract
 
 ERROR_MESSAGE_MAX = 500
 _ENCODE = compact_json_encoder(str)
+#: The encoder :func:`payload_text` tries first (compact, non-ASCII kept, ``str()`` for what JSON cannot hold, no
+#: NaN); the bridge snapshots container-holding data with it, so the payload text it maps later is the same.
+encode_json: Callable[[Any], str] = _ENCODE
 _LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
 
 TOKEN_FIELDS = ("prompt_tokens", "completion_tokens", "cache_read_tokens", "cache_creation_tokens",

@@ -128,6 +128,8 @@ class EventNormalizer:
         # an event's keys (in order) -> a check generated for them (see _learn), or None: such events need pass 1
         self._checks: dict[tuple[Any, ...], Callable[[dict[str, Any]], bool] | None] = {}
         self._seen: dict[tuple[Any, ...], int] = {}  # key sets not compiled yet, and how often they came
+        # a compiled key set -> the scanned fields (SCANNED_FIELDS) it has, so _finish need not intersect per event
+        self._scanned: dict[tuple[Any, ...], tuple[str, ...]] = {}
 
     def _learn(self, keys: tuple[Any, ...]) -> Callable[[dict[str, Any]], bool] | None:
         """Pass 1 specialised to one key set: straight-line code that tells whether it would find nothing to fix.
@@ -153,6 +155,10 @@ class EventNormalizer:
             check = _compile_check([self._specs[k] for k in keys if k != _PAYLOAD], self.max_field_chars,
                                    self._symbols)
         self._checks[keys] = check
+        if check is not None:
+            if len(self._scanned) >= 256:
+                self._scanned.clear()
+            self._scanned[keys] = tuple(name for name in SCANNED_FIELDS if name in keys)
         return check
 
     def normalize(self, event: Any, counters: dict[str, int] | None = None) -> tuple[dict[str, Any] | None, str]:
@@ -177,7 +183,8 @@ class EventNormalizer:
         if check is _UNSEEN:
             check = self._learn(keys)
         if check is not None and check(event):  # pass 1 would find nothing to fix
-            return self._finish(event, None, None, 0, counters)
+            return self._finish(event, None, None, 0, counters,
+                                self._scanned.get(keys) if self.scrubber is not None else None)
         # Pass 1, the generic loop: recognise fields that are already right.
         fast = self._fast
         nullable = self._nullable
@@ -225,8 +232,11 @@ class EventNormalizer:
         return self._finish(event, extras, notes, truncated, counters)
 
     def _finish(self, event: dict[str, Any], extras: dict[str, Any] | None, notes: dict[str, Any] | None,
-                truncated: int, counters: dict[str, int] | None) -> tuple[dict[str, Any], str]:
-        """Scrub, serialise the payload, count: what every valid event goes through after its fields are fixed."""
+                truncated: int, counters: dict[str, int] | None,
+                scanned: tuple[str, ...] | None = None) -> tuple[dict[str, Any], str]:
+        """Scrub, serialise the payload, count: what every valid event goes through after its fields are fixed.
+
+        ``scanned``: the scanned fields the event has, when known from its key set (a compiled check's)."""
         scrubber = self.scrubber
         if scrubber is None and extras is None and notes is None:
             payload = event.get("payload")
@@ -240,7 +250,7 @@ class EventNormalizer:
             event.pop(EVIDENCE_FIELD, None)  # only this scrubber's own seal is trusted to hold the raw values
             keep_raw = scrubber.evidence is not None and event["type"] in EVIDENCE_EVENT_TYPES
             hits: dict[str, int] = {}
-            for name in _SCANNED.intersection(event):  # the few an event has (a set operation in C)
+            for name in scanned if scanned is not None else _SCANNED.intersection(event):
                 value = event[name]
                 if value is not None and len(value) >= MIN_SCAN_LEN:
                     clean = scrubber.redact(value, hits)
@@ -325,6 +335,10 @@ class EventNormalizer:
                     return payload, None
             except (ValueError, RecursionError, StopIteration):
                 pass
+        if scrubber is not None and type(payload) is dict and extras is None and notes is None \
+                and all(map(_is_str, payload)) and scrubber.flat_payload_is_clean(event_type, payload):
+            # a dict of clean scalars (the Agentao bridge's deferred payloads): serialised as it is, no copy, no walk
+            return self._bounded(dumps_lenient(payload), counters), None
         if type(payload) is str and extras is None and notes is None and scrubber is None \
                 and len(payload) <= self.max_payload_chars:
             try:  # the C scanner directly: json.loads adds ~1 µs of Python around it

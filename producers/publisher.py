@@ -106,6 +106,7 @@ _PERMANENT = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SI
                         KafkaError.INVALID_RECORD, KafkaError._INVALID_ARG})
 _PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
 _OVERFLOW_SEQ_GAP = 1 << 32
+_sleep = time.sleep
 
 
 _raw_warned = False
@@ -150,7 +151,13 @@ class EventPublisher:
                  producer_config: dict[str, Any] | None = None,
                  registry: CollectorRegistry | None = None, producer_id: str | None = None,
                  max_record_bytes: int = 900_000, stall_timeout_s: float = 2.0, spool_window: int = 256,
-                 fsync_interval_s: float = 1.0, atexit_timeout_s: float = 5.0) -> None:
+                 fsync_interval_s: float = 1.0, atexit_timeout_s: float = 5.0, gil_slice_events: int = 0) -> None:
+        """``gil_slice_events``: the sender releases the GIL (``time.sleep(0)``) after every so many events it
+        drains (0, the default: never; only Python's switch interval forces it, every 5 ms by default). An agent
+        thread that wakes up (an LLM reply, a tool's result) while the sender drains waits for the GIL until then;
+        slices bound that wait to one slice (~0.5 ms for 32 events). Off by default: on a loaded machine each
+        ``sleep(0)`` may hand the CPU to another process for a whole time slice, and with 32 the publisher's
+        throughput fell to 0.5x-0.95x in bench_publish.py (bench/README.md, "The agent's thread")."""
         self.topic = topic
         new_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._spool: Spool | None = None
@@ -186,6 +193,7 @@ class EventPublisher:
         self._stall_timeout_s = stall_timeout_s
         self._spool_window = spool_window
         self._max_drain = max(20_000, 4 * self._batch_max)
+        self._gil_slice = max(0, gil_slice_events)
         self.spool_recovery = self._spool.recovery if self._spool is not None else None
 
         # hot path state
@@ -582,7 +590,10 @@ class EventPublisher:
         now_us = time.time_ns() // 1000  # producer_time of every event of this drain, created_at of its records
         groups: dict[bytes, list[bytes]] = {}
         invalid = 0
-        for _ in range(n):
+        step = self._gil_slice or n
+        for i in range(n):
+            if i % step == 0 and i:
+                _sleep(0)  # let a waiting agent thread take the GIL (see gil_slice_events)
             event = popleft()
             self._popped += 1  # per event, so "enqueued" (popped + depth) stays exact while a drain runs
             if event.__class__ is tuple:  # a Stamper.capture: the stamp is finished here, off the agent's thread
@@ -617,6 +628,8 @@ class EventPublisher:
             self._settled += invalid
         for key, bodies in groups.items():
             self._send(key, bodies, now_us)
+            if self._gil_slice and len(bodies) > self._gil_slice:
+                _sleep(0)
 
     def _send(self, key: bytes, bodies: list[bytes], now_us: int) -> None:
         """Frame one key's event bodies, in order, as records of at most ``batch_max_events`` events and

@@ -31,6 +31,7 @@ matching, not DLP, and runs on the publisher's sender thread, never on the agent
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -38,6 +39,7 @@ from schemas.redaction import (
     ASK_USER_ANSWER_MAX_CHARS,
     DEFAULT_CAPTURE_FLAGS,
     MEMORY_WRITE_MAX_CHARS,
+    MIN_SCAN_LEN,
     PII_CLASSES,
     PLUGIN_HOOK_OUTPUT_MAX_CHARS,
     TOOL_OUTPUT_CHUNK_MAX_CHARS,
@@ -62,6 +64,10 @@ _CAPS: dict[tuple[str, str], tuple[int, float, str, str | None]] = {
     ("plugin_hook_fired", "output_preview"): (PLUGIN_HOOK_OUTPUT_MAX_CHARS, 0.5, "nested",
                                               "capture_plugin_hook_output_full"),
 }
+_STRING_VALUE = re.compile(r':\s*"|\[')  # where a JSON object text can hold a string value (see payload_text_is_clean)
+_NON_STR_SCALARS = frozenset({int, float, bool, type(None)})
+_CLEAN_CACHE_SIZE = 4096
+_CLEAN_CACHE_MAX_CHARS = 256
 _VERBATIM: frozenset[tuple[str, str]] = frozenset({("tool_result", "content_hash")})
 # (event type, payload key, capture flag that keeps it, key that records how many items were dropped)
 _DROPS: tuple[tuple[str, str, str, str], ...] = (
@@ -91,23 +97,63 @@ class Scrubber:
         self._min_cap: dict[str, int] = {}
         for (et, _key), cap in self._caps.items():
             self._min_cap[et] = min(cap[0], self._min_cap.get(et, cap[0]))
+        self._clean: dict[str, None] = {}  # texts redact() found clean (bounded; dict ops are atomic under the GIL)
         self._drop_keys: dict[str, tuple[str, ...]] = {}
         for et, key, _flag, _count in self._drops:
             self._drop_keys[et] = (*self._drop_keys.get(et, ()), f'"{key}"')
 
     def redact(self, text: str, hits: dict[str, int] | None = None) -> str:
-        return redact(text, hits, self.pii_classes)
+        """``text`` redacted (:func:`schemas.redaction.redact` with this scrubber's PII classes).
+
+        Short texts found clean are remembered (bounded): the typed fields scanned on every event (tool names,
+        models, statuses) repeat, and the scan is a pure function of the text, so a text once clean stays clean."""
+        if text in self._clean:
+            return text
+        out = redact(text, hits, self.pii_classes)
+        if len(text) <= _CLEAN_CACHE_MAX_CHARS and out == text:
+            if len(self._clean) >= _CLEAN_CACHE_SIZE:
+                self._clean.clear()
+            self._clean[text] = None
+        return out
 
     def payload_text_is_clean(self, event_type: str, text: str) -> bool:
         """True when scrubbing the JSON object ``text`` would change nothing (no secret can match, no capped field
-        can be over its cap, no dropped key is present); False means "maybe": scrub it."""
+        can be over its cap, no dropped key is present); False means "maybe": scrub it.
+
+        A text with no string value at all (numbers, booleans, null: most LLM-call and tool-completion payloads) is
+        clean without the secret check: the scrubber rewrites string values only, never keys (see
+        :meth:`scrub_payload`). In a JSON object text every string value follows a ``:`` (whitespace between
+        allowed) or sits in an array, so no ``:"`` and no ``[`` means no string value (a ``:`` or ``[`` inside a
+        key only sends the text to the full check)."""
         cap = self._min_cap.get(event_type)
         if cap is not None and len(text) > cap:
             return False
         for key in self._drop_keys.get(event_type, ()):
             if key in text:
                 return False
+        if _STRING_VALUE.search(text) is None:
+            return True
         return not may_hold_secret_json(text)
+
+    def flat_payload_is_clean(self, event_type: str, payload: dict[str, Any]) -> bool:
+        """:meth:`payload_text_is_clean` for a payload dict of scalars (what the Agentao bridge hands over): True
+        when :meth:`scrub_payload` would return it unchanged with no hits; False (scrub it) for anything else, a
+        container included."""
+        caps = self._caps
+        drops = self._drop_keys.get(event_type)
+        redact_ = self.redact
+        for key, value in payload.items():
+            cls = value.__class__
+            if cls is str:
+                if len(value) >= MIN_SCAN_LEN and redact_(value) != value:
+                    return False
+                if caps and (event_type, key) in caps and len(value) > caps[(event_type, key)][0]:
+                    return False
+            elif cls not in _NON_STR_SCALARS:
+                return False
+            if drops is not None and key.__class__ is str and f'"{key}"' in drops:
+                return False
+        return True
 
     def scrub_value(self, value: Any, hits: dict[str, int]) -> Any:
         """A copy of ``value`` with every string inside it redacted (dicts, lists and tuples walked)."""

@@ -106,11 +106,15 @@ def _load_span_getter() -> Callable[[], Any] | None:
             return get_context().get(_SPAN_KEY)
 
         current_span()
+        global _span_parts
+        if get_context is not get_current:
+            _span_parts = (get_context, _SPAN_KEY)
         return current_span
     except Exception:
         return trace.get_current_span
 
 
+_span_parts: tuple[Callable[[], Any], Any] | None = None  # (context getter, span key): see read_span_parts
 _current_span = _load_span_getter()
 
 
@@ -242,6 +246,19 @@ class Stamper:
         event["traceparent"] = traceparent
         return event
 
+    def inline_seqs(self) -> dict[str, Iterator[int]] | None:
+        """The per-session seq counters, for a caller that writes :meth:`capture` out inline (the Agentao bridge's
+        hot path: a Python call less on a cold cache), or None when that would not be the same capture (a
+        subclass that overrides ``capture``, a clock other than the default). The inline form, for a session
+        whose counter exists (else call :meth:`capture`, which creates it under the lock)::
+
+            (stamper, type, NO_FIELDS, time.time_ns() // 1000, session_id, next(counter), read_bound_context(),
+             read_current_span() if read_current_span is not None else None, turn_id, user_id, tenant, None, None)
+        """
+        if type(self).capture is not Stamper.capture or self._clock_us is not _now_us:
+            return None
+        return self._seqs
+
     def forget_session(self, session_id: str) -> None:
         """Drop a finished session's counter (call at session end; otherwise counters live as long as the stamper).
 
@@ -253,6 +270,16 @@ class Stamper:
     @property
     def session_count(self) -> int:
         return len(self._seqs)
+
+
+#: What the inline form of :meth:`Stamper.capture` (see :meth:`Stamper.inline_seqs`) reads: the empty fields, the
+#: bound context (a tuple) and the current OpenTelemetry span (None when opentelemetry is not installed).
+NO_FIELDS = _NO_FIELDS
+read_bound_context = _bound.get
+read_current_span = _current_span
+#: ``(get, key)`` such that ``get().get(key)`` is ``read_current_span()`` without its Python call (OpenTelemetry's
+#: default runtime context keeps the current Context, a dict, in a ContextVar), or None: call read_current_span.
+read_span_parts = _span_parts
 
 
 class DeferredStamper(Stamper):

@@ -118,3 +118,79 @@ def test_a_card_right_after_a_json_escape_is_not_called_clean(before: str) -> No
     assert not scrubber.payload_text_is_clean("tool_complete", text)
     hits: dict[str, int] = {}
     assert "4111" not in json.dumps(scrubber.scrub_value(payload, hits)) and hits == {"card_number": 1}
+
+
+# -- the fast paths (clean-text cache, scalar-only payload texts, flat payload dicts) never let through what the
+# -- full scrub would change ------------------------------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from test_redaction import _SECRET_PIECES, _texts  # noqa: E402
+
+_ETYPES = st.sampled_from(["tool_complete", "tool_output", "tool_result", "llm_call_completed", "llm_call_delta",
+                           "llm_call_io", "ask_user_answered", "memory_write", "plugin_hook_fired"])
+_KEYS = st.one_of(st.sampled_from([*_SECRET_PIECES, "chunk", "content", "answer", "value", "output_preview",
+                                   "added_messages", "messages", "tools", "redaction_hits", "a:", "[x]"]),
+                  st.text(max_size=10))
+_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), _texts,
+                     st.text(min_size=400, max_size=9000, alphabet="ab c\n"))
+_VALUES = st.recursive(_SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                         st.dictionaries(_KEYS, inner, max_size=3)), max_leaves=6)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_ETYPES, st.dictionaries(_KEYS, _SCALARS, max_size=6))
+def test_a_flat_payload_called_clean_is_what_the_full_scrub_returns(etype: str, payload: dict) -> None:
+    scrubber = Scrubber()
+    for _ in range(2):  # the second round answers from the clean-text cache
+        if scrubber.flat_payload_is_clean(etype, payload):
+            scrubbed, hits = Scrubber().scrub_payload(etype, payload)
+            assert scrubbed == payload and list(scrubbed) == list(payload) and not hits
+
+
+@settings(max_examples=500, deadline=None)
+@given(_ETYPES, st.dictionaries(_KEYS, _VALUES, max_size=5), st.booleans())
+def test_a_payload_text_called_clean_is_what_the_full_scrub_returns(etype: str, payload: dict, compact: bool) -> None:
+    """Including texts with no string value (the ':"' / '[' rule), spaced or compact, foreign or our own."""
+    text = json.dumps(payload, separators=(",", ":") if compact else None, ensure_ascii=compact)
+    if Scrubber().payload_text_is_clean(etype, text):
+        scrubbed, hits = Scrubber().scrub_payload(etype, json.loads(text))
+        assert scrubbed == json.loads(text) and not hits
+
+
+@settings(max_examples=300, deadline=None)
+@given(_texts)
+def test_the_clean_text_cache_answers_what_the_scan_answers(text: str) -> None:
+    scrubber = Scrubber()
+    first_hits: dict[str, int] = {}
+    second_hits: dict[str, int] = {}
+    first = scrubber.redact(text, first_hits)
+    assert scrubber.redact(text, second_hits) == first == redact(text) and first_hits == second_hits
+
+
+def test_scalar_payload_texts_skip_the_secret_check_but_not_a_string_value() -> None:
+    scrubber = Scrubber()
+    assert scrubber.payload_text_is_clean("llm_call_completed", '{"api_key":1,"first_token_ms":210,"ok":true}')
+    for text in ('{"api_key":"sk-proj-abcdefghijklmnopqrstuvwxyz0123"}',
+                 '{"api_key": "sk-proj-abcdefghijklmnopqrstuvwxyz0123"}',
+                 '{"k":["sk-proj-abcdefghijklmnopqrstuvwxyz0123"]}', '{"k":{"password":"hunter2hunter2"}}'):
+        assert not scrubber.payload_text_is_clean("llm_call_completed", text)
+    assert not scrubber.payload_text_is_clean("llm_call_io", '{"messages":3}')  # a dropped key
+
+
+@pytest.mark.parametrize("payload", [
+    {"attempt": 1, "first_token_ms": 210, "model_latency_ms": 840, "flag": True, "none": None},
+    {"chunk": "plain text, nothing secret here", "n": 3},
+    {"chunk": "key sk-proj-abcdefghijklmnopqrstuvwxyz012345", "n": 3},
+    {"content": "x" * 9000},
+    {"added_messages": 2, "messages": 3},
+    {"nested": {"password": "hunter2hunter2"}},
+])
+def test_the_normalizer_fast_path_for_payload_dicts_equals_the_full_path(payload: dict, monkeypatch) -> None:
+    for etype in ("tool_output", "tool_result", "llm_call_io", "llm_call_completed"):
+        event = Stamper(tenant="t").stamp(etype, {"payload": dict(payload)}, session_id="s")
+        fast, _ = EventNormalizer(scrubber=Scrubber()).normalize(event, {})
+        with monkeypatch.context() as m:
+            m.setattr(Scrubber, "flat_payload_is_clean", lambda self, et, p: False)
+            full, _ = EventNormalizer(scrubber=Scrubber()).normalize(event, {})
+        assert fast == full
