@@ -1,16 +1,21 @@
-"""``agentwatch worker`` through a Kafka outage: its broker is stopped for ~30 s while the worker is busy, then
+"""``agentwatch worker`` through a Kafka outage: its broker is stopped for 75 s while the worker is busy, then
 started again on the same data directory; the worker must keep running, say once that Kafka was lost and once that
-it is back, show ``agentwatch_kafka_connected 0`` and a counted disconnect on /metrics, and its 1-minute windows on
-the metrics topic must equal the simulator's ground truth (nothing lost, nothing counted twice).
+it is back, show ``agentwatch_kafka_connected 0`` and a counted disconnect on /metrics, keep its log short and free
+of tracebacks, and its 1-minute windows on the metrics topic must equal the simulator's ground truth (nothing lost,
+nothing counted twice).
 
 The broker is the test's own (``LocalKafka`` on a free port, as tests/test_kafka_outage.py): the session broker is
-shared and must not be stopped. The fleet is split at an event-time minute boundary: the first part is published
-before the worker starts and the broker is stopped as soon as the worker has read its first records (it is then
-mid-stream: reading, writing changelogs and partials, committing); the rest is published after the restart.
+shared and must not be stopped. The outage outlasts the log throttle's interval (60 s), so the throttled summaries
+of aiokafka's reconnect errors are written during it, through Faust's log formatter. The fleet is split at an
+event-time minute boundary: the first part is published before the worker starts and the broker is stopped as soon
+as the worker has read its first records (it is then mid-stream: reading, writing changelogs and partials,
+committing); the rest is published after the restart.
 """
 
 from __future__ import annotations
 
+import io
+import logging
 import time
 import uuid
 from pathlib import Path
@@ -31,6 +36,7 @@ from worker_support import (
 
 from agentwatch.broker.launcher import LocalKafka
 from agentwatch.config import Settings, TopicNames
+from agentwatch.kafka_log import Throttle, ThrottleFilter
 from agentwatch.topics import default_topics, ensure_topics
 from producers.simulator import FleetSimulator
 
@@ -38,7 +44,30 @@ PARTITIONS = 3
 WINDOW_S = 60
 DURATION_S = 360
 SPLIT_S = 180  # event-time second (from the fleet's start) where the second part begins; a window boundary
-OUTAGE_S = 30
+OUTAGE_S = 75  # longer than the log throttle's interval (60 s): its "held back" summaries are written too
+
+
+def test_a_summary_of_held_back_lines_formats_under_fausts_log_formatter() -> None:
+    # Faust (mode) formats the worker's log records with ExtensionFormatter, which turns ``record.args = None`` into
+    # ``(None,)``: a summarised aiokafka line ("Unable connect to node with id %s: %s" plus "(N ... held back)")
+    # then failed to format, and a worker cut off from Kafka for more than a minute printed a "--- Logging error
+    # ---" traceback per summary instead of the summary (seen with a 150 s outage).
+    from mode.utils.logging import ExtensionFormatter
+
+    now = [0.0]
+    flt = ThrottleFilter(Throttle(burst=1, interval_s=60.0, clock=lambda: now[0]))
+    formatter = ExtensionFormatter(stream=io.StringIO(), fmt="%(levelname)s %(message)s")
+
+    def record() -> logging.LogRecord:
+        return logging.LogRecord("aiokafka", logging.ERROR, __file__, 1, "Unable connect to node with id %s: %s",
+                                 (1, ConnectionRefusedError(111, "Connection refused")), None)
+
+    assert flt.filter(first := record()) and not flt.filter(record()) and not flt.filter(record())
+    now[0] = 61.0
+    assert flt.filter(summary := record())
+    assert formatter.format(first) == "ERROR Unable connect to node with id 1: [Errno 111] Connection refused"
+    assert formatter.format(summary) == ("ERROR Unable connect to node with id 1: [Errno 111] Connection refused "
+                                         "(2 similar messages held back)")
 
 
 def _settings(bootstrap: str) -> Settings:
@@ -117,4 +146,6 @@ def test_worker_survives_a_broker_outage_with_exact_windows(tmp_path: Path) -> N
     assert code == 0
     assert "Traceback" not in log
     assert log.count("Kafka unreachable") == 1 and log.count("Kafka reachable again") == 1
-    assert len(log.splitlines()) <= 60  # start banner, progress lines and a throttled few about the outage
+    # start banner (~14), progress lines, a throttled few about the outage (54 lines in all, seen); a Logging error
+    # per throttle summary, as before the fix, made it ~500
+    assert len(log.splitlines()) <= 80
