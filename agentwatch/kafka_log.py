@@ -91,7 +91,7 @@ class ThrottleFilter(logging.Filter):
             return False
         if held:
             record.msg = f"{record.getMessage()} ({held} similar message{'s' if held != 1 else ''} held back)"
-            record.args = None
+            record.args = ()  # not None: Faust's (mode's) formatter makes None (None,), and formatting then fails
         return True
 
 

@@ -59,6 +59,7 @@ from sinks.alert_delivery import (
     classify_status,
     parse_retry_after,
 )
+from sinks.consumer_config import sink_consumer_config
 from sinks.receivers import HttpReceiver, HttpRequest, Receiver, RecordingReceiver
 from sinks.topic_end import end_offsets
 from streams.alerts import Alert, AlertCodec
@@ -370,16 +371,9 @@ class AlertSink:
         self.poll_timeout_s = poll_timeout_s
         self.commits = 0
         self.commit_failures = 0
-        self._config = {
-            "bootstrap.servers": bootstrap_servers,
-            "group.id": group_id,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "isolation.level": "read_committed",
-            # deliveries block the poll loop for at most the retry budget (RetryPolicy.max_elapsed_s) per batch
-            "max.poll.interval.ms": 600_000,
-            **(consumer_config or {}),
-        }
+        # deliveries block the poll loop for at most the retry budget (RetryPolicy.max_elapsed_s) per batch
+        self._config = sink_consumer_config(bootstrap_servers, group_id, max_poll_interval_ms=600_000,
+                                            extra=consumer_config)
         self._replay_until: dict[int, int] = {}
         self._replaying: set[int] = set()
         self._assigned: set[int] = set()

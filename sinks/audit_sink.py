@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import TopicPartition
 
 from schemas.codec import AvroCodec, DecodeError
 from sinks.audit_anchor import AnchorPublisher
@@ -38,8 +38,8 @@ from sinks.audit_classify import AuditPolicy, Classification
 from sinks.audit_held import Held, HeldQueue
 from sinks.audit_log import AuditCorruption, AuditLog, AuditTenantOverCap
 from sinks.audit_source import SourceRef
-from sinks.durable_loop import Record, run_durably
-from sinks.topic_end import CommittedOffsets
+from sinks.consumer_config import sink_consumer_config
+from sinks.durable_loop import Record, consume_durably
 
 log = logging.getLogger(__name__)
 
@@ -89,14 +89,7 @@ class AuditSink:
         self.batch_size = batch_size
         self.poll_timeout_s = poll_timeout_s
         self.stats = AuditSinkStats()
-        self._config = {
-            "bootstrap.servers": bootstrap_servers,
-            "group.id": group_id,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "isolation.level": "read_committed",
-            **(consumer_config or {}),
-        }
+        self._config = sink_consumer_config(bootstrap_servers, group_id, extra=consumer_config)
 
     # -- without Kafka: record values in, audit records out -------------------------------------------------
 
@@ -193,20 +186,11 @@ class AuditSink:
         if self.held.counts():  # a restart (perhaps with a higher cap): give the held events back first
             self._next_retry = time.monotonic() + self.held_retry_s
             self.retry_held()
-        consumer = Consumer(self._config)
-        committed = CommittedOffsets(self._config) if until_end else None  # readable while the group rebalances
-        try:
-            consumer.subscribe([self.topic])
-            run_durably(consumer, self.topic, what="audit sink", write=self._write, flush=self.flush,
-                        commit_offsets=self._commit_offsets, counts=self.stats, stop=stop or threading.Event(),
-                        until_end=until_end, idle_timeout_s=idle_timeout_s,
+        consume_durably(self._config, self.topic, what="audit sink", write=self._write, flush=self.flush,
+                        commit_offsets=self._commit_offsets, counts=self.stats, stop=stop, until_end=until_end,
+                        idle_timeout_s=idle_timeout_s,
                         on_progress=None if on_progress is None else lambda: on_progress(self.stats),
-                        before_commit=before_commit, batch_size=self.batch_size, poll_timeout_s=self.poll_timeout_s,
-                        committed=committed)
-        finally:
-            consumer.close()
-            if committed is not None:
-                committed.close()
+                        before_commit=before_commit, batch_size=self.batch_size, poll_timeout_s=self.poll_timeout_s)
         return self.stats
 
     def _write(self, records: list[Record]) -> None:

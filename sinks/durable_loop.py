@@ -1,10 +1,12 @@
 """The at-least-once loop of a durable sink: consume a batch, write it, make it durable, and only then commit.
 
-The audit log and the replay archive run the same loop around different stores. A crash anywhere before the
-commit re-delivers the batch and the store recognises what it already holds (an event-id index, content-addressed
-rows), so delivery is effectively once, with no gap. A failed commit (a rebalance took the partitions away) is
-counted, not fatal, for the same reason: the new owner re-reads from the last commit. Kafka errors other than
-end-of-partition are logged and skipped; undecodable records are the store's business.
+The audit log, the per-tenant logs and the replay archive run the same loop around different stores
+(:func:`consume_durably`: consumer included; :func:`run_durably`: on a consumer the caller made). A crash anywhere
+before the commit re-delivers the batch and the store recognises what it already holds (an event-id index,
+content-addressed rows, line positions), so delivery is effectively once, with no gap. A failed commit (a
+rebalance took the partitions away) is counted, not fatal, for the same reason: the new owner re-reads from the
+last commit. Kafka errors other than end-of-partition are logged and skipped; undecodable records are the store's
+business.
 """
 
 from __future__ import annotations
@@ -12,12 +14,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from sinks.topic_end import CommittedReader, OffsetsUnavailable, end_offsets, reached_ends
+from sinks.topic_end import CommittedOffsets, CommittedReader, OffsetsUnavailable, end_offsets, reached_ends
 
 log = logging.getLogger(__name__)
 
@@ -116,3 +118,29 @@ def run_durably(consumer: Consumer, topic: str, *, what: str, write: Callable[[l
         if idle_timeout_s is not None and time.monotonic() - last_data >= idle_timeout_s:
             break
     flush()
+
+
+def consume_durably(config: Mapping[str, Any], topic: str, *, what: str, write: Callable[[list[Record]], object],
+                    flush: Callable[[], None], commit_offsets: Callable[[dict[int, int]], list[TopicPartition]],
+                    counts: CommitCounts, stop: threading.Event | None = None, until_end: bool = False,
+                    idle_timeout_s: float | None = None, on_progress: Callable[[], None] | None = None,
+                    before_commit: Callable[[list[TopicPartition]], None] | None = None, batch_size: int = 500,
+                    poll_timeout_s: float = 0.5) -> None:
+    """A consumer of ``config`` (:func:`sinks.consumer_config.sink_consumer_config`) subscribed to ``topic``, run
+    through :func:`run_durably` (same arguments), closed at the end whatever happens.
+
+    With ``until_end`` the group's committed offsets are read by a second consumer of the group that never joins it
+    (:class:`sinks.topic_end.CommittedOffsets`), so they stay readable while the group rebalances.
+    """
+    consumer = Consumer(dict(config))
+    committed = CommittedOffsets(config) if until_end else None
+    try:
+        consumer.subscribe([topic])
+        run_durably(consumer, topic, what=what, write=write, flush=flush, commit_offsets=commit_offsets,
+                    counts=counts, stop=stop or threading.Event(), until_end=until_end,
+                    idle_timeout_s=idle_timeout_s, on_progress=on_progress, before_commit=before_commit,
+                    batch_size=batch_size, poll_timeout_s=poll_timeout_s, committed=committed)
+    finally:
+        consumer.close()
+        if committed is not None:
+            committed.close()

@@ -18,14 +18,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import TopicPartition
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from schemas.codec import AvroCodec, DecodeError
-from sinks.durable_loop import run_durably
+from sinks.consumer_config import sink_consumer_config
+from sinks.durable_loop import consume_durably
 from sinks.logs_store import LogWriter
-from sinks.topic_end import CommittedOffsets
 
 
 @dataclass
@@ -58,14 +58,7 @@ class LogsSink:
         self.batch_size = batch_size
         self.poll_timeout_s = poll_timeout_s
         self.stats = LogsSinkStats()
-        self._config = {
-            "bootstrap.servers": bootstrap_servers,
-            "group.id": group_id,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "isolation.level": "read_committed",
-            **(consumer_config or {}),
-        }
+        self._config = sink_consumer_config(bootstrap_servers, group_id, extra=consumer_config)
 
     def process(self, records: Iterable[tuple[int, int, bytes | None]]) -> dict[int, int]:
         """Decode ``(partition, offset, value)`` records into the writer (not flushed); the next offset per
@@ -94,20 +87,11 @@ class LogsSink:
         """Consume until ``stop`` is set, or (``until_end``) the end offsets seen at start are reached, or nothing
         arrives for ``idle_timeout_s``. ``before_commit`` is a test hook between the flush and the commit. The
         writer is flushed, not closed (the caller owns it)."""
-        consumer = Consumer(self._config)
-        committed = CommittedOffsets(self._config) if until_end else None
-        try:
-            consumer.subscribe([self.topic])
-            run_durably(consumer, self.topic, what="logs", write=self.process, flush=self.writer.flush,
-                        commit_offsets=self.commit_offsets, counts=self.stats, stop=stop or threading.Event(),
-                        until_end=until_end, idle_timeout_s=idle_timeout_s,
+        consume_durably(self._config, self.topic, what="logs", write=self.process, flush=self.writer.flush,
+                        commit_offsets=self.commit_offsets, counts=self.stats, stop=stop, until_end=until_end,
+                        idle_timeout_s=idle_timeout_s,
                         on_progress=None if on_progress is None else lambda: on_progress(self.stats),
-                        before_commit=before_commit, batch_size=self.batch_size, poll_timeout_s=self.poll_timeout_s,
-                        committed=committed)
-        finally:
-            consumer.close()
-            if committed is not None:
-                committed.close()
+                        before_commit=before_commit, batch_size=self.batch_size, poll_timeout_s=self.poll_timeout_s)
         return self.stats
 
 

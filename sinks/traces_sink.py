@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from schemas.codec import AvroCodec, DecodeError
+from sinks.consumer_config import sink_consumer_config
 from sinks.durable_loop import commit_sync
 from sinks.topic_end import end_offsets, reached_ends
 from sinks.traces import AssemblerConfig, Span, TraceAssembler
@@ -78,11 +79,7 @@ class TracesSink:
         self.export_retry_s = export_retry_s
         self.clock = clock
         self.stats = TracesSinkStats()
-        self._config = {
-            "bootstrap.servers": bootstrap_servers, "group.id": group_id, "enable.auto.commit": False,
-            "auto.offset.reset": "earliest", "isolation.level": "read_committed",
-            "partition.assignment.strategy": "range", **(consumer_config or {}),
-        }
+        self._config = sink_consumer_config(bootstrap_servers, group_id, eager=True, extra=consumer_config)
         self._committed: dict[int, tuple[int, str]] = {}
 
     # -- without Kafka ------------------------------------------------------------------------------------------
