@@ -592,12 +592,16 @@ def _enc_value(schema: _Schema, e: _Emitter, s: Any, v: str, depth: int) -> None
         raise UnsupportedSchema(f"cannot encode {t!r}")
 
 
-def _gen_decoder(schema: _Schema, e: _Emitter) -> None:
+def _gen_decoder(schema: _Schema, e: _Emitter, project: Mapping[str, tuple[str, ...]]) -> None:
     """Each record decodes into a copy of a template dict holding None for every field, then sets the fields
     that are not null: copying a prebuilt 33-key dict and storing a dozen values costs about a third of
-    building the dict from 33 values."""
+    building the dict from 33 values. A record named in ``project`` decodes into a tuple instead (see
+    :func:`_gen_projected`)."""
     for name, node in schema.named.items():
         if node["type"] != "record":
+            continue
+        if name in project:
+            _gen_projected(schema, e, name, node, project[name])
             continue
         template = e.const(dict.fromkeys(f["name"] for f in node["fields"]), "T")
         e.line(0, f"def {schema.function('dec', name)}(data, pos, end):")
@@ -613,6 +617,76 @@ def _gen_decoder(schema: _Schema, e: _Emitter) -> None:
                 _dec_value(schema, e, field["type"], f"r[{field['name']!r}]", depth, none_preset=True)
         e.line(1, "return r, pos")
         e.line(0, "")
+
+
+def _gen_projected(schema: _Schema, e: _Emitter, name: str, node: dict[str, Any], wanted: tuple[str, ...]) -> None:
+    """A reader of record ``name`` that returns the tuple of the ``wanted`` fields' values and builds nothing else.
+
+    Why: a consumer that reads a dozen of 33 fields (the worker's fold) pays for a dict per event and a store per
+    field it never reads. Every other field is still *checked* exactly as the full decoder checks it (varints,
+    union and enum indexes, UTF-8 of strings: ``isascii`` first, the decode only for non-ASCII text), so the two
+    readers accept and reject exactly the same bytes; only what is kept differs.
+    """
+    fields = {f["name"]: f for f in node["fields"]}
+    unknown = [w for w in wanted if w not in fields]
+    if unknown or len(set(wanted)) != len(wanted):
+        raise ValueError(f"projection of {name}: unknown or repeated fields {unknown or list(wanted)}")
+    local = {w: e.var("f") for w in wanted}
+    e.line(0, f"def {schema.function('dec', name)}(data, pos, end):")
+    for group in _chunks(node["fields"]):
+        depth = 1
+        kept = [local[f["name"]] for f in group if f["name"] in local]
+        if len(group) > 1:
+            e.line(1, f"if data.startswith({bytes(len(group))!r}, pos):")
+            e.line(2, f"pos += {len(group)}")
+            if kept:
+                e.line(2, f"{' = '.join(kept)} = None")
+            e.line(1, "else:")
+            depth = 2
+        for field in group:
+            if field["name"] in local:
+                _dec_value(schema, e, field["type"], local[field["name"]], depth)
+            else:
+                _skip_value(schema, e, field["type"], depth)
+    e.line(1, f"return ({', '.join(local[w] for w in wanted)},), pos")
+    e.line(0, "")
+
+
+def _skip_value(schema: _Schema, e: _Emitter, s: Any, depth: int) -> None:
+    """Code that checks one ``s`` at ``pos`` as :func:`_dec_value` would and advances ``pos``, keeping nothing
+    where that is cheaper (strings, bytes, fixed, unions of them); other types are decoded into a throwaway."""
+    if isinstance(s, list):
+        u = e.var("u")
+        e.line(depth, f"{u} = data[pos]")
+        for i, branch in enumerate(s):
+            e.line(depth, f"{'if' if i == 0 else 'elif'} {u} == {2 * i}:")
+            e.line(depth + 1, "pos += 1")
+            _skip_value(schema, e, branch, depth + 1)
+        e.line(depth, "else:")
+        e.line(depth + 1, f"{u}, pos = _union_index(data, pos, {len(s)})")
+        if len(s) == 1:
+            _skip_value(schema, e, s[0], depth + 1)
+            return
+        e.line(depth + 1, f"if {u} == 0:")
+        _skip_value(schema, e, s[0], depth + 2)
+        e.line(depth + 1, "else:")
+        _skip_value(schema, e, s[1], depth + 2)
+        return
+    node = schema.resolve(s)
+    t = node["type"] if isinstance(node, dict) else node
+    if t == "null":
+        e.line(depth, "pass")
+    elif t in ("string", "bytes"):
+        n = e.var("n")
+        _dec_len(e, n, depth)
+        e.line(depth, f"{n} += pos")
+        if t == "string":  # invalid UTF-8 raises as in the full decoder; ASCII (the usual text) needs no decode
+            e.line(depth, f"if not data[pos:{n}].isascii(): data[pos:{n}].decode()")
+        e.line(depth, f"pos = {n}")
+    elif t == "fixed":
+        e.line(depth, f"pos += {node['size']}")
+    else:
+        _dec_value(schema, e, s, e.var("_skipped"), depth)
 
 
 def _dec_long(e: _Emitter, target: str, depth: int, slow: str = "_read_long", eight: bool = False) -> None:
@@ -846,12 +920,21 @@ class CompiledCodec:
     source: str
 
 
-def compile_schema(schema_json: Any) -> CompiledCodec:
-    """Generate, compile and return the codec for ``schema_json`` (a JSON schema without logical types)."""
+def compile_schema(schema_json: Any, project: Mapping[str, tuple[str, ...]] | None = None) -> CompiledCodec:
+    """Generate, compile and return the codec for ``schema_json`` (a JSON schema without logical types).
+
+    ``project`` maps full record names to field names: ``decode`` then returns each such record as the tuple of
+    those fields' values, in that order, and builds none of its other fields (it still checks their bytes, so it
+    raises exactly where the full decoder raises). ``encode`` is unaffected (it takes dicts).
+    """
     schema = _Schema(schema_json)
+    project = dict(project or {})
+    missing = [name for name in project if name not in schema.named or schema.named[name]["type"] != "record"]
+    if missing:
+        raise ValueError(f"projection of records the schema does not define: {missing}")
     e = _Emitter()
     _gen_encoder(schema, e)
-    _gen_decoder(schema, e)
+    _gen_decoder(schema, e, project)
     root = schema.root
     e.line(0, "def encode(datum, head=b''):")
     e.line(1, "out = [head]")
