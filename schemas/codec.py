@@ -280,9 +280,7 @@ class Projector:
         self._batch: CompiledCodec | None = None
         if codec.compiled and codec._batch_codec is not None:
             cur = contract.current()
-            project = {contract.EVENT_NAME: self.fields}
-            self._event = compile_schema(contract.strip_logical_types(cur.event_json), project)
-            self._batch = compile_schema(contract.strip_logical_types(cur.batch_json), project)
+            self._event, self._batch = _projected_codecs(cur, self.fields)
             self._readers = {True: _Reader(cur.batch_parsed, None, True, cur.version, self._batch),
                              False: _Reader(cur.event_parsed, None, False, cur.version, self._event)}
 
@@ -317,6 +315,20 @@ def _compiled_codecs(version: SchemaVersion) -> tuple[CompiledCodec | None, Comp
         except UnsupportedSchema:
             found = (None, None)
         _COMPILED[version.batch_fingerprint] = found
+    return found
+
+
+_PROJECTED: dict[tuple[bytes, tuple[str, ...]], tuple[CompiledCodec, CompiledCodec]] = {}
+
+
+def _projected_codecs(version: SchemaVersion, fields: tuple[str, ...]) -> tuple[CompiledCodec, CompiledCodec]:
+    """The generated event and batch readers of ``version`` projecting AgentEvents to ``fields`` (compiled once)."""
+    key = (version.batch_fingerprint, fields)
+    found = _PROJECTED.get(key)
+    if found is None:
+        project = {contract.EVENT_NAME: fields}
+        found = _PROJECTED[key] = (compile_schema(contract.strip_logical_types(version.event_json), project),
+                                   compile_schema(contract.strip_logical_types(version.batch_json), project))
     return found
 
 

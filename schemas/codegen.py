@@ -290,6 +290,8 @@ class _Schema:
     def __init__(self, root: Any) -> None:
         self.named: dict[str, dict[str, Any]] = {}
         self.root = self._walk(root, None)
+        self.project: dict[str, tuple[str, ...]] = {}  # record name -> fields its decoder returns as a tuple
+        self.inlining: set[str] = set()  # projected records whose reader is being inlined (no recursion)
 
     def function(self, kind: str, name: str) -> str:
         """A unique Python identifier for the encoder or decoder function of the named record ``name``."""
@@ -627,29 +629,38 @@ def _gen_projected(schema: _Schema, e: _Emitter, name: str, node: dict[str, Any]
     union and enum indexes, UTF-8 of strings: ``isascii`` first, the decode only for non-ASCII text), so the two
     readers accept and reject exactly the same bytes; only what is kept differs.
     """
-    fields = {f["name"]: f for f in node["fields"]}
+    fields = {f["name"] for f in node["fields"]}
     unknown = [w for w in wanted if w not in fields]
     if unknown or len(set(wanted)) != len(wanted):
         raise ValueError(f"projection of {name}: unknown or repeated fields {unknown or list(wanted)}")
-    local = {w: e.var("f") for w in wanted}
     e.line(0, f"def {schema.function('dec', name)}(data, pos, end):")
+    _dec_projected(schema, e, node, wanted, "r", 1)
+    e.line(1, "return r, pos")
+    e.line(0, "")
+
+
+def _dec_projected(schema: _Schema, e: _Emitter, node: dict[str, Any], wanted: tuple[str, ...], target: str,
+                   depth: int) -> None:
+    """The body of a projected record's reader at ``depth``, leaving the tuple in ``target`` (also inlined into
+    the loop of an array of such records)."""
+    local = {w: e.var("f") for w in wanted}
+    base = depth
     for group in _chunks(node["fields"]):
-        depth = 1
+        depth = base
         kept = [local[f["name"]] for f in group if f["name"] in local]
         if len(group) > 1:
-            e.line(1, f"if data.startswith({bytes(len(group))!r}, pos):")
-            e.line(2, f"pos += {len(group)}")
+            e.line(base, f"if data.startswith({bytes(len(group))!r}, pos):")
+            e.line(base + 1, f"pos += {len(group)}")
             if kept:
-                e.line(2, f"{' = '.join(kept)} = None")
-            e.line(1, "else:")
-            depth = 2
+                e.line(base + 1, f"{' = '.join(kept)} = None")
+            e.line(base, "else:")
+            depth = base + 1
         for field in group:
             if field["name"] in local:
                 _dec_value(schema, e, field["type"], local[field["name"]], depth)
             else:
                 _skip_value(schema, e, field["type"], depth)
-    e.line(1, f"return ({', '.join(local[w] for w in wanted)},), pos")
-    e.line(0, "")
+    e.line(base, f"{target} = ({', '.join(local[w] for w in wanted)},)")
 
 
 def _skip_value(schema: _Schema, e: _Emitter, s: Any, depth: int) -> None:
@@ -685,6 +696,11 @@ def _skip_value(schema: _Schema, e: _Emitter, s: Any, depth: int) -> None:
         e.line(depth, f"pos = {n}")
     elif t == "fixed":
         e.line(depth, f"pos += {node['size']}")
+    elif t == "long":  # a timestamp's 8-byte varint: its continuation bits checked in one read, nothing decoded
+        e.line(depth, f"if pos + 8 <= end and _unpack_q(data, pos)[0] & {_STOP8:#x} == {_CONT[8]:#x}:")
+        e.line(depth + 1, "pos += 8")
+        e.line(depth, "else:")
+        _dec_value(schema, e, s, e.var("_skipped"), depth + 1)
     else:
         _dec_value(schema, e, s, e.var("_skipped"), depth)
 
@@ -781,7 +797,13 @@ def _dec_value(schema: _Schema, e: _Emitter, s: Any, target: str, depth: int, no
         e.line(depth, f"if not 0 <= {i} < {len(node['symbols'])}: raise _bad('enum index out of range', {i})")
         e.line(depth, f"{target} = {symbols}[{i}]")
     elif t == "record":
-        e.line(depth, f"{target}, pos = {schema.function('dec', node['name'])}(data, pos, end)")
+        name = node["name"]
+        if name in schema.project and name not in schema.inlining:  # the call and the (tuple, pos) pair saved
+            schema.inlining.add(name)
+            _dec_projected(schema, e, node, schema.project[name], target, depth)
+            schema.inlining.discard(name)
+        else:
+            e.line(depth, f"{target}, pos = {schema.function('dec', name)}(data, pos, end)")
     elif t in ("array", "map"):
         c = e.var("c")
         x = e.var("x")
@@ -932,6 +954,7 @@ def compile_schema(schema_json: Any, project: Mapping[str, tuple[str, ...]] | No
     missing = [name for name in project if name not in schema.named or schema.named[name]["type"] != "record"]
     if missing:
         raise ValueError(f"projection of records the schema does not define: {missing}")
+    schema.project = project
     e = _Emitter()
     _gen_encoder(schema, e)
     _gen_decoder(schema, e, project)
