@@ -60,7 +60,7 @@ class DecodeError(ValueError):
 class Decoded:
     """What one record value held: a batch (with its producer id and sequence) or a single event."""
 
-    events: list[dict[str, Any]]
+    events: list[Any]  # dicts (tuples from a Projector)
     is_batch: bool
     producer_id: str | None = None
     batch_seq: int | None = None
@@ -102,6 +102,7 @@ class AvroCodec:
     _batch_prefix: bytes = field(init=False)
     _event_codec: CompiledCodec | None = field(init=False, default=None)
     _batch_codec: CompiledCodec | None = field(init=False, default=None)
+    _projectors: dict[tuple[str, ...], Projector] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self._cur = contract.current()
@@ -179,6 +180,18 @@ class AvroCodec:
 
     def decode(self, value: bytes | None) -> Decoded:
         """Decode a record value of either framing; raises :class:`DecodeError`, never anything else."""
+        return self._read(*self._locate(value))
+
+    def projector(self, fields: tuple[str, ...]) -> Projector:
+        """A decoder whose events are tuples of ``fields`` (AgentEvent field names) instead of dicts; see
+        :class:`Projector`."""
+        found = self._projectors.get(fields)
+        if found is None:
+            found = self._projectors[fields] = Projector(self, fields)
+        return found
+
+    def _locate(self, value: bytes | None) -> tuple[_Reader, bytes, int, str]:
+        """The reader for ``value``'s writer schema and where its body starts."""
         if not value:
             raise DecodeError("empty", "record value is empty or null")
         if len(value) > self.max_record_bytes:
@@ -190,13 +203,13 @@ class AvroCodec:
             reader = self._by_fingerprint.get(fp)
             if reader is None:
                 raise DecodeError("unknown_fingerprint", f"no known writer schema has fingerprint {fp.hex()}")
-            return self._read(reader, value, 10, "single-object")
+            return reader, value, 10, "single-object"
         if value[0] == CONFLUENT_MAGIC:
             if len(value) < 5:
                 raise DecodeError("truncated_header", f"Confluent header needs 5 bytes, got {len(value)}")
             (schema_id,) = struct.unpack_from(">I", value, 1)
             reader = self._by_schema_id.get(schema_id) or self._reader_for_id(schema_id)
-            return self._read(reader, value, 5, "confluent")
+            return reader, value, 5, "confluent"
         raise DecodeError("bad_magic", f"first bytes {bytes(value[:2]).hex()} are neither C301 nor 00")
 
     def _reader_for_id(self, schema_id: int) -> _Reader:
@@ -250,6 +263,38 @@ class AvroCodec:
         return Decoded([datum], False, None, None, reader.version, framing)
 
 
+class Projector:
+    """Decodes record values like :meth:`AvroCodec.decode`, but each event is the tuple of ``fields`` (``None``
+    where absent) instead of a dict: for consumers that read a few fields of every event (the worker's fold).
+
+    Bodies written with the current schema are read by a generated reader that builds only those fields
+    (:func:`schemas.codegen.compile_schema` with ``project``) and raises exactly where the full decoder raises;
+    other writers (and ``AvroCodec(compiled=False)``) are decoded in full, then projected. The same value gives the
+    same tuples either way, and the same :class:`DecodeError` as :meth:`AvroCodec.decode`.
+    """
+
+    def __init__(self, codec: AvroCodec, fields: tuple[str, ...]) -> None:
+        self.codec = codec
+        self.fields = tuple(fields)
+        self._event: CompiledCodec | None = None
+        self._batch: CompiledCodec | None = None
+        if codec.compiled and codec._batch_codec is not None:
+            cur = contract.current()
+            self._event, self._batch = _projected_codecs(cur, self.fields)
+            self._readers = {True: _Reader(cur.batch_parsed, None, True, cur.version, self._batch),
+                             False: _Reader(cur.event_parsed, None, False, cur.version, self._event)}
+
+    def decode(self, value: bytes | None) -> Decoded:
+        """The record's events as tuples of ``fields``; raises :class:`DecodeError`, never anything else."""
+        reader, value, offset, framing = self.codec._locate(value)
+        if reader.compiled is None or self._batch is None:
+            decoded = self.codec._read(reader, value, offset, framing)
+            fields = self.fields
+            decoded.events = [tuple([ev.get(f) for f in fields]) for ev in decoded.events]
+            return decoded
+        return self.codec._read(self._readers[reader.is_batch], value, offset, framing)
+
+
 def _parse(schema_json: dict[str, Any]) -> Any:
     return fastavro.parse_schema(contract.strip_logical_types(schema_json))
 
@@ -270,6 +315,20 @@ def _compiled_codecs(version: SchemaVersion) -> tuple[CompiledCodec | None, Comp
         except UnsupportedSchema:
             found = (None, None)
         _COMPILED[version.batch_fingerprint] = found
+    return found
+
+
+_PROJECTED: dict[tuple[bytes, tuple[str, ...]], tuple[CompiledCodec, CompiledCodec]] = {}
+
+
+def _projected_codecs(version: SchemaVersion, fields: tuple[str, ...]) -> tuple[CompiledCodec, CompiledCodec]:
+    """The generated event and batch readers of ``version`` projecting AgentEvents to ``fields`` (compiled once)."""
+    key = (version.batch_fingerprint, fields)
+    found = _PROJECTED.get(key)
+    if found is None:
+        project = {contract.EVENT_NAME: fields}
+        found = _PROJECTED[key] = (compile_schema(contract.strip_logical_types(version.event_json), project),
+                                   compile_schema(contract.strip_logical_types(version.batch_json), project))
     return found
 
 

@@ -53,6 +53,14 @@ _COUNTED_TYPES = frozenset(
     {"tool_complete", "llm_call_completed", "llm_retry", "turn_end", "tool_confirmation", "confirm_resolved"}
 )
 STATE_VERSION = 1
+# What the fold reads of an event, in the order of a row (:meth:`TenantWindowAggregate.add_row`): the window key
+# and time first, then the fold's fields, then what only the range checks (seq) and single-event dedup (event_id)
+# read. The worker decodes exactly these fields (``schemas.codec.Projector``) and builds no dict per event.
+FOLD_FIELDS = (
+    "tenant", "event_time", "type", "tool_name", "status", "duration_ms", "model", "http_status", "error_class",
+    "prompt_tokens", "completion_tokens", "cache_read_tokens", "cache_creation_tokens", "reasoning_tokens",
+    "user_id", "payload", "incomplete_reason", "confirm_outcome", "seq", "event_id",
+)
 
 
 def attempt_status(http_status: int | None, error_class: str | None) -> str:
@@ -367,52 +375,50 @@ class TenantWindowAggregate:
 
     def add_event(self, ev: Mapping[str, Any]) -> None:
         """Fold one decoded AgentEvent (a dict with the contract's fields; absent optional fields read as null)."""
-        t = ev["type"]
+        ev["type"]  # a dict without a type is not an event: KeyError, as ever
+        self.add_row(tuple([ev.get(f) for f in FOLD_FIELDS]))
+
+    def add_row(self, row: tuple[Any, ...]) -> None:
+        """Fold one event given as the tuple of its :data:`FOLD_FIELDS` (the worker's decoder builds these)."""
+        t = row[2]
         self.events += 1
         by_type = self.by_type
         by_type[t] = by_type.get(t, 0) + 1
         if t not in _COUNTED_TYPES:
             return
+        (_tenant, event_time, t, tool_name, status, d, model, code, error_class, p, c, cr, cc, rs, user, payload,
+         reason, outcome) = row[:18]
         if t == "tool_complete":
-            name = ev.get("tool_name") or UNKNOWN
+            name = tool_name or UNKNOWN
             stats = self.tools.get(name)
             if stats is None:
                 stats = self._label(self.tools, "tool", name, ToolStats)
             stats.calls += 1
-            status = ev.get("status")
             if status == "error":
                 stats.failures += 1
             elif status == "cancelled":
                 stats.cancelled += 1
-            d = ev.get("duration_ms")
             if d is not None:
                 stats.duration.add(d)
         elif t == "llm_call_completed":
-            model = ev.get("model")
             name = model or UNKNOWN
             stats = self.models.get(name)
             if stats is None:
                 stats = self._label(self.models, "model", name, UsageStats)
             stats.llm_calls += 1
-            failed = ev.get("status") == "error"
+            failed = status == "error"
             is_5xx = False
             if failed:
-                code = ev.get("http_status")
                 is_5xx = code is not None and 500 <= code <= 599
                 stats.llm_errors += 1
                 stats.llm_errors_5xx += is_5xx
-                self._count_error(ev.get("error_class"))
-                self._count_failed_attempt(code, ev.get("error_class"))
-            p = ev.get("prompt_tokens")
-            c = ev.get("completion_tokens")
+                self._count_error(error_class)
+                self._count_failed_attempt(code, error_class)
             if p is None and c is None:
                 stats.llm_calls_without_usage += 1
                 cr = cc = rs = None
                 cost: int | None = 0
             else:
-                cr = ev.get("cache_read_tokens")
-                cc = ev.get("cache_creation_tokens")
-                rs = ev.get("reasoning_tokens")
                 if p:
                     stats.prompt_tokens += p
                 if c:
@@ -423,44 +429,37 @@ class TenantWindowAggregate:
                     stats.cache_creation_tokens += cc
                 if rs:
                     stats.reasoning_tokens += rs
-                cost = self.prices.cost_nusd(model, ev.get("event_time") or self.window_start, p, c, cr, cc, rs)
+                cost = self.prices.cost_nusd(model, event_time or self.window_start, p, c, cr, cc, rs)
                 if cost is None:
                     stats.llm_calls_unpriced += 1
                 else:
                     stats.cost_nusd += cost
-                    user = ev.get("user_id")
                     if user:
                         self.spenders.add(user, cost)
-            payload = ev.get("payload")
             if payload and '"skill"' in payload:
                 skill = skill_of(payload)
                 if skill is not None:
                     self._fold_skill(skill, failed, is_5xx, p, c, cr, cc, rs, cost)
-            d = ev.get("duration_ms")
             if d is not None:
                 self.llm_duration.add(d)
         elif t == "turn_end":
             self.turns += 1
-            status = ev.get("status") or UNKNOWN
+            status = status or UNKNOWN
             self.turns_by_status[status] = self.turns_by_status.get(status, 0) + 1
-            reason = ev.get("incomplete_reason")
             if reason is not None:
                 self.incomplete_reasons[reason] = self.incomplete_reasons.get(reason, 0) + 1
                 if reason == "max_iterations":
                     self.max_iterations_hits += 1
-            d = ev.get("duration_ms")
             if d is not None:
                 self.turn_duration.add(d)
         elif t == "tool_confirmation":
             self.confirm_requests += 1
         elif t == "llm_retry":
             self.llm_retries += 1
-            code = ev.get("http_status")
             if code is not None and 500 <= code <= 599:
                 self.llm_retries_5xx += 1
-            self._count_failed_attempt(code, ev.get("error_class"))
+            self._count_failed_attempt(code, error_class)
         else:  # confirm_resolved
-            outcome = ev.get("confirm_outcome")
             if outcome == "allow":
                 self.confirm_allows += 1
             elif outcome == "reject":
@@ -891,6 +890,10 @@ class TenantWindowOps:
 
     def adder(self, aggregate: TenantWindowAggregate) -> Callable[[Mapping[str, Any]], None]:
         return aggregate.add_event
+
+    def row_adder(self, aggregate: TenantWindowAggregate) -> Callable[[tuple[Any, ...]], None]:
+        """The fold of events given as :data:`FOLD_FIELDS` tuples."""
+        return aggregate.add_row
 
     def merge(self, into: TenantWindowAggregate, other: TenantWindowAggregate) -> None:
         into.merge(other, same_window=False)

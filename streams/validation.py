@@ -60,6 +60,9 @@ class Rejection:
     reason: str
     detail: str
 
+    def _replace_index(self, index: int) -> Rejection:
+        return Rejection(index, self.reason, self.detail)
+
 
 @dataclass(frozen=True, slots=True)
 class EventBounds:
@@ -117,6 +120,41 @@ def check_events(events: Sequence[Mapping[str, Any]], bounds: EventBounds, now_u
         except (KeyError, TypeError):  # a dict without every field (not from our decoder): the general path
             suspect = True
         problem = _field_problem(ev) if suspect else None
+        if problem is not None:
+            out.append(Rejection(i, *problem))
+    return out
+
+
+def check_rows(rows: Sequence[Sequence[Any]], fields: Sequence[str], bounds: EventBounds, now_us: int | None = None,
+               ) -> list[Rejection]:
+    """:func:`check_events` for events given as tuples of ``fields`` (which must name every field checked here):
+    the same rejections, in the same order, without a dict per event (the worker's decoder builds tuples)."""
+    lo = MIN_EVENT_TIME_US
+    hi = _NO_LIMIT
+    if now_us is not None:
+        if bounds.max_age_s is not None:
+            lo = max(lo, now_us - int(bounds.max_age_s * US_PER_S))
+        if bounds.max_future_s is not None:
+            hi = now_us + int(bounds.max_future_s * US_PER_S)
+    index = fields.index
+    it, i_d, ih, iseq, iten = (index(f) for f in ("event_time", "duration_ms", "http_status", "seq", "tenant"))
+    tokens_of = itemgetter(*(index(f) for f in TOKEN_FIELDS))
+    out: list[Rejection] = []
+    valid_tenants = _valid_tenants
+    for i, row in enumerate(rows):
+        t = row[it]
+        if t < lo or t > hi:
+            out.append(check_events((dict(zip(fields, row, strict=True)),), bounds, now_us)[0]._replace_index(i))
+            continue
+        for v in tokens_of(row):
+            if v is not None and (v < 0 or v > MAX_TOKENS):
+                break
+        else:
+            d, h = row[i_d], row[ih]
+            if ((d is None or 0 <= d <= MAX_DURATION_MS) and (h is None or 100 <= h <= 599) and row[iseq] >= 0
+                    and row[iten] in valid_tenants):
+                continue
+        problem = _field_problem(dict(zip(fields, row, strict=True)))
         if problem is not None:
             out.append(Rejection(i, *problem))
     return out
