@@ -758,7 +758,8 @@ class TenantWindowAggregate:
             "attempts": {n: c.n for n, c in self.failed_attempts.items()},
             "turn_duration": self.turn_duration.to_dict(),
             "llm_duration": self.llm_duration.to_dict(),
-            "tools": {n: [s.calls, s.failures, s.cancelled, s.duration.to_dict()] for n, s in self.tools.items()},
+            # compact sketches (DurationSketch.to_state): a window holds one per tool and tenant
+            "tools": {n: [s.calls, s.failures, s.cancelled, s.duration.to_state()] for n, s in self.tools.items()},
             "models": {n: s.as_list() for n, s in self.models.items()},
             "skills": {n: s.as_list() for n, s in self.skills.items()},
             "errors": {n: c.n for n, c in self.llm_error_types.items()},
@@ -795,7 +796,7 @@ class TenantWindowAggregate:
         for name, (calls, failures, cancelled, sketch) in state["tools"].items():
             stats = agg.tools[name] = ToolStats(agg.relative_accuracy)
             stats.calls, stats.failures, stats.cancelled = int(calls), int(failures), int(cancelled)
-            stats.duration = DurationSketch.from_dict(sketch)
+            stats.duration = DurationSketch.from_state(agg.relative_accuracy, sketch)  # or to_dict's form (older)
         agg.models = {n: UsageStats.from_list(v) for n, v in state["models"].items()}
         agg.skills = {n: UsageStats.from_list(v) for n, v in state["skills"].items()}
         agg.llm_error_types = {n: _count_of(v) for n, v in state["errors"].items()}

@@ -296,6 +296,34 @@ class DurationSketch:
         out.record = DURATION_RECORD
         return out
 
+    def to_state(self) -> Any:
+        """Compact JSON-able form for a changelog table (the accuracy is the owner's): the value alone for a sketch
+        of one positive value (a tool called once in a window, the common case with many tenants), else
+        ``[count, zero_count, sum, min, max, bucket_keys, bucket_counts]``. Read back by :meth:`from_state`, which
+        also reads :meth:`to_dict`'s form (state written before)."""
+        if self.count == 1 and not self.zero_count:
+            return self._hi
+        bins = self.buckets()
+        keys = sorted(bins)
+        return [self.count, self.zero_count, self.sum, self.min, self.max, keys, list(map(bins.__getitem__, keys))]
+
+    @classmethod
+    def from_state(cls, relative_accuracy: float, data: Any) -> DurationSketch:
+        """Inverse of :meth:`to_state` (or :meth:`to_dict`); raises ValueError on anything else."""
+        if isinstance(data, Mapping):
+            return cls.from_dict(data)
+        if isinstance(data, list):
+            if len(data) != 7:
+                raise ValueError(f"sketch state has {len(data)} values, expected 7")
+            count, zero, total, lo, hi, keys, counts = data
+            return cls.from_dict({"relative_accuracy": relative_accuracy, "count": count, "zero_count": zero,
+                                  "sum": total, "min": lo, "max": hi, "bucket_keys": keys, "bucket_counts": counts})
+        if isinstance(data, (int, float)) and not isinstance(data, bool) and data > 0:
+            sketch = cls(relative_accuracy)
+            sketch.add(_number(data))
+            return sketch
+        raise ValueError(f"not a sketch state: {data!r}")
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DurationSketch:
         """Inverse of :meth:`to_dict` (extra keys such as p50 are ignored)."""

@@ -99,3 +99,41 @@ def test_merging_two_single_values_makes_the_dict() -> None:
     a.merge(b)
     assert a.bins is not None and sum(a.bins.values()) == 2
     same(a, reference([10, 20_000]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(values_st, max_size=6))
+def test_state_round_trips_through_json_in_both_forms(values: list[float]) -> None:
+    import orjson
+
+    s = DurationSketch(ALPHA)
+    for v in values:
+        s.add(v)
+    state = orjson.loads(orjson.dumps(s.to_state()))
+    if len(values) == 1 and values[0] > 0:
+        assert not isinstance(state, (list, dict))  # the value alone
+    same(DurationSketch.from_state(ALPHA, state), DurationSketch.from_dict(orjson.loads(orjson.dumps(s.to_dict()))))
+    same(DurationSketch.from_state(ALPHA, orjson.loads(orjson.dumps(s.to_dict()))), s)  # the older form still read
+
+
+def test_from_state_rejects_what_is_not_a_sketch() -> None:
+    import pytest
+
+    for bad in (None, True, 0, -3, "12", [1, 0, 5], [2, 0, 5, 5, 5, [1], [1]]):
+        with pytest.raises(ValueError):
+            DurationSketch.from_state(ALPHA, bad)
+
+
+def test_aggregate_state_reads_the_older_tool_sketch_form() -> None:
+    from streams.aggregate import TenantWindowAggregate
+
+    agg = TenantWindowAggregate("t", 0, 60_000_000)
+    for d in (120, 120, 4_000, 0):
+        agg.add_event({"type": "tool_complete", "tool_name": "shell", "status": "ok", "duration_ms": d})
+    agg.add_event({"type": "tool_complete", "tool_name": "grep", "status": "error", "duration_ms": 9})
+    state = agg.to_state()
+    older = {**state, "tools": {n: [*v[:3], agg.tools[n].duration.to_dict()] for n, v in state["tools"].items()}}
+    assert state["tools"]["grep"][3] == 9
+    for st_ in (state, older):
+        back = TenantWindowAggregate.from_state(st_)
+        assert back.to_record() == agg.to_record()
