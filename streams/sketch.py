@@ -269,32 +269,7 @@ class DurationSketch:
         lo, hi = (self._lo, self._hi) if count else (None, None)
         out = PreEncoded(relative_accuracy=alpha, count=count, sum=total, min=lo, max=hi, zero_count=zero,
                          bucket_keys=keys, bucket_counts=counts, p50=p50, p95=p95, p99=p99)
-        try:
-            if total.__class__ is bool or alpha.__class__ is bool or not (-8192 <= zero < _LONG_END
-                                                                          and -8192 <= count < _LONG_END):
-                raise TypeError
-            if count:
-                doubles = _DOUBLES(total, 2, lo, 2, hi, 2, p50, 2, p95, 2, p99, alpha)
-            else:
-                doubles = _pack_d(total) + _NULLS5 + _pack_d(alpha)
-            if not keys:
-                arrays = b"\x00\x00"
-            elif -8192 <= keys[0] and keys[-1] < 8192:  # sorted: the ends are the min and the max
-                n = _uvarint(2 * len(keys))
-                zz = _ZZ.__getitem__
-                if max(counts) < 8192 and min(counts) >= -8192:  # (counts are >= 1 unless hostile)
-                    arrays = b"".join((n, *map(zz, keys), b"\x00", n, *map(zz, counts), b"\x00"))
-                else:
-                    arrays = b"".join((n, *map(zz, keys), b"\x00", n, *map(_enc_long, counts), b"\x00"))  # may raise
-            else:  # keys of values below ~1e-35 or above ~1e35 ms: rare, item by item
-                n = _uvarint(2 * len(keys))
-                arrays = b"".join((n, *map(_enc_int, keys), b"\x00", n, *map(_enc_long, counts), b"\x00"))
-            out.avro = b"".join(((_ZZ[count] if count < 8192 else _enc_long(count)), doubles,
-                                 (_ZZ[zero] if zero < 8192 else _enc_long(zero)), arrays))
-        except Exception:  # noqa: BLE001 - whatever this cannot write, the generated encoder writes or diagnoses
-            return dict(out)
-        out.record = DURATION_RECORD
-        return out
+        return _with_body(out, count, zero, total, alpha, lo, hi, p50, p95, p99, keys, counts)
 
     def to_state(self) -> Any:
         """Compact JSON-able form for a changelog table (the accuracy is the owner's): the value alone for a sketch
@@ -361,6 +336,69 @@ class DurationSketch:
 
     def __repr__(self) -> str:
         return f"DurationSketch(count={self.count}, buckets={len(self.buckets())}, alpha={self.relative_accuracy})"
+
+
+def _with_body(out: PreEncoded, count: int, zero: int, total: float, alpha: float, lo: float | None,
+               hi: float | None, p50: float | None, p95: float | None, p99: float | None, keys: list[int],
+               counts: list[int]) -> dict[str, Any]:
+    """``out`` given its ``Duration`` Avro body (``keys`` sorted ascending), or a plain dict of it when a value is
+    one this does not write (left to the generated encoder, which writes or diagnoses it)."""
+    try:
+        if total.__class__ is bool or alpha.__class__ is bool or not (-8192 <= zero < _LONG_END
+                                                                      and -8192 <= count < _LONG_END):
+            raise TypeError
+        if count:
+            doubles = _DOUBLES(total, 2, lo, 2, hi, 2, p50, 2, p95, 2, p99, alpha)
+        else:
+            doubles = _pack_d(total) + _NULLS5 + _pack_d(alpha)
+        if not keys:
+            arrays = b"\x00\x00"
+        elif -8192 <= keys[0] and keys[-1] < 8192:  # sorted: the ends are the min and the max
+            n = _uvarint(2 * len(keys))
+            zz = _ZZ.__getitem__
+            if max(counts) < 8192 and min(counts) >= -8192:  # (counts are >= 1 unless hostile)
+                arrays = b"".join((n, *map(zz, keys), b"\x00", n, *map(zz, counts), b"\x00"))
+            else:
+                arrays = b"".join((n, *map(zz, keys), b"\x00", n, *map(_enc_long, counts), b"\x00"))  # may raise
+        else:  # keys of values below ~1e-35 or above ~1e35 ms: rare, item by item
+            n = _uvarint(2 * len(keys))
+            arrays = b"".join((n, *map(_enc_int, keys), b"\x00", n, *map(_enc_long, counts), b"\x00"))
+        out.avro = b"".join(((_ZZ[count] if count < 8192 else _enc_long(count)), doubles,
+                             (_ZZ[zero] if zero < 8192 else _enc_long(zero)), arrays))
+    except Exception:  # noqa: BLE001 - whatever this cannot write, the generated encoder writes or diagnoses
+        return dict(out)
+    out.record = DURATION_RECORD
+    return out
+
+
+_DURATION_FIELDS = ("relative_accuracy", "count", "sum", "min", "max", "zero_count", "bucket_keys", "bucket_counts",
+                    "p50", "p95", "p99")
+_NUMBER = (int, float)
+_INTS = frozenset((int,))
+
+
+def reencoded_duration(d: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A complete ``Duration`` dict read back from JSON (a record re-emitted when it is sealed) carrying its Avro
+    body again, as :meth:`DurationSketch.duration_record` made it: the same bytes, without computing anything
+    again. Checked strictly (field names in order, value types, keys ascending); anything else comes back as it
+    was, for the generated encoder."""
+    if d.__class__ is PreEncoded or tuple(d) != _DURATION_FIELDS:
+        return d
+    count, zero, total, alpha = d["count"], d["zero_count"], d["sum"], d["relative_accuracy"]
+    lo, hi, keys, counts, p50, p95, p99 = (d["min"], d["max"], d["bucket_keys"], d["bucket_counts"], d["p50"],
+                                           d["p95"], d["p99"])
+    if count.__class__ is not int or zero.__class__ is not int or total.__class__ not in _NUMBER \
+            or alpha.__class__ is not float or keys.__class__ is not list or counts.__class__ is not list:
+        return d
+    if count:
+        if any(v.__class__ not in _NUMBER for v in (lo, hi, p50, p95, p99)):
+            return d
+    elif not (lo is None and hi is None and p50 is None and p95 is None and p99 is None):
+        return d
+    if len(keys) != len(counts) or not _INTS.issuperset(map(type, keys)) or not _INTS.issuperset(map(type, counts)) \
+            or len(set(keys)) != len(keys) or keys != sorted(keys):  # (at C speed: a record holds 33 of these)
+        return d
+    return _with_body(PreEncoded(d), count, zero, total, alpha, lo, hi, p50, p95, p99, keys, counts)
 
 
 def _number(value: Any) -> float | None:
