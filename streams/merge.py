@@ -71,7 +71,6 @@ from streams.aggregate import TenantWindowAggregate
 from streams.alerts import FIRING, Alert
 from streams.partials import Marker, Partial, tenant_partition
 from streams.rules import RuleEngine, WindowMetrics
-from streams.sketch import reencoded_duration
 from streams.spike import SpikeDetector
 
 US = 1_000_000
@@ -195,17 +194,6 @@ def _kept(record: dict[str, Any]) -> dict[str, Any]:
         kept[name] = dict(record[name])
     kept["tools"] = [{**t, "duration": dict(t["duration"])} for t in record["tools"]]
     return kept
-
-
-def _reencoded(record: dict[str, Any]) -> dict[str, Any]:
-    """A record read back from its JSON (a seal re-emits the record last sent) with its ``Duration`` records carrying
-    their Avro bodies again (:func:`streams.sketch.reencoded_duration`: the same bytes, the encoder's fast path;
-    a seal is one more record for every window, as many as the first emissions in a steady stream)."""
-    for name in ("turn_duration", "tool_duration", "llm_duration"):
-        record[name] = reencoded_duration(record[name])
-    for tool in record["tools"]:
-        tool["duration"] = reencoded_duration(tool["duration"])
-    return record
 
 
 def pending_key(tenant: str, start_us: int, source: int) -> str:
@@ -490,7 +478,7 @@ class MergeStage:
                 break
             entry = ts.closed[start]
             if not entry.sealed:
-                record = _reencoded(self._entry_record(tenant, start, entry))
+                record = self._entry_record(tenant, start, entry)
                 record["sealed"] = True
                 out.seals.append(record)
                 entry.sealed = True
@@ -500,7 +488,7 @@ class MergeStage:
             if end > seal_limit:
                 break
             hop = ts.hops.pop(end)
-            record = _reencoded(orjson.loads(hop.last)) if hop.last is not None else self._hop_record(tenant, ts, end)
+            record = orjson.loads(hop.last) if hop.last is not None else self._hop_record(tenant, ts, end)
             record["revision"] = hop.revision
             record["sealed"] = True
             out.seals.append(record)

@@ -371,36 +371,6 @@ def _with_body(out: PreEncoded, count: int, zero: int, total: float, alpha: floa
     return out
 
 
-_DURATION_FIELDS = ("relative_accuracy", "count", "sum", "min", "max", "zero_count", "bucket_keys", "bucket_counts",
-                    "p50", "p95", "p99")
-_NUMBER = (int, float)
-_INTS = frozenset((int,))
-
-
-def reencoded_duration(d: Mapping[str, Any]) -> Mapping[str, Any]:
-    """A complete ``Duration`` dict read back from JSON (a record re-emitted when it is sealed) carrying its Avro
-    body again, as :meth:`DurationSketch.duration_record` made it: the same bytes, without computing anything
-    again. Checked strictly (field names in order, value types, keys ascending); anything else comes back as it
-    was, for the generated encoder."""
-    if d.__class__ is PreEncoded or tuple(d) != _DURATION_FIELDS:
-        return d
-    count, zero, total, alpha = d["count"], d["zero_count"], d["sum"], d["relative_accuracy"]
-    lo, hi, keys, counts, p50, p95, p99 = (d["min"], d["max"], d["bucket_keys"], d["bucket_counts"], d["p50"],
-                                           d["p95"], d["p99"])
-    if count.__class__ is not int or zero.__class__ is not int or total.__class__ not in _NUMBER \
-            or alpha.__class__ is not float or keys.__class__ is not list or counts.__class__ is not list:
-        return d
-    if count:
-        if any(v.__class__ not in _NUMBER for v in (lo, hi, p50, p95, p99)):
-            return d
-    elif not (lo is None and hi is None and p50 is None and p95 is None and p99 is None):
-        return d
-    if len(keys) != len(counts) or not _INTS.issuperset(map(type, keys)) or not _INTS.issuperset(map(type, counts)) \
-            or len(set(keys)) != len(keys) or keys != sorted(keys):  # (at C speed: a record holds 33 of these)
-        return d
-    return _with_body(PreEncoded(d), count, zero, total, alpha, lo, hi, p50, p95, p99, keys, counts)
-
-
 def _number(value: Any) -> float | None:
     """Floats that are whole numbers come back as ints, so a round trip through Avro doubles compares equal."""
     if isinstance(value, float) and value.is_integer():
