@@ -102,16 +102,20 @@ def feed(records: list[tuple[int, bytes, bytes]]) -> Ingest:
     return ingest
 
 
-def engine_alone(records: list[tuple[int, bytes, bytes]]) -> tuple[int, int, int]:
+def engine_alone(records: list[tuple[int, bytes, bytes]]) -> tuple[int, int, int, int]:
     """An ``Ingest`` (window engine + aggregates) fed the records in this process: its RSS growth (KiB), the
     Python heap its window state holds (KiB, tracemalloc over a second run that folds events decoded beforehand:
-    tracing the decode too would take minutes) and its open slots."""
+    tracing the decode too would take minutes), its open slots, and the bytes of the values it writes to the
+    worker's changelog table (``streams.app.encode_state``: the worker holds them in memory too)."""
+    from streams.app import encode_state
+
     gc.collect()
     before = rss_kib()
     ingest = feed(records)
     gc.collect()
     grown = rss_kib() - before
     slots = sum(ingest.counters(p)["open_panes"] for p in range(PARTITIONS))
+    table = sum(len(encode_state(v)) for p in range(PARTITIONS) for _k, v in ingest.state_changes(p) if v is not None)
     del ingest
     codec = AvroCodec()
     decoded = [(part, codec.decode(value)) for part, _key, value in records]
@@ -124,7 +128,7 @@ def engine_alone(records: list[tuple[int, bytes, bytes]]) -> tuple[int, int, int
     gc.collect()
     held = tracemalloc.get_traced_memory()[0] - heap_before
     tracemalloc.stop()
-    return grown, held // 1024, slots
+    return grown, held // 1024, slots, table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  state held = difference          {held / 1024:8.1f} MiB = {held / args.tenants:.1f} KiB per tenant, "
               f"{held / (args.tenants * args.lateness_minutes):.2f} KiB per (tenant, minute)")
         return 0
-    grown, heap, slots = engine_alone(records)
+    grown, heap, slots, table = engine_alone(records)
 
     mib = 1024.0
     held = loaded - baseline
@@ -212,7 +216,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{held * 1024 / (args.tenants * args.tools):.0f} B per (tenant, tool)")
     print(f"engine alone, in this process (no Faust, no table copy), {slots} open tenant windows: RSS growth "
           f"{grown / mib:.1f} MiB = {grown / args.tenants:.1f} KiB per tenant ({grown / max(held, 1):.2f}x of the "
-          f"worker's); Python heap held {heap / mib:.1f} MiB = {heap / args.tenants:.1f} KiB per tenant")
+          f"worker's); Python heap held {heap / mib:.1f} MiB = {heap / args.tenants:.1f} KiB per tenant = "
+          f"{heap * 1024 / (args.tenants * args.tools):.0f} B per (tenant, tool)")
+    print(f"changelog table values of that state: {table / 2**20:.1f} MiB of JSON = "
+          f"{table / (args.tenants * args.tools):.0f} B per (tenant, tool)")
     return 0
 
 

@@ -222,6 +222,9 @@ class _Count:
 # -- cardinality guard --------------------------------------------------------------------------------------------
 
 
+_NO_NAMES: frozenset[str] = frozenset()
+
+
 class LabelGuard:
     """One tenant's history of one label dimension: counts seen in closed windows, and the top ``limit`` names.
 
@@ -235,7 +238,7 @@ class LabelGuard:
             raise ValueError("label limit must be >= 1")
         self.limit = limit
         self.counts: dict[str, int] = {}
-        self.preferred: frozenset[str] = frozenset()
+        self.preferred: frozenset[str] = _NO_NAMES  # shared: an empty frozenset() is 216 bytes, five per tenant
 
     def observe(self, counts: Mapping[str, int]) -> None:
         """Add one closed window's per-name counts (``OTHER`` excluded) and recompute the preferred names."""
@@ -757,7 +760,8 @@ class TenantWindowAggregate:
             "attempts": {n: c.n for n, c in self.failed_attempts.items()},
             "turn_duration": self.turn_duration.to_dict(),
             "llm_duration": self.llm_duration.to_dict(),
-            "tools": {n: [s.calls, s.failures, s.cancelled, s.duration.to_dict()] for n, s in self.tools.items()},
+            # compact sketches (DurationSketch.to_state): a window holds one per tool and tenant
+            "tools": {n: [s.calls, s.failures, s.cancelled, s.duration.to_state()] for n, s in self.tools.items()},
             "models": {n: s.as_list() for n, s in self.models.items()},
             "skills": {n: s.as_list() for n, s in self.skills.items()},
             "errors": {n: c.n for n, c in self.llm_error_types.items()},
@@ -794,7 +798,7 @@ class TenantWindowAggregate:
         for name, (calls, failures, cancelled, sketch) in state["tools"].items():
             stats = agg.tools[name] = ToolStats(agg.relative_accuracy)
             stats.calls, stats.failures, stats.cancelled = int(calls), int(failures), int(cancelled)
-            stats.duration = DurationSketch.from_dict(sketch)
+            stats.duration = DurationSketch.from_state(agg.relative_accuracy, sketch)  # or to_dict's form (older)
         agg.models = {n: UsageStats.from_list(v) for n, v in state["models"].items()}
         agg.skills = {n: UsageStats.from_list(v) for n, v in state["skills"].items()}
         agg.llm_error_types = {n: _count_of(v) for n, v in state["errors"].items()}

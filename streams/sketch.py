@@ -41,12 +41,13 @@ def _key_table(relative_accuracy: float) -> list[int]:
 
 
 @cache
-def _constants(relative_accuracy: float) -> tuple[float, float, list[int]]:
-    """(gamma, 1 / log(gamma), the integer key table) of a relative accuracy, checked once."""
+def _constants(relative_accuracy: float) -> tuple[float, float, float, list[int]]:
+    """(the accuracy, gamma, 1 / log(gamma), the integer key table) of a relative accuracy, checked once: one tuple
+    shared by every sketch of that accuracy."""
     if not 0.0 < relative_accuracy < 1.0:
         raise ValueError(f"relative_accuracy must be in (0, 1), got {relative_accuracy}")
     gamma = (1.0 + relative_accuracy) / (1.0 - relative_accuracy)
-    return gamma, 1.0 / _log(gamma), _key_table(relative_accuracy)
+    return relative_accuracy, gamma, 1.0 / _log(gamma), _key_table(relative_accuracy)
 
 
 _Plan = tuple[tuple[float, ...], list[int], tuple[str, ...]]
@@ -71,33 +72,57 @@ _DURATION_PLAN = _plan(DURATION_QUANTILES)
 
 
 class DurationSketch:
-    """Quantiles within ``relative_accuracy`` of the exact nearest-rank value: the ``ceil(q * count)``-th smallest."""
+    """Quantiles within ``relative_accuracy`` of the exact nearest-rank value: the ``ceil(q * count)``-th smallest.
 
-    __slots__ = ("relative_accuracy", "_gamma", "_mult", "bins", "zero_count", "count", "sum", "_lo", "_hi", "_table")
+    Compact because a worker holds one per tenant, window and tool (goal 2 of issue 13: 10,000 tenants x 50 tools):
+    the accuracy's constants are one shared tuple, and ``bins`` stays ``None`` while the sketch holds at most one
+    positive value, which is then ``max`` itself (its bucket is computed when needed): a tool called once in a window
+    costs no dict. The second positive value creates the dict. Both forms give the same merges, quantiles and records.
+    """
+
+    __slots__ = ("_c", "bins", "zero_count", "count", "sum", "_lo", "_hi")
 
     def __init__(self, relative_accuracy: float = DEFAULT_RELATIVE_ACCURACY) -> None:
-        self.relative_accuracy = relative_accuracy
         # a window holds dozens of sketches and stage 2 rebuilds them for every window: constants come cached
-        self._gamma, self._mult, self._table = _constants(relative_accuracy)
-        self.bins: dict[int, int] = {}
+        self._c = _constants(relative_accuracy)
+        self.bins: dict[int, int] | None = None  # None: at most one positive value, held as _hi (see the class)
         self.zero_count = 0
         self.count = 0
         self.sum: float = 0
         self._lo: float = math.inf  # min and max seen (inf/-inf while empty)
         self._hi: float = -math.inf
 
+    @property
+    def relative_accuracy(self) -> float:
+        return self._c[0]
+
+    def _key(self, value: float) -> int:
+        """The bucket of a positive value (as :meth:`add` computes it)."""
+        if value < _TABLE_SIZE:
+            try:
+                return self._c[3][value]
+            except TypeError:  # a float
+                pass
+        return _ceil(_log(value) * self._c[2])
+
     def add(self, value: float) -> None:
-        """Record one value (hot path: one log, one dict update)."""
+        """Record one value (hot path: one table look-up or log, one dict update; the first positive value none)."""
         if value > 0:
-            if value < _TABLE_SIZE:
-                try:
-                    k = self._table[value]
-                except TypeError:  # a float
-                    k = _ceil(_log(value) * self._mult)
-            else:
-                k = _ceil(_log(value) * self._mult)
             bins = self.bins
-            bins[k] = bins.get(k, 0) + 1
+            if bins is None:
+                if self.count != self.zero_count:  # a second positive value: the dict starts with the first
+                    bins = self.bins = {self._key(self._hi): 1}
+                    k = self._key(value)
+                    bins[k] = bins.get(k, 0) + 1
+            else:
+                if value < _TABLE_SIZE:
+                    try:
+                        k = self._c[3][value]
+                    except TypeError:  # a float
+                        k = _ceil(_log(value) * self._c[2])
+                else:
+                    k = _ceil(_log(value) * self._c[2])
+                bins[k] = bins.get(k, 0) + 1
         else:
             value = 0
             self.zero_count += 1
@@ -107,6 +132,13 @@ class DurationSketch:
             self._lo = value
         if value > self._hi:
             self._hi = value
+
+    def buckets(self) -> dict[int, int]:
+        """Bucket key -> count of the positive values (a fresh dict for the compact form; do not mutate)."""
+        bins = self.bins
+        if bins is not None:
+            return bins
+        return {self._key(self._hi): 1} if self.count != self.zero_count else {}
 
     @property
     def min(self) -> float | None:
@@ -118,18 +150,29 @@ class DurationSketch:
 
     def merge(self, other: DurationSketch) -> None:
         """Fold ``other`` into this sketch (same relative accuracy required: buckets must line up)."""
-        if other.relative_accuracy != self.relative_accuracy:
+        if other._c is not self._c and other.relative_accuracy != self.relative_accuracy:
             raise ValueError(
                 f"cannot merge sketches of relative accuracy {other.relative_accuracy} and {self.relative_accuracy}"
             )
         if not other.count:
             return
-        bins = self.bins
-        if not bins:
-            self.bins = dict(other.bins)  # a fresh sketch (a window built from panes): copy at C speed
-        else:
-            for k, c in other.bins.items():
-                bins[k] = bins.get(k, 0) + c
+        if other.count != other.zero_count:  # other has positive values
+            bins = self.bins
+            if self.count == self.zero_count and not bins:  # none here: take other's form
+                if other.bins is not None:
+                    self.bins = dict(other.bins)  # a fresh sketch (a window built from panes): copy at C speed
+                else:
+                    self.bins = None  # other's single value becomes our max below
+            else:
+                if bins is None:
+                    bins = self.bins = {self._key(self._hi): 1}
+                theirs = other.bins
+                if theirs is None:
+                    k = other._key(other._hi)
+                    bins[k] = bins.get(k, 0) + 1
+                else:
+                    for k, c in theirs.items():
+                        bins[k] = bins.get(k, 0) + c
         self.zero_count += other.zero_count
         self.count += other.count
         self.sum += other.sum
@@ -144,14 +187,15 @@ class DurationSketch:
 
     def quantiles(self, qs: Iterable[float]) -> list[float | None]:
         """Several quantiles in one walk over the sorted buckets (None for each when empty)."""
-        keys = sorted(self.bins)
-        return self._quantiles(_plan(tuple(qs)), keys, [self.bins[k] for k in keys])
+        bins = self.buckets()
+        keys = sorted(bins)
+        return self._quantiles(_plan(tuple(qs)), keys, [bins[k] for k in keys])
 
     def _quantiles(self, plan: _Plan, keys: list[int], counts: list[int]) -> list[float | None]:
         qs, order, _names = plan
         if not self.count:
             return [None] * len(qs)
-        lo, hi, gamma = self._lo, self._hi, self._gamma
+        lo, hi, gamma = self._lo, self._hi, self._c[1]
         out: list[float | None] = [None] * len(qs)
         n = len(keys)
         i = 0  # buckets walked so far; the value sits in bucket i - 1 (or the zero bucket while i == 0)
@@ -178,13 +222,8 @@ class DurationSketch:
 
     def copy(self) -> DurationSketch:
         dup = DurationSketch.__new__(DurationSketch)
-        dup.relative_accuracy, dup._gamma, dup._mult, dup._table = (
-            self.relative_accuracy,
-            self._gamma,
-            self._mult,
-            self._table,
-        )
-        dup.bins = dict(self.bins)
+        dup._c = self._c
+        dup.bins = None if self.bins is None else dict(self.bins)
         dup.zero_count, dup.count, dup.sum, dup._lo, dup._hi = self.zero_count, self.count, self.sum, self._lo, self._hi
         return dup
 
@@ -194,7 +233,7 @@ class DurationSketch:
         With ``quantiles``, also ``p<100 q>`` for each (``p50``, ``p95``, ``p99`` for 0.5, 0.95, 0.99), from the
         same sort of the buckets.
         """
-        bins = self.bins
+        bins = self.buckets()
         keys = sorted(bins)
         counts = list(map(bins.__getitem__, keys))  # at C speed: to_dict runs for every sketch of every window
         out = {
@@ -222,7 +261,7 @@ class DurationSketch:
         compares them with fastavro's); a value this cannot write (a number no double holds) gives a plain dict,
         left to the generated encoder.
         """
-        bins = self.bins
+        bins = self.buckets()
         keys = sorted(bins)
         counts = list(map(bins.__getitem__, keys))
         count, zero, total, alpha = self.count, self.zero_count, self.sum, self.relative_accuracy
@@ -230,32 +269,35 @@ class DurationSketch:
         lo, hi = (self._lo, self._hi) if count else (None, None)
         out = PreEncoded(relative_accuracy=alpha, count=count, sum=total, min=lo, max=hi, zero_count=zero,
                          bucket_keys=keys, bucket_counts=counts, p50=p50, p95=p95, p99=p99)
-        try:
-            if total.__class__ is bool or alpha.__class__ is bool or not (-8192 <= zero < _LONG_END
-                                                                          and -8192 <= count < _LONG_END):
-                raise TypeError
-            if count:
-                doubles = _DOUBLES(total, 2, lo, 2, hi, 2, p50, 2, p95, 2, p99, alpha)
-            else:
-                doubles = _pack_d(total) + _NULLS5 + _pack_d(alpha)
-            if not keys:
-                arrays = b"\x00\x00"
-            elif -8192 <= keys[0] and keys[-1] < 8192:  # sorted: the ends are the min and the max
-                n = _uvarint(2 * len(keys))
-                zz = _ZZ.__getitem__
-                if max(counts) < 8192 and min(counts) >= -8192:  # (counts are >= 1 unless hostile)
-                    arrays = b"".join((n, *map(zz, keys), b"\x00", n, *map(zz, counts), b"\x00"))
-                else:
-                    arrays = b"".join((n, *map(zz, keys), b"\x00", n, *map(_enc_long, counts), b"\x00"))  # may raise
-            else:  # keys of values below ~1e-35 or above ~1e35 ms: rare, item by item
-                n = _uvarint(2 * len(keys))
-                arrays = b"".join((n, *map(_enc_int, keys), b"\x00", n, *map(_enc_long, counts), b"\x00"))
-            out.avro = b"".join(((_ZZ[count] if count < 8192 else _enc_long(count)), doubles,
-                                 (_ZZ[zero] if zero < 8192 else _enc_long(zero)), arrays))
-        except Exception:  # noqa: BLE001 - whatever this cannot write, the generated encoder writes or diagnoses
-            return dict(out)
-        out.record = DURATION_RECORD
-        return out
+        return _with_body(out, count, zero, total, alpha, lo, hi, p50, p95, p99, keys, counts)
+
+    def to_state(self) -> Any:
+        """Compact JSON-able form for a changelog table (the accuracy is the owner's): the value alone for a sketch
+        of one positive value (a tool called once in a window, the common case with many tenants), else
+        ``[count, zero_count, sum, min, max, bucket_keys, bucket_counts]``. Read back by :meth:`from_state`, which
+        also reads :meth:`to_dict`'s form (state written before)."""
+        if self.count == 1 and not self.zero_count:
+            return self._hi
+        bins = self.buckets()
+        keys = sorted(bins)
+        return [self.count, self.zero_count, self.sum, self.min, self.max, keys, list(map(bins.__getitem__, keys))]
+
+    @classmethod
+    def from_state(cls, relative_accuracy: float, data: Any) -> DurationSketch:
+        """Inverse of :meth:`to_state` (or :meth:`to_dict`); raises ValueError on anything else."""
+        if isinstance(data, Mapping):
+            return cls.from_dict(data)
+        if isinstance(data, list):
+            if len(data) != 7:
+                raise ValueError(f"sketch state has {len(data)} values, expected 7")
+            count, zero, total, lo, hi, keys, counts = data
+            return cls.from_dict({"relative_accuracy": relative_accuracy, "count": count, "zero_count": zero,
+                                  "sum": total, "min": lo, "max": hi, "bucket_keys": keys, "bucket_counts": counts})
+        if isinstance(data, (int, float)) and not isinstance(data, bool) and data > 0:
+            sketch = cls(relative_accuracy)
+            sketch.add(_number(data))
+            return sketch
+        raise ValueError(f"not a sketch state: {data!r}")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DurationSketch:
@@ -272,13 +314,19 @@ class DurationSketch:
         sketch.bins = bins
         sketch.zero_count = int(data["zero_count"])
         sketch.count = int(data["count"])
-        if sketch.count != sketch.zero_count + sum(sketch.bins.values()):
+        if sketch.count != sketch.zero_count + sum(bins.values()):
             raise ValueError("sketch count does not equal the sum of its buckets")
         total = data["sum"]
         sketch.sum = int(total) if isinstance(total, float) and total.is_integer() else total
         if sketch.count:
             sketch._lo = _number(data["min"])
             sketch._hi = _number(data["max"])
+            if len(bins) == 1 and 1 in bins.values():  # one positive value: the compact form, if max is in its bucket
+                hi = sketch._hi
+                if isinstance(hi, (int, float)) and hi > 0 and sketch._key(hi) in bins:
+                    sketch.bins = None
+        elif not bins:
+            sketch.bins = None
         return sketch
 
     def __eq__(self, other: object) -> bool:
@@ -287,7 +335,40 @@ class DurationSketch:
         return self.to_dict() == other.to_dict()
 
     def __repr__(self) -> str:
-        return f"DurationSketch(count={self.count}, buckets={len(self.bins)}, alpha={self.relative_accuracy})"
+        return f"DurationSketch(count={self.count}, buckets={len(self.buckets())}, alpha={self.relative_accuracy})"
+
+
+def _with_body(out: PreEncoded, count: int, zero: int, total: float, alpha: float, lo: float | None,
+               hi: float | None, p50: float | None, p95: float | None, p99: float | None, keys: list[int],
+               counts: list[int]) -> dict[str, Any]:
+    """``out`` given its ``Duration`` Avro body (``keys`` sorted ascending), or a plain dict of it when a value is
+    one this does not write (left to the generated encoder, which writes or diagnoses it)."""
+    try:
+        if total.__class__ is bool or alpha.__class__ is bool or not (-8192 <= zero < _LONG_END
+                                                                      and -8192 <= count < _LONG_END):
+            raise TypeError
+        if count:
+            doubles = _DOUBLES(total, 2, lo, 2, hi, 2, p50, 2, p95, 2, p99, alpha)
+        else:
+            doubles = _pack_d(total) + _NULLS5 + _pack_d(alpha)
+        if not keys:
+            arrays = b"\x00\x00"
+        elif -8192 <= keys[0] and keys[-1] < 8192:  # sorted: the ends are the min and the max
+            n = _uvarint(2 * len(keys))
+            zz = _ZZ.__getitem__
+            if max(counts) < 8192 and min(counts) >= -8192:  # (counts are >= 1 unless hostile)
+                arrays = b"".join((n, *map(zz, keys), b"\x00", n, *map(zz, counts), b"\x00"))
+            else:
+                arrays = b"".join((n, *map(zz, keys), b"\x00", n, *map(_enc_long, counts), b"\x00"))  # may raise
+        else:  # keys of values below ~1e-35 or above ~1e35 ms: rare, item by item
+            n = _uvarint(2 * len(keys))
+            arrays = b"".join((n, *map(_enc_int, keys), b"\x00", n, *map(_enc_long, counts), b"\x00"))
+        out.avro = b"".join(((_ZZ[count] if count < 8192 else _enc_long(count)), doubles,
+                             (_ZZ[zero] if zero < 8192 else _enc_long(zero)), arrays))
+    except Exception:  # noqa: BLE001 - whatever this cannot write, the generated encoder writes or diagnoses
+        return dict(out)
+    out.record = DURATION_RECORD
+    return out
 
 
 def _number(value: Any) -> float | None:
