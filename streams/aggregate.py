@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -525,7 +526,9 @@ class TenantWindowAggregate:
         if n is not None:
             folded[name] = n + 1
         elif self._admits(tracked, dim, name):
-            stats = tracked[name] = factory(self.relative_accuracy)
+            # interned: the decoder makes a new string per event, and every tenant window kept its own copy of the
+            # same tool and model names (~56 B per tenant and tool); the label limit bounds what one window adds
+            stats = tracked[sys.intern(name)] = factory(self.relative_accuracy)
             return stats
         elif len(folded) < 4 * self.label_limit:
             folded[name] = 1
