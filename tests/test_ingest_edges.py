@@ -18,7 +18,14 @@ from test_ingest import T0, US, ev
 from schemas.codec import AvroCodec
 from streams.app import encode_state
 from streams.ingest import Ingest
-from streams.validation import MAX_DURATION_MS, MAX_TOKENS, MIN_EVENT_TIME_US, EventBounds, check_events
+from streams.validation import (
+    MAX_DURATION_MS,
+    MAX_TOKENS,
+    MIN_EVENT_TIME_US,
+    TOKEN_FIELDS,
+    EventBounds,
+    check_events,
+)
 
 LONG_MAX = (1 << 63) - 1
 NOW = T0 + 3600 * US  # the worker's clock in these tests
@@ -47,6 +54,28 @@ def test_each_out_of_range_field_is_rejected_with_its_reason() -> None:
     assert check_events([ev(1, tenant="x" * 257)], EventBounds(), NOW)[0].reason == "invalid:tenant"
     # an age bound, when configured
     assert check_events([ev(0)], EventBounds(max_age_s=60), NOW)[0].reason == "too_old"
+
+
+def test_every_range_holds_its_bounds_exactly() -> None:
+    """Each bound is inclusive: the last valid value passes, one step past it is refused with its field's reason
+    (check_events is a thin wrapper over the worker's check_rows, so this pins the tuple path's bounds too)."""
+    edges = [(name, 0, MAX_TOKENS) for name in TOKEN_FIELDS]
+    edges += [("duration_ms", 0, MAX_DURATION_MS), ("http_status", 100, 599)]
+    for name, lo, hi in edges:
+        for ok in (lo, hi):  # a known tenant takes the fast pre-check, a new one the full check of every field
+            for tenant in ("acme", uuid.uuid4().hex):
+                assert check_events([ev(1, tenant=tenant, **{name: ok})], EventBounds(), NOW) == [], (name, ok)
+        for bad in (lo - 1, hi + 1):
+            (r,) = check_events([ev(1, **{name: bad})], EventBounds(), NOW)
+            assert r.reason == f"out_of_range:{name}", (name, bad, r)
+    assert check_events([ev(1, seq=0)], EventBounds(), NOW) == []
+    assert check_events([ev(1, seq=-1)], EventBounds(), NOW)[0].reason == "out_of_range:seq"
+    assert check_events([ev(0, event_time=MIN_EVENT_TIME_US)], EventBounds(), NOW) == []
+    assert check_events([ev(0, event_time=MIN_EVENT_TIME_US - 1)], EventBounds(), NOW)[0].reason == "too_old"
+    assert check_events([ev(0, event_time=NOW + 300 * US)], EventBounds(max_future_s=300), NOW) == []
+    assert check_events([ev(0, event_time=NOW + 300 * US + 1)], EventBounds(max_future_s=300), NOW)[0].reason == \
+        "future_time"
+    assert check_events([ev(1, tenant="x" * 256)], EventBounds(), NOW) == []
 
 
 def test_a_hostile_event_is_rejected_and_the_rest_of_its_record_is_folded() -> None:
