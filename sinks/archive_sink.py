@@ -36,8 +36,9 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from schemas.codec import AvroCodec, DecodeError
 from sinks.archive_store import ArchiveError, ArchiveFull, ArchiveWriter
-from sinks.durable_loop import run_durably
-from sinks.topic_end import CommittedOffsets, end_offsets
+from sinks.consumer_config import sink_consumer_config
+from sinks.durable_loop import consume_durably
+from sinks.topic_end import end_offsets
 
 log = logging.getLogger(__name__)
 
@@ -93,17 +94,9 @@ class ArchiveSink:
         self.batch_size = batch_size
         self.poll_timeout_s = poll_timeout_s
         self.stats = ArchiveSinkStats()
-        self._config = {
-            "bootstrap.servers": bootstrap_servers,
-            "group.id": group_id,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "isolation.level": "read_committed",
-            # Eager rebalancing: a revocation takes every partition and consumption resumes from the committed
-            # offsets, which is what lets the writer drop unwritten thinking on a revocation (see run()).
-            "partition.assignment.strategy": "range",
-            **(consumer_config or {}),
-        }
+        # Eager rebalancing: a revocation takes every partition and consumption resumes from the committed offsets,
+        # which is what lets the writer drop unwritten thinking on a revocation (see run()).
+        self._config = sink_consumer_config(bootstrap_servers, group_id, eager=True, extra=consumer_config)
 
     # -- without Kafka ------------------------------------------------------------------------------------------
 
@@ -140,25 +133,16 @@ class ArchiveSink:
         """Consume until ``stop`` is set, or (``until_end``) the end offsets seen at start are reached, or nothing
         arrives for ``idle_timeout_s``. ``before_commit`` is a test hook called between the flush and the commit.
         The writer is flushed, not closed (the caller owns it)."""
-        consumer = Consumer(self._config)
-        committed = CommittedOffsets(self._config) if until_end else None  # readable while the group rebalances
-
         def on_revoke(c: Consumer, parts: list[TopicPartition]) -> None:
             # Another member takes these partitions: leave nothing half-held.
             self.writer.reset_sessions()
 
-        try:
-            consumer.subscribe([self.topic], on_revoke=on_revoke)
-            run_durably(consumer, self.topic, what="replay archive", write=self.process, flush=self.writer.flush,
-                        commit_offsets=self.commit_offsets, counts=self.stats, stop=stop or threading.Event(),
-                        until_end=until_end, idle_timeout_s=idle_timeout_s,
+        consume_durably(self._config, self.topic, what="replay archive", write=self.process, flush=self.writer.flush,
+                        commit_offsets=self.commit_offsets, counts=self.stats, stop=stop, until_end=until_end,
+                        idle_timeout_s=idle_timeout_s,
                         on_progress=None if on_progress is None else lambda: on_progress(self.stats),
                         before_commit=before_commit, batch_size=self.batch_size, poll_timeout_s=self.poll_timeout_s,
-                        committed=committed)
-        finally:
-            consumer.close()
-            if committed is not None:
-                committed.close()
+                        on_revoke=on_revoke)
         return self.stats
 
     # -- rebuild -------------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""The Kafka consumer settings every sink shares, in one place (the logs, audit, alert-delivery and traces sinks;
-the replay archive can take it too).
+"""The Kafka consumer settings every sink shares, in one place (the logs, audit, alert-delivery, traces and replay
+archive sinks, and the Prometheus exporter).
 
 Semantics, the same for each sink:
 
@@ -11,7 +11,8 @@ Semantics, the same for each sink:
 * ``isolation.level=read_committed``: records of aborted producer transactions are never read;
 * ``eager``: the ``range`` assignor, i.e. eager rebalancing, where a revocation takes every partition and
   consumption resumes from the committed offsets (a sink that drops unwritten in-memory state on revocation needs
-  that; the default is librdkafka's own);
+  that); ``cooperative``: the ``cooperative-sticky`` assignor, where a rebalance moves only the partitions that
+  change owner (the exporter, which keeps counting what it still owns); the default is librdkafka's own;
 * ``max_poll_interval_ms``: for a sink whose handling of one batch may block the poll loop for long (retries).
 
 ``extra`` (a command's or a test's own client settings) wins over all of these.
@@ -23,7 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 
-def sink_consumer_config(bootstrap_servers: str, group_id: str, *, eager: bool = False,
+def sink_consumer_config(bootstrap_servers: str, group_id: str, *, eager: bool = False, cooperative: bool = False,
                          max_poll_interval_ms: int | None = None,
                          extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The confluent-kafka ``Consumer`` configuration of a sink in group ``group_id`` (see the module docstring)."""
@@ -34,8 +35,12 @@ def sink_consumer_config(bootstrap_servers: str, group_id: str, *, eager: bool =
         "auto.offset.reset": "earliest",
         "isolation.level": "read_committed",
     }
+    if eager and cooperative:
+        raise ValueError("a consumer rebalances either eagerly or cooperatively, not both")
     if eager:
         config["partition.assignment.strategy"] = "range"
+    if cooperative:
+        config["partition.assignment.strategy"] = "cooperative-sticky"
     if max_poll_interval_ms is not None:
         config["max.poll.interval.ms"] = max_poll_interval_ms
     config.update(extra or {})

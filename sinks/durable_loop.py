@@ -125,9 +125,12 @@ def consume_durably(config: Mapping[str, Any], topic: str, *, what: str, write: 
                     counts: CommitCounts, stop: threading.Event | None = None, until_end: bool = False,
                     idle_timeout_s: float | None = None, on_progress: Callable[[], None] | None = None,
                     before_commit: Callable[[list[TopicPartition]], None] | None = None, batch_size: int = 500,
-                    poll_timeout_s: float = 0.5) -> None:
+                    poll_timeout_s: float = 0.5,
+                    on_revoke: Callable[[Consumer, list[TopicPartition]], None] | None = None) -> None:
     """A consumer of ``config`` (:func:`sinks.consumer_config.sink_consumer_config`) subscribed to ``topic``, run
-    through :func:`run_durably` (same arguments), closed at the end whatever happens.
+    through :func:`run_durably` (same arguments), closed at the end whatever happens. ``on_revoke`` is called when a
+    rebalance takes partitions away (inside ``consume()``, between two batches): a store that holds unwritten
+    state drops it there.
 
     With ``until_end`` the group's committed offsets are read by a second consumer of the group that never joins it
     (:class:`sinks.topic_end.CommittedOffsets`), so they stay readable while the group rebalances.
@@ -135,7 +138,10 @@ def consume_durably(config: Mapping[str, Any], topic: str, *, what: str, write: 
     consumer = Consumer(dict(config))
     committed = CommittedOffsets(config) if until_end else None
     try:
-        consumer.subscribe([topic])
+        if on_revoke is None:
+            consumer.subscribe([topic])
+        else:
+            consumer.subscribe([topic], on_revoke=on_revoke)
         run_durably(consumer, topic, what=what, write=write, flush=flush, commit_offsets=commit_offsets,
                     counts=counts, stop=stop or threading.Event(), until_end=until_end,
                     idle_timeout_s=idle_timeout_s, on_progress=on_progress, before_commit=before_commit,

@@ -41,6 +41,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from sinks.consumer_config import sink_consumer_config
 from sinks.prometheus import ExporterState
 
 log = logging.getLogger(__name__)
@@ -139,16 +140,8 @@ class Exporter:
         self.poll_timeout_s = poll_timeout_s
         self.commit_interval_s = commit_interval_s
         self.health_interval_s = health_interval_s
-        self._config: dict[str, Any] = {
-            "bootstrap.servers": bootstrap_servers,
-            "group.id": group_id,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "isolation.level": "read_committed",
-            "partition.assignment.strategy": "cooperative-sticky",
-            "on_commit": self._on_commit,
-            **(consumer_config or {}),
-        }
+        extra = {"on_commit": self._on_commit, **(consumer_config or {})}
+        self._config: dict[str, Any] = sink_consumer_config(bootstrap_servers, group_id, cooperative=True, extra=extra)
         self._consumer: Consumer | None = None
         self._counted: dict[int, int] = {}  # partition -> next offset after what was counted
         self._committed: dict[int, int] = {}  # partition -> last committed offset (this instance's view)

@@ -20,13 +20,20 @@ def test_the_shared_settings_and_their_options() -> None:
     assert sink_consumer_config("b:1", "g", max_poll_interval_ms=5) == {**BASE, "max.poll.interval.ms": 5}
     extra = {"auto.offset.reset": "latest", "partition.assignment.strategy": "cooperative-sticky", "x": 1}
     assert sink_consumer_config("b:1", "g", eager=True, extra=extra) == {**BASE, **extra}
+    assert sink_consumer_config("b:1", "g", cooperative=True) == {
+        **BASE, "partition.assignment.strategy": "cooperative-sticky"}
+    with pytest.raises(ValueError, match="not both"):
+        sink_consumer_config("b:1", "g", eager=True, cooperative=True)
 
 
 def _sinks(tmp_path: Path, extra: dict[str, Any] | None) -> dict[str, Any]:
     from sinks.alert_sink import AlertDispatcher, AlertSink
+    from sinks.archive_sink import ArchiveSink
+    from sinks.archive_store import ArchiveWriter
     from sinks.audit_classify import AuditPolicy
     from sinks.audit_log import AuditLog
     from sinks.audit_sink import AuditSink
+    from sinks.exporter import Exporter
     from sinks.logs_sink import LogsSink
     from sinks.logs_store import LogWriter
     from sinks.receivers import ConsoleReceiver
@@ -38,17 +45,23 @@ def _sinks(tmp_path: Path, extra: dict[str, Any] | None) -> dict[str, Any]:
                            consumer_config=extra),
         "alerts": AlertSink("b:1", "t", AlertDispatcher([ConsoleReceiver()]), group_id="g", consumer_config=extra),
         "traces": TracesSink("b:1", "t", lambda spans: None, group_id="g", consumer_config=extra),
+        "archive": ArchiveSink("b:1", "t", ArchiveWriter(tmp_path / "replay"), group_id="g", consumer_config=extra),
+        "exporter": Exporter("b:1", "t", group_id="g", consumer_config=extra),
     }
 
 
 @pytest.mark.parametrize("extra", [None, {"session.timeout.ms": 6000, "auto.offset.reset": "latest"}])
 def test_each_sink_builds_the_configuration_it_built_before(tmp_path: Path, extra: dict[str, Any] | None) -> None:
-    # the literal dictionaries the four sinks spelled out before they shared sink_consumer_config
+    # the literal dictionaries the sinks spelled out before they shared sink_consumer_config
+    sinks = _sinks(tmp_path, extra)
     before = {
         "logs": BASE,
         "audit": BASE,
         "alerts": {**BASE, "max.poll.interval.ms": 600_000},
         "traces": {**BASE, "partition.assignment.strategy": "range"},
+        "archive": {**BASE, "partition.assignment.strategy": "range"},
+        "exporter": {**BASE, "partition.assignment.strategy": "cooperative-sticky",
+                     "on_commit": sinks["exporter"]._on_commit},
     }
-    for name, sink in _sinks(tmp_path, extra).items():
+    for name, sink in sinks.items():
         assert sink._config == {**before[name], **(extra or {})}, name
