@@ -37,26 +37,15 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from schemas.codec import AvroCodec, DecodeError
 from sinks.archive_store import ArchiveError, ArchiveFull, ArchiveWriter
 from sinks.consumer_config import sink_consumer_config
-from sinks.durable_loop import consume_durably
+from sinks.durable_loop import ConsumeStats, consume_durably
 from sinks.topic_end import end_offsets
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class ArchiveSinkStats:
+class ArchiveSinkStats(ConsumeStats):
     """What a run read: Kafka records and events (what became of the events: ``writer.stats``)."""
-
-    records: int = 0
-    events: int = 0
-    commits: int = 0
-    commit_failures: int = 0
-    undecodable: Counter[str] = field(default_factory=Counter)
-    started: float = field(default_factory=time.monotonic)
-
-    @property
-    def elapsed(self) -> float:
-        return time.monotonic() - self.started
 
     def line(self) -> str:
         rate = self.events / self.elapsed if self.elapsed > 0 else 0.0

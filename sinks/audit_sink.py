@@ -39,23 +39,18 @@ from sinks.audit_held import Held, HeldQueue
 from sinks.audit_log import AuditCorruption, AuditLog, AuditTenantOverCap
 from sinks.audit_source import SourceRef
 from sinks.consumer_config import sink_consumer_config
-from sinks.durable_loop import Record, consume_durably
+from sinks.durable_loop import ConsumeStats, Record, consume_durably
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class AuditSinkStats:
+class AuditSinkStats(ConsumeStats):
     """What a run saw: Kafka records, events, and what became of them."""
 
-    records: int = 0
-    events: int = 0
     appended: int = 0
     duplicates: int = 0
     not_audited: int = 0
-    commits: int = 0
-    commit_failures: int = 0
-    undecodable: Counter[str] = field(default_factory=Counter)
     per_class: Counter[str] = field(default_factory=Counter)
     held: Counter[str] = field(default_factory=Counter)  # per tenant: events put in the held queue this run
     released: Counter[str] = field(default_factory=Counter)  # per tenant: held events the log took back

@@ -14,7 +14,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -31,6 +33,23 @@ class CommitCounts(Protocol):
 
     commits: int
     commit_failures: int
+
+
+@dataclass
+class ConsumeStats:
+    """What a durable sink's run read: Kafka records, the events in them, undecodable records by reason, and the
+    loop's commits. Each sink's stats extend it with what became of the events."""
+
+    records: int = 0
+    events: int = 0
+    commits: int = 0
+    commit_failures: int = 0
+    undecodable: Counter[str] = field(default_factory=Counter)
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
 
 
 def next_offsets(records: list[Record]) -> dict[int, int]:

@@ -12,10 +12,8 @@ committing.
 from __future__ import annotations
 
 import threading
-import time
-from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import TopicPartition
@@ -24,23 +22,16 @@ from prometheus_client.registry import Collector
 
 from schemas.codec import AvroCodec, DecodeError
 from sinks.consumer_config import sink_consumer_config
-from sinks.durable_loop import consume_durably
+from sinks.durable_loop import ConsumeStats, consume_durably
 from sinks.logs_store import LogWriter
 
 
 @dataclass
-class LogsSinkStats:
+class LogsSinkStats(ConsumeStats):
     """What a run read (what became of the events: ``writer.stats``)."""
 
-    records: int = 0
-    events: int = 0
-    commits: int = 0
-    commit_failures: int = 0
-    undecodable: Counter[str] = field(default_factory=Counter)
-    started: float = field(default_factory=time.monotonic)
-
     def line(self) -> str:
-        elapsed = time.monotonic() - self.started
+        elapsed = self.elapsed
         rate = self.events / elapsed if elapsed > 0 else 0.0
         return (f"{self.records:,} records, {self.events:,} events ({rate:,.0f}/s), "
                 f"{sum(self.undecodable.values()):,} undecodable")

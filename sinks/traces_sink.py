@@ -19,16 +19,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from schemas.codec import AvroCodec, DecodeError
 from sinks.consumer_config import sink_consumer_config
-from sinks.durable_loop import commit_sync
+from sinks.durable_loop import ConsumeStats, commit_sync
 from sinks.topic_end import end_offsets, reached_ends
 from sinks.traces import AssemblerConfig, Span, TraceAssembler
 from sinks.traces_export import ExportFailed
@@ -46,16 +45,13 @@ class SpanSender(Protocol):
 
 
 @dataclass
-class TracesSinkStats:
-    records: int = 0
-    events: int = 0
+class TracesSinkStats(ConsumeStats):
+    """What a run read, and what became of it: spans exported, export failures, turns forgotten unfinished."""
+
     spans_exported: int = 0
     export_failures: int = 0
-    commits: int = 0
-    commit_failures: int = 0
     forgotten_turns: int = 0
     metadata_overflow: int = 0
-    undecodable: Counter[str] = field(default_factory=Counter)
 
     def line(self) -> str:
         return (f"{self.records:,} records, {self.events:,} events, {self.spans_exported:,} spans exported, "
