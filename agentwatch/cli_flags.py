@@ -62,6 +62,15 @@ def positive_seconds(text: str) -> float:
     return value
 
 
+def add_run_bounds(parser: argparse.ArgumentParser, *,
+                   until_end_help: str = "stop once the end offsets seen at start are reached") -> None:
+    """``--until-end`` and ``--idle-timeout``: how a long-running consumer command may stop by itself (besides
+    Ctrl-C / SIGTERM). One definition, so every command refuses the same bad values (0, negative, nan, inf)."""
+    parser.add_argument("--until-end", action="store_true", help=until_end_help)
+    parser.add_argument("--idle-timeout", type=positive_seconds, default=None, metavar="SECONDS",
+                        help="stop after this many seconds without data")
+
+
 def add_topic(parser: argparse.ArgumentParser, which: str, verb: str = "read") -> None:
     """``--topic``: the ``which`` topic (``events``, ``alerts``) to ``verb``, defaulting to the configured one."""
     variable = {"events": "AGENTWATCH_EVENTS_TOPIC", "alerts": "AGENTWATCH_ALERTS_TOPIC"}[which]

@@ -55,3 +55,19 @@ def test_a_signal_sets_the_stop_event_and_the_old_handler_comes_back():
         assert signal.getsignal(signal.SIGTERM) is before  # only the signals asked for
         os.kill(os.getpid(), signal.SIGUSR1)
         assert stop.wait(5)
+
+
+@pytest.mark.parametrize("command", [["logs", "run"], ["traces", "run"], ["audit", "run"], ["replay", "run"],
+                                     ["alerts", "deliver"]])
+def test_every_consumer_command_takes_the_same_run_bounds(command, capsys):
+    from agentwatch.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args([*command, "--until-end", "--idle-timeout", "2.5"])
+    assert args.until_end is True and args.idle_timeout == 2.5
+    assert parser.parse_args(command).idle_timeout is None
+    for bad in ("0", "-1", "nan", "inf", "soon"):
+        with pytest.raises(SystemExit) as exc:
+            parser.parse_args([*command, "--idle-timeout", bad])
+        assert exc.value.code == 2
+        assert f"expected a positive number of seconds, not '{bad}'" in capsys.readouterr().err

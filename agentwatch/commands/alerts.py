@@ -18,7 +18,7 @@ import uuid
 from collections import deque
 from typing import Any
 
-from agentwatch.cli_flags import add_bootstrap_servers, add_metrics_port, add_topic
+from agentwatch.cli_flags import add_bootstrap_servers, add_metrics_port, add_run_bounds, add_topic
 from agentwatch.config import Settings
 from agentwatch.foreground import StatusLine, stop_on_signals
 from agentwatch.kafka_log import with_logger
@@ -292,11 +292,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_bootstrap_servers(d, legacy_alias=True, needs_kafka=True)
     add_topic(d, "alerts")
     add_metrics_port(d, "alert_delivery")
-    d.add_argument("--until-end", action="store_true",
-                   help="stop once what the topic held at start is delivered; exit status 1 if any notification "
-                   "was given up on or rejected")
-    d.add_argument("--idle-timeout", type=float, default=None, metavar="SECONDS",
-                   help="stop after this many seconds without records")
+    add_run_bounds(d, until_end_help="stop once what the topic held at start is delivered; exit status 1 if any "
+                   "notification was given up on or rejected")
     d.set_defaults(func=cmd_deliver)
 
     t = alerts_sub.add_parser(

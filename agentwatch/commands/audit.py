@@ -28,7 +28,14 @@ from typing import Any
 
 import yaml
 
-from agentwatch.cli_flags import add_bootstrap_servers, add_metrics_port, add_topic, check_metrics_port, whole_number
+from agentwatch.cli_flags import (
+    add_bootstrap_servers,
+    add_metrics_port,
+    add_run_bounds,
+    add_topic,
+    check_metrics_port,
+    whole_number,
+)
 from agentwatch.config import Settings, parse_list
 from agentwatch.foreground import StatusLine, stop_on_signals
 from agentwatch.isotime import parse_utc, utc_iso
@@ -407,9 +414,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--group", default="agentwatch-audit", help="consumer group (default: agentwatch-audit)")
     add_metrics_port(r, "audit")
     r.set_defaults(precheck=precheck_run)
-    r.add_argument("--until-end", action="store_true", help="stop once the end offsets seen at start are reached")
-    r.add_argument("--idle-timeout", type=float, default=None, metavar="SECONDS",
-                   help="stop after this many seconds without data")
+    add_run_bounds(r)
     r.add_argument("--fsync", choices=("batch", "always"), default="batch",
                    help="fsync before every offset commit (batch, default) or after every record (always)")
     r.add_argument("--max-tenant-bytes", type=whole_number(1), metavar="BYTES",

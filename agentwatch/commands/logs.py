@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from agentwatch.cli_flags import add_bootstrap_servers, add_topic, whole_number
+from agentwatch.cli_flags import add_bootstrap_servers, add_run_bounds, add_topic, whole_number
 from agentwatch.config import Settings
 
 
@@ -131,7 +131,5 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "metrics with component=\"logs\": liveness, Kafka connectivity, consumer lag) on this port, at "
                    "$AGENTWATCH_LISTEN_ADDR (default: $AGENTWATCH_LOGS_METRICS_PORT, else $AGENTWATCH_METRICS_PORT; "
                    "unset: no endpoint; 0: any free port)")
-    r.add_argument("--until-end", action="store_true", help="stop once the end offsets seen at start are reached")
-    r.add_argument("--idle-timeout", type=_seconds, default=None, metavar="SECONDS",
-                   help="stop after this many seconds without data")
+    add_run_bounds(r)
     r.set_defaults(func=cmd_run, precheck=_precheck)

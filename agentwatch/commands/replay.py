@@ -23,7 +23,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agentwatch.cli_flags import add_bootstrap_servers, add_metrics_port, add_topic, check_metrics_port, whole_number
+from agentwatch.cli_flags import (
+    add_bootstrap_servers,
+    add_metrics_port,
+    add_run_bounds,
+    add_topic,
+    check_metrics_port,
+    whole_number,
+)
 from agentwatch.config import Settings, parse_flags
 from agentwatch.foreground import StatusLine, stop_on_signals
 from agentwatch.isotime import parse_utc
@@ -340,9 +347,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--group", default="agentwatch-replay", help="consumer group (default: agentwatch-replay)")
     add_metrics_port(r, "replay")
     r.set_defaults(precheck=precheck_run)
-    r.add_argument("--until-end", action="store_true", help="stop once the end offsets seen at start are reached")
-    r.add_argument("--idle-timeout", type=float, default=None, metavar="SECONDS",
-                   help="stop after this many seconds without data")
+    add_run_bounds(r)
     r.add_argument("--no-fsync", action="store_true", help="do not fsync before committing (faster, less durable)")
     r.set_defaults(func=cmd_run)
 

@@ -12,7 +12,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from agentwatch.cli_flags import add_bootstrap_servers, add_metrics_port, add_topic, positive_seconds, whole_number
+from agentwatch.cli_flags import (
+    add_bootstrap_servers,
+    add_metrics_port,
+    add_run_bounds,
+    add_topic,
+    positive_seconds,
+    whole_number,
+)
 from agentwatch.config import Settings
 from agentwatch.foreground import StatusLine, stop_on_signals
 
@@ -91,9 +98,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_metrics_port(r, "traces")
     r.add_argument("--endpoint", metavar="URL", help="OTLP/HTTP traces URL, used as is (default: from the "
                    "OTEL_EXPORTER_OTLP_* variables)")
-    r.add_argument("--until-end", action="store_true", help="stop once the end offsets seen at start are reached")
-    r.add_argument("--idle-timeout", type=positive_seconds, default=None, metavar="SECONDS",
-                   help="stop after this many seconds without data")
+    add_run_bounds(r)
     r.add_argument("--turn-timeout", type=positive_seconds, default=None, metavar="SECONDS",
                    help="close a turn without turn_end this long after its last event, marked timed out "
                    "(default: $AGENTWATCH_TRACES_TURN_TIMEOUT_S or 600)")
