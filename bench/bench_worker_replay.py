@@ -1,6 +1,7 @@
 """The worker's two stages in one process, no Kafka: where the worker's Python time goes, quickly and repeatably.
 
-    PYTHONPATH=. .venv/bin/python bench/bench_worker_replay.py [--events 300000] [--profile out.prof]
+    PYTHONPATH=. .venv/bin/python bench/bench_worker_replay.py [--events 300000] [--tenants 20] [--profile out.prof]
+        [--replay-only]
 
 Feeds ``bench_worker.py``'s synthetic workload (same generator, batch records of 500 events) through
 ``streams.ingest.Ingest`` (decode, checks, fold), the partials format (encoded and decoded as between the stages),
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import hashlib
 import sys
 import time
 from pathlib import Path
@@ -40,8 +42,9 @@ from streams.spike import SpikeDetector, load_spike_config  # noqa: E402
 
 
 def replay(records: list[tuple[int, bytes, bytes]], partitions: int, keep: list[dict[str, Any]] | None = None,
-           ) -> tuple[int, int]:
-    """(metrics records encoded, their bytes) for the records fed through both stages (kept in ``keep``)."""
+           digest: Any = None) -> tuple[int, int]:
+    """(metrics records encoded, their bytes) for the records fed through both stages (kept in ``keep``; the
+    encoded records, in order, fed to ``digest`` when given: what a change of stage 2 must leave the same)."""
     ingest = Ingest(AvroCodec(), 60, 10.0, None, 50, allowed_lateness_s=3600.0)
     merge = MergeStage(60, partitions, partitions, RuleEngine(load_rules(None)), SpikeDetector(load_spike_config(None)),
                        hop_size_s=300, allowed_lateness_s=3600.0)
@@ -62,8 +65,11 @@ def replay(records: list[tuple[int, bytes, bytes]], partitions: int, keep: list[
             for item in partials_format.decode_items(v):
                 res = merge.handle(q, item)
                 for record in res.metrics + res.seals:
-                    size += len(encode(record))
+                    body = encode(record)
+                    size += len(body)
                     n += 1
+                    if digest is not None:
+                        digest.update(len(body).to_bytes(4, "big") + body)
                     if keep is not None:
                         keep.append(record)
     return n, size
@@ -77,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--partitions", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--profile", help="write a cProfile of one replay here")
+    ap.add_argument("--replay-only", action="store_true",
+                    help="skip the to_record + encode section (for instruction counts: rounds R minus rounds 0)")
     args = ap.parse_args(argv)
     wl = build_workload(synthetic_events(args.events, args.tenants, args.tools, args.partitions, 7), 500, "synthetic")
     codec = AvroCodec()
@@ -86,11 +94,14 @@ def main(argv: list[str] | None = None) -> int:
             codec.decode(value)
         decode_s = time.process_time() - t0
         t0 = time.process_time()
-        n, size = replay(wl.records, args.partitions)
+        digest = hashlib.sha256()
+        n, size = replay(wl.records, args.partitions, digest=digest)
         replay_s = time.process_time() - t0
         print(f"round {r + 1}: replay {wl.events / replay_s:,.0f} events per CPU s ({replay_s:.2f} s), decode alone "
               f"{wl.events / decode_s:,.0f}, replay / decode {decode_s / replay_s:.3f}; metrics records {n} "
-              f"({size:,} bytes), windows {len(wl.windows)}")
+              f"({size:,} bytes, sha256 {digest.hexdigest()[:16]}), windows {len(wl.windows)}")
+    if args.replay_only:
+        return 0
     # stage 2's record making alone: every metrics record of a replay rebuilt from its aggregate and encoded
     kept: list[dict[str, Any]] = []
     replay(wl.records, args.partitions, kept)
