@@ -1,0 +1,12 @@
+"""Workarounds for bugs of the libraries agentwatch depends on, in one place.
+
+Each module here works around one behaviour of one dependency, says which version it was seen in, and has a test
+in ``tests/test_workarounds.py`` that shows the behaviour on the installed version (where it can be shown without
+a race): when an upgrade fixes it, that test fails and says the workaround can go. Our own code calls the
+workaround by name instead of repeating it, so removing one is a one-module change.
+
+* :mod:`workarounds.orjson_buffers` (orjson 3.11): ``orjson.dumps`` returns a bytes object that keeps the
+  encoder's whole output buffer (a 4 KiB document allocates 32 KiB); JSON held for long is copied to its size.
+
+This package imports none of ours and is imported by the layers that need it (``streams/``, ``agentwatch/``).
+"""
