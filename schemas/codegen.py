@@ -1021,7 +1021,6 @@ def compile_schema(schema_json: Any, project: Mapping[str, tuple[str, ...]] | No
         "_bad": _bad,
         "_Wrong": _Wrong,
         "_wrong": _wrong,
-        "_str_miss": _str_miss,
         "_PreEncoded": PreEncoded,
         "_TRUNCATED": _TRUNCATED,
         "AvroDecodeError": AvroDecodeError,
@@ -1081,11 +1080,18 @@ def _keyed_encoder(schema: _Schema, node: dict[str, Any], namespace: dict[str, A
     return encode
 
 
-def _enc_expr(schema: _Schema, e: _Emitter, s: Any, v: str) -> str | None:
+def _enc_expr(schema: _Schema, e: _Emitter, s: Any, v: str, cache: str | None = None) -> str | None:
     """One expression whose value is the encoding of ``v`` (a local variable) as ``s``, raising where
     :func:`_enc_value`'s statements raise and giving the same bytes; None for a type written by statements (records,
     arrays, maps). The per-key-set encoder joins these in one ``b"".join`` of a tuple: no ``append`` call per
-    field and per length prefix, which was most of the per-field cost (cachegrind, bench_publish --replay)."""
+    field and per length prefix, which was most of the per-field cost (cachegrind, bench_publish --replay).
+
+    ``cache``: the name of the field's string cache (a dict: text -> its encoding, index included), for a field
+    of type string or ``[null, string]``. Tenants, services, tool names, models, statuses and payload texts repeat
+    from event to event: a hit is one dict lookup instead of encode, len, a table and a concatenation. Only exact
+    ``str`` values are stored and looked up (a str subclass or an object equal to a str is encoded each time); the
+    cache keeps the first :data:`_STR_CACHE_MAX` texts of at most :data:`_STR_CACHE_CHARS` characters and then
+    stops growing (a field of unique values, an event id, costs one failed lookup)."""
     if isinstance(s, list):
         if len(s) == 1:
             inner = _enc_expr(schema, e, s[0], v)
@@ -1096,9 +1102,13 @@ def _enc_expr(schema: _Schema, e: _Emitter, s: Any, v: str) -> str | None:
         null = _U[2 * null_index]
         other_type = schema.resolve(other)
         if other_type == "string":
-            cache = e.const({}, "C")
-            return (f"({null!r} if {v} is None else ({cache}.get({v}) if {v}.__class__ is str else None) or "
-                    f"_str_miss({v}, {cache}, {index!r}))")
+            table = e.const(_prefixed(index), "P")
+            b, n = e.var("b"), e.var("n")
+            fresh = (f"({table}[{n}] if ({n} := len({b} := {v}.encode())) < {_PREFIXED} else "
+                     f"{index!r} + _uvarint(2 * {n})) + {b}")
+            if cache is None:
+                return f"({null!r} if {v} is None else {fresh})"
+            return f"({null!r} if {v} is None else {_cached(cache, v, fresh)})"
         inner = _enc_expr(schema, e, other, v)
         if inner is None:
             return None
@@ -1125,8 +1135,9 @@ def _enc_expr(schema: _Schema, e: _Emitter, s: Any, v: str) -> str | None:
         pack = "_pack_f" if t == "float" else "_pack_d"
         return f"(_wrong() if {v}.__class__ is bool else {pack}({v}))"
     if t == "string":
-        cache = e.const({}, "C")
-        return f"(({cache}.get({v}) if {v}.__class__ is str else None) or _str_miss({v}, {cache}, b''))"
+        b, n = e.var("b"), e.var("n")
+        fresh = f"(_ZZ[{n}] if ({n} := len({b} := {v}.encode())) < {_HALF} else _uvarint(2 * {n})) + {b}"
+        return f"({fresh})" if cache is None else f"({_cached(cache, v, fresh)})"
     if t == "bytes":
         return f"_enc_bytes({v})"
     if t == "enum":
@@ -1142,27 +1153,16 @@ def _wrong() -> Any:
     raise _Wrong
 
 
-_STR_CACHE_MAX = 1024  # entries per field of a per-key-set encoder (then it starts over)
-_STR_CACHE_CHARS = 128  # longer strings are encoded each time
+_STR_CACHE_MAX = 1024  # texts kept per field (the first ones seen; then the cache stops growing)
+_STR_CACHE_CHARS = 128  # longer texts are encoded each time
 
 
-def _str_miss(v: Any, cache: dict[str, bytes], index: bytes) -> bytes:
-    """``index`` + the Avro string ``v`` (length and UTF-8), as the generic encoder writes it (and raising where it
-    raises); remembered in ``cache`` when ``v`` is exactly a str. Tenants, services, tool names, models, statuses,
-    payload texts repeat from event to event: a hit is one dict lookup instead of encode, len, a table and a join.
-    Only exact ``str`` keys are stored and looked up, so a str subclass or an object equal to a str never takes
-    a cached encoding."""
-    b = v.encode()
-    n = len(b)
-    if index:
-        out = (_prefixed(index)[n] if n < _PREFIXED else index + _uvarint(2 * n)) + b
-    else:
-        out = (_ZZ[n] if n < _HALF else _uvarint(2 * n)) + b
-    if v.__class__ is str and len(v) <= _STR_CACHE_CHARS:
-        if len(cache) >= _STR_CACHE_MAX:
-            cache.clear()
-        cache[v] = out
-    return out
+def _cached(cache: str, v: str, fresh: str) -> str:
+    """The expression: ``v``'s encoding from ``cache``, else ``fresh`` (an expression encoding ``v``), stored when
+    ``v`` is exactly a str, short, and the cache not full. ``s_`` holds the exact-str test between the two."""
+    return (f"({cache}.get({v}) if (s_ := {v}.__class__ is str) else None) or "
+            f"({cache}.setdefault({v}, {fresh}) if s_ and len({v}) <= {_STR_CACHE_CHARS} and len({cache}) < "
+            f"{_STR_CACHE_MAX} else {fresh})")
 
 
 def _compile_keyed(schema: _Schema, node: dict[str, Any], keys: tuple[Any, ...],
@@ -1195,7 +1195,15 @@ def _compile_keyed(schema: _Schema, node: dict[str, Any], keys: tuple[Any, ...],
     def flush_run() -> None:
         for group in _chunks(run):
             names = [slot[field["name"]] for field in group]
-            exprs = [_enc_expr(schema, e, field["type"], v) for field, v in zip(group, names, strict=True)]
+            exprs = []
+            for field, v in zip(group, names, strict=True):
+                t = field["type"]
+                cache = None
+                if ("string" in map(schema.resolve, t)) if isinstance(t, list) else schema.resolve(t) == "string":
+                    caches = base.setdefault("_string_caches", {})  # per field, shared by the key sets' encoders
+                    cache = e.var("_C")
+                    e.consts[cache] = caches.setdefault(field["name"], {})
+                exprs.append(_enc_expr(schema, e, t, v, cache))
             if any(x is None for x in exprs):
                 flush_items()
                 statements.append(group)

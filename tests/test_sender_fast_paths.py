@@ -166,3 +166,18 @@ def test_normalizer_check_answers_what_pass_one_answers(event: dict[str, Any]) -
     assert check(event) is _reference_check(_NORMALIZER, event)
     # the whole result: a fresh normalizer has compiled nothing yet, so it takes the generic pass 1 and 2
     assert _NORMALIZER.normalize(event) == EventNormalizer(max_field_chars=1024).normalize(event)
+
+
+def test_string_caches_stay_bounded_and_exact_when_values_never_repeat() -> None:
+    """A field of unique values (an event id) fills its cache to the bound, then is encoded each time."""
+    from schemas.codegen import _STR_CACHE_MAX
+
+    codec = AvroCodec()
+    base = {"event_id": "e", "schema_version": 3, "event_time": 1, "producer_time": 1, "tenant": "acme",
+            "session_id": "s", "seq": 1, "type": "tool_complete", "tool_name": "read_file"}
+    for i in range(3 * _STR_CACHE_MAX):
+        event = {**base, "event_id": f"id-{i}", "tool_name": "t" * (i % 300)}
+        assert codec.encode_event_body(event) == _GENERIC(event)
+    caches = _CELLS["namespace"]["_string_caches"]
+    assert 0 < len(caches["event_id"]) <= _STR_CACHE_MAX
+    assert all(len(text) <= 128 for text in caches["tool_name"])
