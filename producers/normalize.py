@@ -170,7 +170,14 @@ class EventNormalizer:
         ``truncated`` fields.
         """
         try:
-            return self._normalize(event, counters)
+            if event.__class__ is dict:  # the common case, without the call into _normalize: a compiled key set
+                copy = dict(event)
+                keys = tuple(copy)
+                check = self._checks.get(keys)
+                if check is not None and check(copy):
+                    return self._finish(copy, None, None, 0, counters,
+                                        self._scanned.get(keys) if self.scrubber is not None else None)
+            return self._normalize(event, counters)  # from the caller's event again: the copy above is dropped
         except Exception:  # a bug or a hostile object: count it as invalid rather than kill the sender
             return None, INVALID
 
