@@ -268,8 +268,14 @@ class EventNormalizer:
                             raw[name] = value
             if hits and counters is not None:
                 counters["redactions"] = counters.get("redactions", 0) + sum(hits.values())
-            event["payload"], raw_payload = self._payload(event["type"], event.get("payload"), extras, notes,
-                                                          counters, keep_raw)
+            payload = event.get("payload")
+            if payload.__class__ is JsonObjectText and extras is None and notes is None \
+                    and len(payload) <= self.max_payload_chars \
+                    and scrubber.payload_text_is_clean(event["type"], payload):
+                event["payload"], raw_payload = str.__str__(payload), None  # _payload's first case, without the call
+            else:
+                event["payload"], raw_payload = self._payload(event["type"], payload, extras, notes, counters,
+                                                              keep_raw)
             if raw_payload is not None:
                 raw = raw or {}
                 raw["payload"] = raw_payload
