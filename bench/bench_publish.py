@@ -125,7 +125,7 @@ def replay(mode: str, n: int, sessions: int) -> int:
 
     events = make_events(n, sessions)
     normalize = EventNormalizer(scrubber=Scrubber() if mode == "scrubbed" else None).normalize
-    encode = AvroCodec().encode_event_body
+    encode = AvroCodec().event_body_encoder  # what the publisher's sender calls
     counters: dict[str, int] = {}
     for e in events if mode != "setup" else ():
         encode(normalize(e, counters)[0])

@@ -152,7 +152,7 @@ class EventNormalizer:
         check = None
         if all(k == _PAYLOAD or type(k) is str and k in self._specs and self._specs[k].kind is not _OTHER
                for k in keys) and all(name in keys for name in self._required):
-            check = _compile_check([self._specs[k] for k in keys if k != _PAYLOAD], self.max_field_chars,
+            check = _compile_check([self._specs[k] if k != _PAYLOAD else None for k in keys], self.max_field_chars,
                                    self._symbols)
         self._checks[keys] = check
         if check is not None:
@@ -170,7 +170,14 @@ class EventNormalizer:
         ``truncated`` fields.
         """
         try:
-            return self._normalize(event, counters)
+            if event.__class__ is dict:  # the common case, without the call into _normalize: a compiled key set
+                copy = dict(event)
+                keys = tuple(copy)
+                check = self._checks.get(keys)
+                if check is not None and check(copy):
+                    return self._finish(copy, None, None, 0, counters,
+                                        self._scanned.get(keys) if self.scrubber is not None else None)
+            return self._normalize(event, counters)  # from the caller's event again: the copy above is dropped
         except Exception:  # a bug or a hostile object: count it as invalid rather than kill the sender
             return None, INVALID
 
@@ -261,8 +268,14 @@ class EventNormalizer:
                             raw[name] = value
             if hits and counters is not None:
                 counters["redactions"] = counters.get("redactions", 0) + sum(hits.values())
-            event["payload"], raw_payload = self._payload(event["type"], event.get("payload"), extras, notes,
-                                                          counters, keep_raw)
+            payload = event.get("payload")
+            if payload.__class__ is JsonObjectText and extras is None and notes is None \
+                    and len(payload) <= self.max_payload_chars \
+                    and scrubber.payload_text_is_clean(event["type"], payload):
+                event["payload"], raw_payload = str.__str__(payload), None  # _payload's first case, without the call
+            else:
+                event["payload"], raw_payload = self._payload(event["type"], payload, extras, notes, counters,
+                                                              keep_raw)
             if raw_payload is not None:
                 raw = raw or {}
                 raw["payload"] = raw_payload
@@ -384,21 +397,26 @@ class EventNormalizer:
         return text
 
 
-def _compile_check(specs: list[_Spec], cap: int, symbols: frozenset[str]) -> Callable[[dict[str, Any]], bool]:
-    """``check(event) -> bool``: pass 1's test of each of ``specs`` (fields the event has), as generated code."""
-    lines = ["def check(e):"]
-    for spec in specs:
-        lines.append(f"    v = e[{spec.name!r}]")
+def _compile_check(specs: list[_Spec | None], cap: int, symbols: frozenset[str]) -> Callable[[dict[str, Any]], bool]:
+    """``check(event) -> bool``: pass 1's test of each of ``specs`` (the event's keys in order, None for the
+    payload, which pass 1 does not check), as generated code. The values come from one C-level unpack of
+    ``e.values()`` instead of an ``e[name]`` each; an event of another size (changed meanwhile by another thread)
+    raises, and ``normalize`` counts it invalid as it would any exception."""
+    names = [f"v{i}" if spec is not None else "_" for i, spec in enumerate(specs)]
+    lines = ["def check(e):", f"    {', '.join(names)}, = e.values()"]
+    for spec, v in zip(specs, names, strict=True):
+        if spec is None:
+            continue
         if spec.kind is _STR:
-            bad = f"type(v) is not str or len(v) > {cap}"
+            bad = f"type({v}) is not str or len({v}) > {cap}"
         elif spec.kind is _LONG:
-            bad = f"type(v) is not int or not {_I64_MIN} <= v <= {_I64_MAX}"
+            bad = f"type({v}) is not int or not {_I64_MIN} <= {v} <= {_I64_MAX}"
         elif spec.kind is _INT:
-            bad = f"type(v) is not int or not {_I32_MIN} <= v <= {_I32_MAX}"
+            bad = f"type({v}) is not int or not {_I32_MIN} <= {v} <= {_I32_MAX}"
         else:  # _ENUM (_learn compiles no check for a key set with a field of another kind)
-            bad = "type(v) is not str or v not in symbols"
+            bad = f"type({v}) is not str or {v} not in symbols"
         if spec.nullable:
-            bad = f"v is not None and ({bad})"
+            bad = f"{v} is not None and ({bad})"
         lines.append(f"    if {bad}: return False")
     lines.append("    return True")
     namespace: dict[str, Any] = {"symbols": symbols}

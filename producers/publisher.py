@@ -583,7 +583,7 @@ class EventPublisher:
             return
         popleft = buf.popleft
         normalize = self._normalizer.normalize
-        encode = self._codec.encode_event_body
+        encode = self._codec.event_body_encoder
         counters = self._counters
         keys = self._key_cache
         shards = self._shards

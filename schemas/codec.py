@@ -164,6 +164,14 @@ class AvroCodec:
             return self._event_codec.encode(event)
         return _fastavro_encode(b"", self._cur.event_parsed, event)
 
+    @property
+    def event_body_encoder(self) -> Any:
+        """:meth:`encode_event_body` as a plain callable bound once (the generated encoder itself when compiled):
+        for a loop that encodes every event, one Python call per event fewer."""
+        if self._event_codec is not None:
+            return self._event_codec.encode
+        return self.encode_event_body
+
     def encode_batch_bodies(self, producer_id: str, batch_seq: int, created_at: int, bodies: list[bytes]) -> bytes:
         """The same bytes as :meth:`encode_batch` of the events ``bodies`` were encoded from.
 

@@ -9,8 +9,10 @@ written with other schema versions; these codecs only handle data written with e
 Encoding costs, measured (instruction counts, see bench/bench_codec.py): a timestamp's 8-byte varint is two
 table lookups and a memo (_LOW14, _high_varint), not big-int bit spreading; an optional string's branch index
 and length come from one table (_prefixed); a record root is specialised per key set of the datum dict
-(_keyed_encoder: absent fields become one constant); an array of records joins each item as it is encoded, so a
-batch does not keep ~40 small pieces per event alive until the end (that outgrew the L2 cache).
+(_keyed_encoder: absent fields become one constant, the values come from one unpack of ``d.values()``, the fields
+are one ``b"".join`` of expressions, and repeated strings come encoded from a per-field cache); an array of
+records joins each item as it is encoded, so a batch does not keep ~40 small pieces per event alive until the end
+(that outgrew the L2 cache).
 
 Scope: null, boolean, int, long, float, double, bytes, string, enum, fixed, record, array, map, and unions that are
 ``T`` or ``null`` plus one ``T`` (the shape of every field the evolution policy allows). Anything else (other
@@ -1018,6 +1020,7 @@ def compile_schema(schema_json: Any, project: Mapping[str, tuple[str, ...]] | No
         "_read_len": _read_len,
         "_bad": _bad,
         "_Wrong": _Wrong,
+        "_wrong": _wrong,
         "_PreEncoded": PreEncoded,
         "_TRUNCATED": _TRUNCATED,
         "AvroDecodeError": AvroDecodeError,
@@ -1077,30 +1080,143 @@ def _keyed_encoder(schema: _Schema, node: dict[str, Any], namespace: dict[str, A
     return encode
 
 
+def _enc_expr(schema: _Schema, e: _Emitter, s: Any, v: str, cache: str | None = None) -> str | None:
+    """One expression whose value is the encoding of ``v`` (a local variable) as ``s``, raising where
+    :func:`_enc_value`'s statements raise and giving the same bytes; None for a type written by statements (records,
+    arrays, maps). The per-key-set encoder joins these in one ``b"".join`` of a tuple: no ``append`` call per
+    field and per length prefix, which was most of the per-field cost (cachegrind, bench_publish --replay).
+
+    ``cache``: the name of the field's string cache (a dict: text -> its encoding, index included), for a field
+    of type string or ``[null, string]``. Tenants, services, tool names, models, statuses and payload texts repeat
+    from event to event: a hit is one dict lookup instead of encode, len, a table and a concatenation. Only exact
+    ``str`` values are stored and looked up (a str subclass or an object equal to a str is encoded each time); the
+    cache keeps the first :data:`_STR_CACHE_MAX` texts of at most :data:`_STR_CACHE_CHARS` characters and then
+    stops growing (a field of unique values, an event id, costs one failed lookup)."""
+    if isinstance(s, list):
+        if len(s) == 1:
+            inner = _enc_expr(schema, e, s[0], v)
+            return None if inner is None else f"(b'\\x00' + {inner})"
+        null_index = s.index("null")
+        other = s[1 - null_index]
+        index = _U[2 * (1 - null_index)]
+        null = _U[2 * null_index]
+        other_type = schema.resolve(other)
+        if other_type == "string":
+            table = e.const(_prefixed(index), "P")
+            b, n = e.var("b"), e.var("n")
+            fresh = (f"({table}[{n}] if ({n} := len({b} := {v}.encode())) < {_PREFIXED} else "
+                     f"{index!r} + _uvarint(2 * {n})) + {b}")
+            if cache is None:
+                return f"({null!r} if {v} is None else {fresh})"
+            return f"({null!r} if {v} is None else {_cached(cache, v, fresh)})"
+        inner = _enc_expr(schema, e, other, v)
+        if inner is None:
+            return None
+        if other_type in ("long", "int"):
+            table = e.const(_prefixed(index), "P")
+            return (f"({null!r} if {v} is None else {table}[{v}] if {v}.__class__ is int and -{_PREFIXED} <= {v} < "
+                    f"{_PREFIXED} else {index!r} + {inner})")
+        return f"({null!r} if {v} is None else {index!r} + {inner})"
+    node = schema.resolve(s)
+    t = node["type"] if isinstance(node, dict) else node
+    if t == "null":
+        return f"(b'' if {v} is None else _wrong())"
+    if t == "boolean":
+        return f"(b'\\x01' if {v} is True else b'\\x00' if {v} is False else _wrong())"
+    if t == "int":
+        return f"(_ZZ[{v}] if {v}.__class__ is int and -{_HALF} <= {v} < {_HALF} else _enc_int({v}))"
+    if t == "long":
+        q = e.var("q")
+        return (f"(_ZZ[{v}] if {v}.__class__ is int and -{_HALF} <= {v} < {_HALF} else "
+                f"_LOW14[({q} := {v} << 1) & 0x3fff] + (_U[{q}] if ({q} := {q} >> 14) < {_TABLE_SIZE} else "
+                f"_HIGH.get({q}) or _high_varint({q})) if {v}.__class__ is int and 0 <= {v} < {1 << 62:#x} else "
+                f"_enc_long({v}))")
+    if t in ("float", "double"):
+        pack = "_pack_f" if t == "float" else "_pack_d"
+        return f"(_wrong() if {v}.__class__ is bool else {pack}({v}))"
+    if t == "string":
+        b, n = e.var("b"), e.var("n")
+        fresh = f"(_ZZ[{n}] if ({n} := len({b} := {v}.encode())) < {_HALF} else _uvarint(2 * {n})) + {b}"
+        return f"({fresh})" if cache is None else f"({_cached(cache, v, fresh)})"
+    if t == "bytes":
+        return f"_enc_bytes({v})"
+    if t == "enum":
+        table = e.const({sym: _uvarint(2 * i) for i, sym in enumerate(node["symbols"])}, "E")
+        return f"({table}.get({v}) or _enc_enum({v}, {table}))"
+    if t == "fixed":
+        return (f"(bytes({v}) if isinstance({v}, (bytes, bytearray)) and len({v}) == {node['size']} "
+                f"else _wrong())")
+    return None
+
+
+def _wrong() -> Any:
+    raise _Wrong
+
+
+_STR_CACHE_MAX = 1024  # texts kept per field (the first ones seen; then the cache stops growing)
+_STR_CACHE_CHARS = 128  # longer texts are encoded each time
+
+
+def _cached(cache: str, v: str, fresh: str) -> str:
+    """The expression: ``v``'s encoding from ``cache``, else ``fresh`` (an expression encoding ``v``), stored when
+    ``v`` is exactly a str, short, and the cache not full. ``s_`` holds the exact-str test between the two."""
+    return (f"({cache}.get({v}) if (s_ := {v}.__class__ is str) else None) or "
+            f"({cache}.setdefault({v}, {fresh}) if s_ and len({v}) <= {_STR_CACHE_CHARS} and len({cache}) < "
+            f"{_STR_CACHE_MAX} else {fresh})")
+
+
 def _compile_keyed(schema: _Schema, node: dict[str, Any], keys: tuple[Any, ...],
                    base: dict[str, Any]) -> Callable[..., bytes] | None:
-    """The encoder of ``node`` for dicts with exactly ``keys``, or None when the generic one must run."""
+    """The encoder of ``node`` for dicts with exactly ``keys``, or None when the generic one must run.
+
+    Fields whose type has an expression form (:func:`_enc_expr`: scalars and ``[null, scalar]``, every field of an
+    AgentEvent) become items of one tuple joined once; constant runs (absent fields, all-None chunks) are one item;
+    other fields are written by statements between such joins."""
     present = {k for k in keys if isinstance(k, str)}
     e = _Emitter()
     e.line(0, "def encode(d, head):")
     e.line(1, "out = [head]")
     e.line(1, "ap = out.append")
-    run: list[dict[str, Any]] = []  # consecutive present fields, chunked like the generic encoder's
+    # every value in one C-level unpack of d.values() (the keys are ``keys``, in this order), not a d[name] each;
+    # a dict changed meanwhile (another size) raises and takes the generic encoder
+    slot = {k: e.var("v") for k in keys if isinstance(k, str)}
+    e.line(1, f"{', '.join(slot.get(k, '_') if isinstance(k, str) else '_' for k in keys)}, = d.values()")
+    items: list[str] = []  # expressions of the fields since the last statement-written one
+
+    def flush_items() -> None:
+        if items:
+            e.line(1, f"ap(b''.join(({', '.join(items)},)))")
+            items.clear()
+
     constant = bytearray()  # what absent fields write, between present ones
+    run: list[dict[str, Any]] = []  # consecutive present fields, chunked like the generic encoder's
+    statements: list[list[dict[str, Any]]] = []  # groups written by statements (not expressions)
 
     def flush_run() -> None:
         for group in _chunks(run):
-            names = [e.var("v") for _ in group]
+            names = [slot[field["name"]] for field in group]
+            exprs = []
             for field, v in zip(group, names, strict=True):
-                e.line(1, f"{v} = d[{field['name']!r}]")
-            _enc_group(schema, e, group, names)
+                t = field["type"]
+                cache = None
+                if ("string" in map(schema.resolve, t)) if isinstance(t, list) else schema.resolve(t) == "string":
+                    caches = base.setdefault("_string_caches", {})  # per field, shared by the key sets' encoders
+                    cache = e.var("_C")
+                    e.consts[cache] = caches.setdefault(field["name"], {})
+                exprs.append(_enc_expr(schema, e, t, v, cache))
+            if any(x is None for x in exprs):
+                flush_items()
+                statements.append(group)
+                _enc_group(schema, e, group, names)
+                continue
+            items.extend(exprs)  # one item per field: no concatenation (a None is a constant item)
         run.clear()
 
     for field in node["fields"]:
         t = field["type"]
         if field["name"] in present:
             if constant:
-                e.line(1, f"ap({bytes(constant)!r})")
+                items.append(repr(bytes(constant)))
                 constant.clear()
             run.append(field)
             continue
@@ -1110,8 +1226,13 @@ def _compile_keyed(schema: _Schema, node: dict[str, Any], keys: tuple[Any, ...],
         constant += _U[2 * t.index("null")]
     flush_run()
     if constant:
-        e.line(1, f"ap({bytes(constant)!r})")
-    e.line(1, "return b''.join(out)")
+        items.append(repr(bytes(constant)))
+    if not statements:  # every field an expression: no list, one join
+        del e.lines[1:3]  # no out list, no ap
+        e.line(1, f"return b''.join((head, {', '.join(items)}))" if items else "return head")
+    else:
+        flush_items()
+        e.line(1, "return b''.join(out)")
     namespace = {**base, **e.consts}
     exec(compile("\n".join(e.lines) + "\n", "<avro codec keyed>", "exec"), namespace)
     return namespace["encode"]  # type: ignore[no-any-return]
