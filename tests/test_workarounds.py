@@ -48,3 +48,58 @@ def test_orjson_dumps_still_keeps_its_whole_buffer() -> None:
     size = len(orjson.dumps(RECORD))
     raw = _traced_per_object(lambda: orjson.dumps(RECORD))
     assert raw > 2 * size, f"orjson.dumps now holds {raw:.0f} B for {size} B: workarounds/orjson_buffers can go"
+
+
+def test_fausts_spinner_still_sets_the_root_logger_to_debug() -> None:
+    import logging
+
+    import faust
+
+    from workarounds.faust_spinner import without_spinner
+
+    def root_level_after_setup(worker: faust.Worker) -> int:
+        logger = logging.Logger("root-under-test", logging.WARNING)
+        logger.addHandler(logging.NullHandler())
+        worker.on_setup_root_logger(logger, logging.WARNING)
+        return logger.level
+
+    app = faust.App("workarounds-test", broker="kafka://127.0.0.1:1")
+    worker = faust.Worker(app, loglevel="warning")
+    assert worker.spinner is not None
+    assert root_level_after_setup(worker) == logging.DEBUG, "Faust no longer lowers the level: faust_spinner can go"
+    assert root_level_after_setup(without_spinner(faust.Worker(app, loglevel="warning"))) == logging.WARNING
+
+
+def test_faust_still_seeks_on_the_callers_thread() -> None:
+    import asyncio
+    import threading
+
+    from faust.transport.consumer import ThreadDelegateConsumer
+
+    from workarounds.faust_seek import seek_on_consumer_thread
+
+    calls: list[tuple[str, int]] = []
+
+    class ConsumerThread:
+        def seek(self, tp: Any, offset: int) -> None:
+            calls.append(("seek", threading.get_ident()))
+
+        async def call_thread(self, fn: Any, *args: Any) -> Any:
+            calls.append(("queued", threading.get_ident()))
+            worker = threading.Thread(target=fn, args=args)
+            worker.start()
+            worker.join()
+            return None
+
+    class Consumer:
+        _thread = ConsumerThread()
+        _read_offset: dict[Any, Any] = {}
+
+    me = threading.get_ident()
+    asyncio.run(ThreadDelegateConsumer._seek(Consumer(), "tp", 5))  # type: ignore[arg-type]
+    assert calls == [("seek", me)], "Faust now seeks through its thread's queue: faust_seek can go"
+    calls.clear()
+    consumer = Consumer()
+    asyncio.run(seek_on_consumer_thread(consumer, "tp", 7))
+    assert calls[0] == ("queued", me) and calls[1][0] == "seek" and calls[1][1] != me
+    assert consumer._read_offset["tp"] == 7
