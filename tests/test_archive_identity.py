@@ -205,3 +205,31 @@ def test_the_pre_check_never_skips_a_payload_the_full_sanitiser_would_change(kin
     assert text == json.dumps(expected, ensure_ascii=False, allow_nan=False)
     if clean is payload:  # the fast path: the full sanitiser would have changed nothing
         assert json.dumps(payload, ensure_ascii=False, allow_nan=False) == text
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(values=st.lists(st.sampled_from(SECRETS) | _TEXT, min_size=1, max_size=5), rounds=st.integers(1, 3))
+def test_the_values_check_answers_the_same_from_its_cache(values, rounds):
+    """``_values_may_hold`` remembers each value's answer: a value seen before (a hit), with others around it, in
+    any position, gives the answer a fresh check gives, and never "clean" for a value the scanner would change."""
+    from schemas.redaction import may_hold_secret, redact
+    from sinks import redact as sinks_redact
+
+    payload = {f"k{i}": v for i, v in enumerate(values)} | {"nested": {"list": list(reversed(values))}}
+    fresh = any(may_hold_secret(v) for v in values if len(v) >= 13)
+    for _ in range(rounds):  # the first call may fill the cache, the next ones read it
+        assert sinks_redact._values_may_hold(payload) is fresh
+    if not fresh:
+        assert all(redact(v) == v for v in values)
+
+
+def test_the_values_cache_is_bounded(monkeypatch):
+    from sinks import redact as sinks_redact
+
+    monkeypatch.setattr(sinks_redact, "_MAY_HOLD", {})
+    monkeypatch.setattr(sinks_redact, "_MAY_HOLD_MAX_ENTRIES", 8)
+    for i in range(50):
+        assert sinks_redact._values_may_hold({"v": f"plain words number {i}"}) is False
+    assert sinks_redact._values_may_hold({"v": "x" * 600 + " password=hunter22"}) is True
+    assert len(sinks_redact._MAY_HOLD) <= 8
+    assert all(len(k) <= sinks_redact._MAY_HOLD_MAX_LEN for k in sinks_redact._MAY_HOLD)
