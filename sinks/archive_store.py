@@ -251,7 +251,8 @@ class ArchiveWriter:
 
     def add(self, event: Mapping[str, Any], position: tuple[int, int] | None = None) -> None:
         """Turn one decoded event into rows (buffered until :meth:`flush`). ``position`` = (partition, offset)."""
-        self._check_open()
+        if self._closed or self._broken:
+            self._check_open()
         self.stats.events += 1
         sess = self._session(event["tenant"], event["session_id"])
         seq = event["seq"]

@@ -204,7 +204,14 @@ _SCALARS = frozenset({int, float, bool, type(None)})
 
 def _gather_strings(value: Any, out: list[str]) -> None:
     """The string *values* long enough to hold a secret."""
-    for v in (value.values() if type(value) is dict or isinstance(value, Mapping) else value):
+    t0 = type(value)
+    if t0 is dict:
+        items = value.values()
+    elif t0 is list or t0 is tuple:
+        items = value
+    else:
+        items = value.values() if isinstance(value, Mapping) else value
+    for v in items:
         t = type(v)
         if t is str:
             if len(v) >= MIN_SCAN_LEN:
@@ -234,10 +241,22 @@ def _values_may_hold(value: Any) -> bool:
     Each value is checked alone: the full sanitiser scans each string alone too, so a pattern can only be
     redacted inside one value (no anchor holds the NUL the values used to be joined with)."""
     strings: list[str] = []
-    try:
-        _gather_strings(value, strings)
-    except RecursionError:  # nested too deep to walk here: let the full sanitiser decide
-        return True
+    if type(value) is dict:  # the usual payload: its top level walked here, nested values by _gather_strings
+        for v in value.values():
+            t = type(v)
+            if t is str:
+                if len(v) >= MIN_SCAN_LEN:
+                    strings.append(v)
+            elif t not in _SCALARS:
+                try:
+                    _gather_strings((v,), strings)
+                except RecursionError:  # nested too deep to walk here: let the full sanitiser decide
+                    return True
+    else:
+        try:
+            _gather_strings(value, strings)
+        except RecursionError:
+            return True
     cache = _MAY_HOLD
     for text in strings:
         found = cache.get(text)
