@@ -88,6 +88,15 @@ def test_a_simulated_fleet_is_archived_byte_for_byte_as_the_reference_does(tmp_p
     assert len(files) > 10 and sum(len(b) for b, _ in files.values()) > 100_000
 
 
+@pytest.mark.parametrize("max_sessions", [1, 3])
+def test_sessions_evicted_and_met_again_are_archived_byte_for_byte(tmp_path, max_sessions):
+    """With room for 1 or 3 sessions, every flush evicts most of them and the next event of one re-reads its file
+    (the writer's remembered last session is dropped then too): the files stay those of the reference."""
+    events = list(FleetSimulator(seed=5, tenants=["acme", "initech"], services=2, duration_s=60).events())
+    files = assert_identical(tmp_path, to_records(events), max_sessions=max_sessions)
+    assert len(files) > 5
+
+
 # -- hostile input ----------------------------------------------------------------------------------------------------
 
 _ODD = st.sampled_from(["", "\x00", "\x1f\x7f", '"', "\\", "\\u0000", "\u2028\u2029", "😀", "é", "\ufeff", "\n\t\r",
