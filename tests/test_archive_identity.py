@@ -242,3 +242,20 @@ def test_the_values_cache_is_bounded(monkeypatch):
     assert sinks_redact._values_may_hold({"v": "x" * 600 + " password=hunter22"}) is True
     assert len(sinks_redact._MAY_HOLD) <= 8
     assert all(len(k) <= sinks_redact._MAY_HOLD_MAX_LEN for k in sinks_redact._MAY_HOLD)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(text=st.sampled_from(SECRETS) | _TEXT, before=st.dictionaries(st.sampled_from(["url_credentials", "x"]),
+                                                                    st.integers(1, 3), max_size=2))
+def test_the_sanitisers_scan_cache_gives_what_redact_gives(text, before):
+    """``scan_text`` (answers from the pre-check's and its own cache) returns what ``redact`` returns and adds the
+    same counts, the first time (a miss) and the second (a hit), into a counts dict that already holds some."""
+    from schemas.redaction import redact
+    from sinks.redact import scan_text
+
+    want_hits = dict(before)
+    want = redact(text, want_hits)
+    for _ in range(2):
+        hits = dict(before)
+        assert scan_text(text, hits) == want
+        assert hits == want_hits
