@@ -424,8 +424,18 @@ _Built = list[Row] | Piece
 
 
 def _one(event: Mapping[str, Any], kind: str, payload: dict[str, Any]) -> list[Row]:
-    turn, parent = turn_ids(event)
-    return [Row(row_id(event["event_id"], 0), kind, int(event["event_time"]), turn, parent, payload)]
+    """The one row of most event types: :func:`turn_ids` and :func:`row_id` inlined (once per row)."""
+    tenant, session = event["tenant"], event["session_id"]
+    host_turn = event.get("turn_id")
+    turn = replay_turn_id(tenant, session, host_turn) if host_turn else None
+    child = event.get("child_task_id")
+    if child and event["type"] not in HOST_FIELDS:
+        turn, parent = subagent_turn_id(tenant, session, child), turn
+    else:
+        parent = None
+    eid = event["event_id"]
+    rid = eid[:12] if len(eid) == 32 and not eid.strip("0123456789abcdef") else _h12(f"{eid}\0{0}")
+    return [Row(rid, kind, int(event["event_time"]), turn, parent, payload)]
 
 
 def _thinking(event: Mapping[str, Any], data: dict[str, Any], f: _Fields, flags: Mapping[str, bool]) -> _Built:
@@ -628,9 +638,14 @@ def encode_line_fast(row: Row, payload_text: str, head: str, seq: int) -> bytes 
     UTF-8-encodable (a lone surrogate): :func:`encode_line` writes that one."""
     turn = "null" if row.turn_id is None else f'"{row.turn_id}"'
     parent = "null" if row.parent_turn_id is None else f'"{row.parent_turn_id}"'
+    sec, micro = divmod(row.ts_us, 1_000_000)  # iso_ts inlined: once per row
+    prefix = _ts_prefixes.get(sec)
+    if prefix is None:
+        prefix = iso_ts(row.ts_us)[:19]
     try:
-        return (f'{{"event_id": "{row.event_id}{head}{seq}, "ts": "{iso_ts(row.ts_us)}", "kind": "{row.kind}", '
-                f'"turn_id": {turn}, "parent_turn_id": {parent}, "payload": {payload_text}}}\n').encode()
+        return (f'{{"event_id": "{row.event_id}{head}{seq}, "ts": "{prefix}.{micro:06d}+00:00", '
+                f'"kind": "{row.kind}", "turn_id": {turn}, "parent_turn_id": {parent}, "payload": {payload_text}}}\n'
+                ).encode()
     except UnicodeEncodeError:
         return None
 

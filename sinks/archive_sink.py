@@ -92,21 +92,22 @@ class ArchiveSink:
     def process(self, records: Iterable[tuple[int, int, bytes | None]]) -> dict[int, int]:
         """Decode ``(partition, offset, value)`` records into the writer (not flushed); the next offset per
         partition."""
-        writer, codec, stats = self.writer, self.codec, self.stats
+        writer, decode, stats = self.writer, self.codec.decode, self.stats
+        add = writer.add
         nxt: dict[int, int] = {}
         for partition, offset, value in records:
             stats.records += 1
             nxt[partition] = offset + 1
             writer.advance(partition, offset)
             try:
-                decoded = codec.decode(value)
+                events = decode(value).events
             except DecodeError as exc:
                 stats.undecodable[exc.reason] += 1
                 continue
             position = (partition, offset)
-            for event in decoded.events:
-                writer.add(event, position)
-            stats.events += len(decoded.events)
+            for event in events:
+                add(event, position)
+            stats.events += len(events)
         return nxt
 
     def commit_offsets(self, nxt: dict[int, int]) -> list[TopicPartition]:

@@ -88,6 +88,15 @@ def test_a_simulated_fleet_is_archived_byte_for_byte_as_the_reference_does(tmp_p
     assert len(files) > 10 and sum(len(b) for b, _ in files.values()) > 100_000
 
 
+@pytest.mark.parametrize("max_sessions", [1, 3])
+def test_sessions_evicted_and_met_again_are_archived_byte_for_byte(tmp_path, max_sessions):
+    """With room for 1 or 3 sessions, every flush evicts most of them and the next event of one re-reads its file
+    (the writer's remembered last session is dropped then too): the files stay those of the reference."""
+    events = list(FleetSimulator(seed=5, tenants=["acme", "initech"], services=2, duration_s=60).events())
+    files = assert_identical(tmp_path, to_records(events), max_sessions=max_sessions)
+    assert len(files) > 5
+
+
 # -- hostile input ----------------------------------------------------------------------------------------------------
 
 _ODD = st.sampled_from(["", "\x00", "\x1f\x7f", '"', "\\", "\\u0000", "\u2028\u2029", "😀", "é", "\ufeff", "\n\t\r",
@@ -205,3 +214,48 @@ def test_the_pre_check_never_skips_a_payload_the_full_sanitiser_would_change(kin
     assert text == json.dumps(expected, ensure_ascii=False, allow_nan=False)
     if clean is payload:  # the fast path: the full sanitiser would have changed nothing
         assert json.dumps(payload, ensure_ascii=False, allow_nan=False) == text
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(values=st.lists(st.sampled_from(SECRETS) | _TEXT, min_size=1, max_size=5), rounds=st.integers(1, 3))
+def test_the_values_check_answers_the_same_from_its_cache(values, rounds):
+    """``_values_may_hold`` remembers each value's answer: a value seen before (a hit), with others around it, in
+    any position, gives the answer a fresh check gives, and never "clean" for a value the scanner would change."""
+    from schemas.redaction import may_hold_secret, redact
+    from sinks import redact as sinks_redact
+
+    payload = {f"k{i}": v for i, v in enumerate(values)} | {"nested": {"list": list(reversed(values))}}
+    fresh = any(may_hold_secret(v) for v in values if len(v) >= 13)
+    for _ in range(rounds):  # the first call may fill the cache, the next ones read it
+        assert sinks_redact._values_may_hold(payload) is fresh
+    if not fresh:
+        assert all(redact(v) == v for v in values)
+
+
+def test_the_values_cache_is_bounded(monkeypatch):
+    from sinks import redact as sinks_redact
+
+    monkeypatch.setattr(sinks_redact, "_MAY_HOLD", {})
+    monkeypatch.setattr(sinks_redact, "_MAY_HOLD_MAX_ENTRIES", 8)
+    for i in range(50):
+        assert sinks_redact._values_may_hold({"v": f"plain words number {i}"}) is False
+    assert sinks_redact._values_may_hold({"v": "x" * 600 + " password=hunter22"}) is True
+    assert len(sinks_redact._MAY_HOLD) <= 8
+    assert all(len(k) <= sinks_redact._MAY_HOLD_MAX_LEN for k in sinks_redact._MAY_HOLD)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(text=st.sampled_from(SECRETS) | _TEXT, before=st.dictionaries(st.sampled_from(["url_credentials", "x"]),
+                                                                    st.integers(1, 3), max_size=2))
+def test_the_sanitisers_scan_cache_gives_what_redact_gives(text, before):
+    """``scan_text`` (answers from the pre-check's and its own cache) returns what ``redact`` returns and adds the
+    same counts, the first time (a miss) and the second (a hit), into a counts dict that already holds some."""
+    from schemas.redaction import redact
+    from sinks.redact import scan_text
+
+    want_hits = dict(before)
+    want = redact(text, want_hits)
+    for _ in range(2):
+        hits = dict(before)
+        assert scan_text(text, hits) == want
+        assert hits == want_hits
