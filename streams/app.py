@@ -74,6 +74,8 @@ from streams.options import TENANT_TABLE, WINDOW_TABLE, WorkerOptions
 from streams.rules import RuleEngine, load_rules
 from streams.spike import SpikeDetector, load_spike_config
 from streams.telemetry import WorkerTelemetry
+from workarounds.faust_seek import seek_on_consumer_thread
+from workarounds.orjson_buffers import dumps_held
 
 log = logging.getLogger(__name__)
 MiB = 1024 * 1024
@@ -91,8 +93,9 @@ MAX_SEEK_RESTARTS = 3  # refetches starting at the same offset past a hole befor
 
 def encode_state(value: Any) -> bytes:
     """A table value as stored: compact JSON (orjson: about a tenth of the stdlib's cost for these nested
-    aggregates; integer dict keys become strings, as with the stdlib)."""
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+    aggregates; integer dict keys become strings, as with the stdlib). The table holds it until the key changes,
+    so it is right-sized (:mod:`workarounds.orjson_buffers`)."""
+    return dumps_held(value, orjson.OPT_NON_STR_KEYS)
 
 
 def decoded_items(items: Iterable[tuple[Any, Any]], prefix: str = "") -> Iterator[tuple[Any, Any]]:
@@ -445,20 +448,8 @@ class WorkerShell:
             return record
 
     async def _seek(self, tp: TP, offset: int) -> None:
-        """Seek the events consumer, on the consumer's own thread.
-
-        Faust's ``Consumer.seek`` calls into the thread that runs aiokafka directly, racing its fetcher (seen in CI
-        as a ``KeyError`` in aiokafka's ``fetched_records`` that crashed the worker). The seek runs through the
-        thread's call queue instead; then Faust's read offset is reset, as its ``seek`` does, so the refetched
-        records are not dropped as already read.
-        """
-        consumer = self.app.consumer
-        thread = getattr(consumer, "_thread", None)
-        if thread is None or not hasattr(thread, "call_thread"):
-            await consumer.seek(tp, offset)
-            return
-        await thread.call_thread(thread.seek, tp, offset)
-        consumer._read_offset[tp] = offset if offset else None
+        """Seek the events consumer, on the consumer's own thread (:mod:`workarounds.faust_seek`)."""
+        await seek_on_consumer_thread(self.app.consumer, tp, offset)
 
     def _say_now_and_then(self, topic: tuple[str, int], text: str) -> None:
         """``_say`` at most once a minute per topic (late data can come steadily; the counters have every one)."""
