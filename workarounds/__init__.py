@@ -5,7 +5,7 @@ in ``tests/test_workarounds.py`` that shows the behaviour on the installed versi
 a race): when an upgrade fixes it, that test fails and says the workaround can go. Our own code calls the
 workaround by name instead of repeating it, so removing one is a one-module change.
 
-* :mod:`workarounds.orjson_buffers` (orjson 3.11): ``orjson.dumps`` returns a bytes object that keeps the
+* :mod:`workarounds.orjson_buffers` (orjson 3.13): ``orjson.dumps`` returns a bytes object that keeps the
   encoder's whole output buffer (a 4 KiB document allocates 32 KiB); JSON held for long is copied to its size.
 * :mod:`workarounds.faust_seek` (faust-streaming 0.15.3): the events consumer's ``seek`` runs aiokafka's seek on
   the event loop, racing the consumer thread's fetcher; ours goes through that thread's call queue.
