@@ -25,7 +25,8 @@ the engine's crash-safe write order (slot upserts, the partition meta, slot dele
 :meth:`streams.windows.WindowEngine.export_changes`). The shell must have every partial, marker and dead letter
 produced *before* it writes those pairs: a meta that says "closed" must never be durable while the partials it
 closed are not, or a crash would lose them (the replay skips what the meta holds). Keys are strings:
-``"<partition>|m"`` for the meta, ``"<partition>|s|<pane start>|<tenant>"`` for a slot.
+``"<partition>|m"`` for the meta, ``"<partition>|s|<pane start>|<tenant>"`` for a slot,
+``"<partition>|i|<pane start>|<tenant>"`` for the single-event ids of a retired pane (kept for the lateness).
 
 A slot opened and closed between two flushes (the usual case when reading a backlog: a second of work covers
 minutes of event time) is never written: no final upsert, no tombstone. That is safe in both orders a crash can
@@ -105,6 +106,10 @@ def slot_key(partition: int, tenant: str, pane_us: int) -> str:
     return f"{partition}|s|{pane_us}|{tenant}"
 
 
+def ids_key(partition: int, tenant: str, pane_us: int) -> str:
+    return f"{partition}|i|{pane_us}|{tenant}"
+
+
 class Ingest:
     """The per-partition window state of one worker plus the record handling around it (one task, no threads)."""
 
@@ -139,6 +144,7 @@ class Ingest:
         prefix = f"{partition}|"
         meta: Mapping[str, Any] | None = None
         slots = []
+        closed_ids = []
         stored = self._stored[partition] = set()
         for key, value in items:
             if not isinstance(key, str) or not key.startswith(prefix) or value is None:
@@ -148,7 +154,10 @@ class Ingest:
             elif key.startswith(prefix + "s|"):
                 slots.append(value)
                 stored.add(key)
-        self.engine.restore_parts(partition, meta, slots)
+            elif key.startswith(prefix + "i|"):
+                closed_ids.append(value)
+                stored.add(key)
+        self.engine.restore_parts(partition, meta, slots, closed_ids)
         self._restored.add(partition)
         self._marked.pop(partition, None)
         self._idle_sent.discard(partition)
@@ -262,7 +271,12 @@ class Ingest:
             if k in stored or k not in retired:  # a slot retired before it was ever written stays unwritten
                 out.append((k, state))
                 stored.add(k)
+        for key, pane, state in changes.id_upserts:
+            k = ids_key(partition, key, pane)
+            out.append((k, state))
+            stored.add(k)
         deletes = [k for k in deletes if k in stored]
+        deletes += [k for k in (ids_key(partition, key, pane) for key, pane in changes.id_deletes) if k in stored]
         if out or deletes or self._written_meta.get(partition) != changes.meta:
             out.append((meta_key(partition), changes.meta))
             self._written_meta[partition] = changes.meta

@@ -41,12 +41,14 @@ before fresh batches go out). Records without a producer id (single events) can 
 sequence: ``producer_id="@offset"``, ``batch_seq=offset``. They are also deduplicated by their ``event_id``
 (``event_ids=True``), against the same event sent again as another record: each slot keeps the ids of the single
 events folded into it, and when it closes the partition keeps them (``closed_ids``) until its windows expire, so a
-late copy is caught too and the state stays bounded.
+late copy is caught too and the state stays bounded. They are persisted one record per retired pane (never in the
+partition's meta, which is rewritten at every flush and must fit one changelog record whatever the rate).
 
 The state can be persisted two ways. :meth:`WindowEngine.snapshot` / :meth:`WindowEngine.restore` give one
 JSON-able dict per partition. For a changelog-backed table that is written key by key,
 :meth:`WindowEngine.export_changes` gives what changed since the last call and the order to write it in:
-**slot upserts, then the partition meta, then slot deletes**, all before the source offsets are committed. With
+**slot upserts (and the retired panes' single-event ids), then the partition meta, then slot deletes (and the
+expired ids)**, all before the source offsets are committed. With
 that order a crash at any point leaves every slot at least as new as the meta (a pane retired by close_due is
 written once more with its final state before the meta, and deleted only after it), so the replay from the
 committed offset skips what the meta holds, recomputes the same stream time and late decisions for the rest, and
@@ -58,7 +60,7 @@ window) and compact it. ``tests/test_windows.py`` crashes a simulated worker at 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 US_PER_S = 1_000_000
@@ -183,17 +185,22 @@ class ClosedWindow(Generic[K, A]):
 
 @dataclass(frozen=True, slots=True)
 class StateChanges:
-    """What changed in one partition since the last export. Write in this order: upserts, meta, deletes.
+    """What changed in one partition since the last export. Write in this order: upserts, id upserts, meta,
+    deletes, id deletes.
 
     ``upserts`` are ``(key, pane_start_us, slot_state)`` of every pane changed since the last export, including the
     final state of panes retired meanwhile; ``deletes`` are ``(key, pane_start_us)`` of the panes retired meanwhile.
-    A table key of ``(partition, key, pane_start_us)`` for slots and ``(partition, "meta")`` for the meta fits.
-    Restore with :meth:`WindowEngine.restore_parts`.
+    ``id_upserts`` / ``id_deletes`` are the same for the single-event ids kept per retired pane until its windows
+    expire (``(key, pane, {"key", "pane", "ids"})``): one record per pane, so no value grows with the events held
+    for the allowed lateness. A table key of ``(partition, key, pane_start_us)`` for slots, another family for the
+    ids, and ``(partition, "meta")`` for the meta fits. Restore with :meth:`WindowEngine.restore_parts`.
     """
 
     upserts: list[tuple[Any, int, dict[str, Any]]]
     meta: dict[str, Any]
     deletes: list[tuple[Any, int]]
+    id_upserts: list[tuple[Any, int, dict[str, Any]]] = field(default_factory=list)
+    id_deletes: list[tuple[Any, int]] = field(default_factory=list)
 
 
 class _Slot:
@@ -236,6 +243,8 @@ class _Partition:
         "revised",
         "deltas",
         "closed_ids",
+        "ids_dirty",
+        "ids_gone",
         "dirty",
         "retired",
     )
@@ -255,6 +264,8 @@ class _Partition:
         self.deltas: dict[tuple[Any, int], Any] = {}  # (key, window start) -> late events since the last close_due
         # (key, pane) -> ids of single events folded into a pane already retired, kept until its windows expire
         self.closed_ids: dict[tuple[Any, int], set[str]] = {}
+        self.ids_dirty: set[tuple[Any, int]] = set()  # closed_ids entries changed since the last export
+        self.ids_gone: list[tuple[Any, int]] = []  # closed_ids entries expired since the last export
         self.dirty: set[tuple[Any, int]] = set()
         self.retired: list[tuple[Any, int, _Slot | None]] = []  # since the last export (slot when dirty)
 
@@ -435,6 +446,7 @@ class WindowEngine(Generic[K, A]):
         elif event_id in ids:
             return True
         ids.add(event_id)
+        part.ids_dirty.add((key, pane))
         return False
 
     @property
@@ -548,12 +560,20 @@ class WindowEngine(Generic[K, A]):
                 part.retired.append((key, pane_id, slot if was_dirty else None))
                 if keep_ids and slot.ids:  # a late copy of a single event must still be recognised
                     part.closed_ids.setdefault((key, pane_id), set()).update(slot.ids)
+                    part.ids_dirty.add((key, pane_id))
         if part.closed_ids:
-            expire_limit = limit - self.lateness_us  # panes starting at or before this are in no unexpired window
-            for kp in [kp for kp in part.closed_ids if kp[1] - kp[1] % advance <= expire_limit]:
-                del part.closed_ids[kp]
+            self._expire_ids(part, limit)
         self._prune_producers(part)
         return closed
+
+    def _expire_ids(self, part: _Partition, limit: int) -> None:
+        """Forget the single-event ids of panes in no unexpired window once windows up to ``limit`` are closed."""
+        expire_limit = limit - self.lateness_us  # panes starting at or before this are in no unexpired window
+        advance = self._advance
+        for kp in [kp for kp in part.closed_ids if kp[1] - kp[1] % advance <= expire_limit]:
+            del part.closed_ids[kp]
+            part.ids_dirty.discard(kp)
+            part.ids_gone.append(kp)
 
     def _build(self, part: _Partition, start: int) -> list[tuple[Any, Any]]:
         """(key, aggregate) of the window starting at ``start``: its pane itself, or the merge of its (sub-)panes."""
@@ -658,11 +678,12 @@ class WindowEngine(Generic[K, A]):
         slots = [
             self._slot_state(key, pane, slot) for pane in sorted(part.panes) for key, slot in part.panes[pane].items()
         ]
-        return {"meta": self._meta(part), "slots": slots}
+        closed = [self._ids_state(key, pane, ids) for (key, pane), ids in part.closed_ids.items()]
+        return {"meta": self._meta(part), "slots": slots, "closed_ids": closed}
 
     def restore(self, partition: int, snapshot: Mapping[str, Any]) -> None:
         """Replace the partition's state with a :meth:`snapshot` (possibly after a JSON round trip)."""
-        self.restore_parts(partition, snapshot["meta"], snapshot["slots"])
+        self.restore_parts(partition, snapshot["meta"], snapshot["slots"], snapshot.get("closed_ids", ()))
 
     def export_changes(self, partition: int) -> StateChanges:
         """Panes changed and retired since the last export, plus the meta; see :class:`StateChanges`."""
@@ -674,12 +695,23 @@ class WindowEngine(Generic[K, A]):
         # says its batches are applied, and deleted only after that meta (see the module docstring)
         upserts += [(key, pane, self._slot_state(key, pane, slot)) for key, pane, slot in part.retired if slot]
         deletes = [(key, pane) for key, pane, _slot in part.retired]
+        id_upserts = [(key, pane, self._ids_state(key, pane, part.closed_ids[(key, pane)]))
+                      for key, pane in sorted(part.ids_dirty, key=lambda kp: (kp[1], repr(kp[0])))]
+        id_deletes = part.ids_gone
         part.dirty = set()
         part.retired = []
-        return StateChanges(upserts, self._meta(part), deletes)
+        part.ids_dirty = set()
+        part.ids_gone = []
+        return StateChanges(upserts, self._meta(part), deletes, id_upserts, id_deletes)
 
-    def restore_parts(self, partition: int, meta: Mapping[str, Any] | None, slots: Iterable[Mapping[str, Any]]) -> None:
-        """Rebuild a partition from a meta dict (None: nothing seen yet) and slot states, e.g. read from a table."""
+    def restore_parts(self, partition: int, meta: Mapping[str, Any] | None, slots: Iterable[Mapping[str, Any]],
+                      closed_ids: Iterable[Mapping[str, Any]] = ()) -> None:
+        """Rebuild a partition from a meta dict (None: nothing seen yet), slot states and the single-event ids of
+        retired panes (``id_upserts`` states), e.g. read from a table.
+
+        Ids of panes already expired by the meta (a crash between the meta and the id deletes) are dropped and
+        reported for deletion at the next export; ids a meta of an older version held are moved to their own
+        records at the next export."""
         part = _Partition()
         if meta is not None:
             st = meta["stream_time"]
@@ -693,7 +725,10 @@ class WindowEngine(Generic[K, A]):
             part.duplicate_events = int(meta["duplicate_events"])
             part.future_events = int(meta["future_events"])
             part.revised = int(meta.get("revised", 0))
-            part.closed_ids = {(_key(k), int(p)): set(ids) for k, p, ids in meta.get("closed_ids", ())}
+            for k, p, ids in meta.get("closed_ids", ()):  # written by versions that kept the ids in the meta
+                kp = (_key(k), int(p))
+                part.closed_ids.setdefault(kp, set()).update(ids)
+                part.ids_dirty.add(kp)
         for s in slots:
             key, pane_id = _key(s["key"]), int(s["pane"])
             start = pane_id - pane_id % self._advance
@@ -702,6 +737,10 @@ class WindowEngine(Generic[K, A]):
             ids = s.get("ids")
             keys[key] = _Slot(agg, self.ops.adder(agg), {pid: int(seq) for pid, seq in s["applied"].items()},
                               set(ids) if ids else None)
+        for c in closed_ids:
+            part.closed_ids.setdefault((_key(c["key"]), int(c["pane"])), set()).update(c["ids"])
+        if part.closed_ids and part.emitted_limit != NO_TIME:
+            self._expire_ids(part, part.emitted_limit)
         self._parts[partition] = part
 
     def _slot_state(self, key: Any, pane: int, slot: _Slot) -> dict[str, Any]:
@@ -709,6 +748,10 @@ class WindowEngine(Generic[K, A]):
         if slot.ids:
             state["ids"] = sorted(slot.ids)
         return state
+
+    @staticmethod
+    def _ids_state(key: Any, pane: int, ids: set[str]) -> dict[str, Any]:
+        return {"key": key, "pane": pane, "ids": sorted(ids)}
 
     @staticmethod
     def _meta(part: _Partition) -> dict[str, Any]:
@@ -723,7 +766,6 @@ class WindowEngine(Generic[K, A]):
             "duplicate_events": part.duplicate_events,
             "future_events": part.future_events,
             "revised": part.revised,
-            "closed_ids": [[k, p, sorted(ids)] for (k, p), ids in part.closed_ids.items()],
         }
 
 

@@ -114,3 +114,26 @@ def test_state_pairs_restore_the_partition_exactly() -> None:
     other.restore(2, table.items())
     assert other.engine.snapshot(2) == stage.engine.snapshot(2)
     assert other.handle(2, 1, codec.encode_batch("p1", 2, T0, [ev(80)])).duplicate  # the replay is skipped
+
+
+def test_single_event_ids_held_for_lateness_are_table_records_of_their_own() -> None:
+    """The ids of single events in closed windows go to ``<p>|i|<pane>|<tenant>`` records (written before the meta,
+    deleted after it once expired), never into the meta, and a restore from the table still knows them."""
+    codec = AvroCodec()
+    stage = Ingest(codec, window_s=60, grace_s=0, max_future_s=None, allowed_lateness_s=120)
+    first = ev(5)
+    stage.handle(1, 0, codec.encode_event(first))
+    stage.handle(1, 1, codec.encode_event(ev(70)))  # [0, 60) closes: its pane's id is kept for late copies
+    pairs = stage.state_changes(1)
+    keys = [k for k, _ in pairs]
+    (ids,) = [k for k in keys if k.startswith("1|i|")]
+    assert ids == f"1|i|{T0}|acme" and keys.index(ids) < keys.index(meta_key(1))
+    assert dict(pairs)[ids]["ids"] == [first["event_id"]] and "closed_ids" not in dict(pairs)[meta_key(1)]
+    table = {k: json.loads(json.dumps(v)) for k, v in pairs if v is not None}
+    other = Ingest(codec, window_s=60, grace_s=0, max_future_s=None, allowed_lateness_s=120)
+    other.restore(1, table.items())
+    assert other.handle(1, 7, codec.encode_event(first)).folded == 0  # a late copy at another offset
+    other.handle(1, 8, codec.encode_event(ev(300)))  # [0, 60) expires: its id record is deleted after the meta
+    pairs = other.state_changes(1)
+    keys = [k for k, _ in pairs]
+    assert (ids, None) in pairs and keys.index(ids) > keys.index(meta_key(1))
