@@ -41,13 +41,20 @@ from streams.rules import RuleEngine, load_rules  # noqa: E402
 from streams.spike import SpikeDetector, load_spike_config  # noqa: E402
 
 
-def replay(records: list[tuple[int, bytes, bytes]], partitions: int, keep: list[dict[str, Any]] | None = None,
-           digest: Any = None) -> tuple[int, int]:
-    """(metrics records encoded, their bytes) for the records fed through both stages (kept in ``keep``; the
-    encoded records, in order, fed to ``digest`` when given: what a change of stage 2 must leave the same)."""
+def stages(partitions: int) -> tuple[Ingest, MergeStage]:
+    """The worker's two stages as it runs them by default: 1-minute windows, 5-minute hopping, 1 h of lateness."""
     ingest = Ingest(AvroCodec(), 60, 10.0, None, 50, allowed_lateness_s=3600.0)
     merge = MergeStage(60, partitions, partitions, RuleEngine(load_rules(None)), SpikeDetector(load_spike_config(None)),
                        hop_size_s=300, allowed_lateness_s=3600.0)
+    return ingest, merge
+
+
+def replay(records: list[tuple[int, bytes, bytes]], partitions: int, keep: list[dict[str, Any]] | None = None,
+           digest: Any = None, held: tuple[Ingest, MergeStage] | None = None) -> tuple[int, int]:
+    """(metrics records encoded, their bytes) for the records fed through both stages (kept in ``keep``; the
+    encoded records, in order, fed to ``digest`` when given: what a change of stage 2 must leave the same).
+    ``held``: the stages to use (from :func:`stages`), so the caller can measure the state they hold afterwards."""
+    ingest, merge = held or stages(partitions)
     encode = metrics_encoder(MetricsCodec())
     n = size = 0
     offsets = [0] * partitions

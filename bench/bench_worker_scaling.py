@@ -43,15 +43,9 @@ def _rss_kib(field: str = "VmRSS") -> int:
 def cell(events: int, tenants: int, tools: int, partitions: int) -> dict[str, Any]:
     """One cell in this process: workload, decode alone, then both stages holding their state."""
     from bench_worker import build_workload, synthetic_events
+    from bench_worker_replay import replay, stages
 
     from schemas.codec import AvroCodec
-    from streams import partials as partials_format
-    from streams.app import metrics_encoder
-    from streams.ingest import Ingest
-    from streams.merge import MergeStage
-    from streams.metrics_codec import MetricsCodec
-    from streams.rules import RuleEngine, load_rules
-    from streams.spike import SpikeDetector, load_spike_config
 
     wl = build_workload(synthetic_events(events, tenants, tools, partitions, 7), 500, "synthetic")
     codec = AvroCodec()
@@ -61,29 +55,9 @@ def cell(events: int, tenants: int, tools: int, partitions: int) -> dict[str, An
     decode_s = time.process_time() - t0
     gc.collect()
     before = _rss_kib()
-    ingest = Ingest(AvroCodec(), 60, 10.0, None, 50, allowed_lateness_s=3600.0)
-    merge = MergeStage(60, partitions, partitions, RuleEngine(load_rules(None)), SpikeDetector(load_spike_config(None)),
-                       hop_size_s=300, allowed_lateness_s=3600.0)
-    encode = metrics_encoder(MetricsCodec())
-    n = size = 0
-    offsets = [0] * partitions
+    held = stages(partitions)  # kept until the RSS is read: the state of every window of the hour
     t0 = time.process_time()
-    for part, _key, value in wl.records:  # as bench_worker_replay.replay, keeping the stages for the RSS
-        out = ingest.handle(part, offsets[part], value)
-        offsets[part] += 1
-        per_q: list[list[Any]] = [[] for _ in range(partitions)]
-        for partial in out.partials:
-            per_q[partials_format.tenant_partition(partial.tenant, partitions)].append(partial)
-        for q, items in enumerate(per_q):
-            items += out.markers
-            if not items:
-                continue
-            _k, v = partials_format.encode_items(part, items)
-            for item in partials_format.decode_items(v):
-                res = merge.handle(q, item)
-                for record in res.metrics + res.seals:
-                    size += len(encode(record))
-                    n += 1
+    n, size = replay(wl.records, partitions, held=held)
     replay_s = time.process_time() - t0
     gc.collect()
     after = _rss_kib()

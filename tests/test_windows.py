@@ -309,6 +309,16 @@ def test_snapshot_restore_mid_stream_gives_identical_results(windows: Any) -> No
     assert sum(reference.counters(p)["late"] for p in (0, 1)) > 0  # the stream does exercise late events
 
 
+def apply_writes(table: dict[Any, Any], writes: list[tuple[Any, Any]]) -> None:
+    """Write ``(key, value)`` pairs to a changelog-backed ``table`` as read back after a restart (JSON round trip;
+    ``None`` deletes)."""
+    for key, value in writes:
+        if value is None:
+            table.pop(key, None)
+        else:
+            table[key] = json.loads(json.dumps(value))
+
+
 def _run(stream: list[Any], e: WindowEngine[str, list[str]]) -> dict[Any, Any]:
     emitted: dict[Any, Any] = {}
     run(stream, e, emitted)
@@ -345,11 +355,7 @@ def test_crash_at_any_point_of_a_changelog_write_recovers_the_same_results(seed:
             if i == crash_at:
                 crash_writes = rng.randrange(0, len(writes) + 1)
                 writes = writes[:crash_writes]
-            for key, value in writes:
-                if value is None:
-                    table.pop(key, None)
-                else:
-                    table[key] = json.loads(json.dumps(value))
+            apply_writes(table, writes)
             if i == crash_at:
                 break
             committed = {p: i + 1 for p in (0, 1)}

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_windows import T0, ListOps, S, ev, results
+from test_windows import T0, ListOps, S, apply_writes, ev, results
 
 from streams.windows import HoppingWindows, TumblingWindows, WindowEngine
 
@@ -220,11 +220,7 @@ def test_a_crash_at_any_point_of_a_write_keeps_single_event_dedup_exact(seed: in
             writes += [(f"i|{k}|{p}", None) for k, p in ch.id_deletes]
             if i == crash_at:
                 writes = writes[: rng.randrange(0, len(writes) + 1)]
-            for key, value in writes:
-                if value is None:
-                    table.pop(key, None)
-                else:
-                    table[key] = json.loads(json.dumps(value))
+            apply_writes(table, writes)
             if i == crash_at:
                 break
             committed = i + 1
